@@ -1,0 +1,307 @@
+"""数据：读取（本地 / ModelScope / Hugging Face）、逐行检查、确定性划分，以及 Qwen3 对话格式。
+
+所有阶段看到的文本都由本文件的几个格式函数生成，保证 SFT 训练、RM 打分、PPO 采样、
+评测与对话用的是同一串 token。
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EXIT_BAD_INPUT, EXIT_NETWORK, UserError
+from .options import CHECKPOINT_DIR, input_path
+
+COLUMNS = ("question", "chosen", "rejected")
+OPTIONAL_COLUMNS = ("system",)
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+DATASET_MIRRORS = {  # 默认数据集在两个平台上的名字
+    "jackmokaka/btfChinese-DPO-small": "Karsh-CAI/btfChinese-DPO-small",
+}
+MAX_FIELD_CHARS = 4000  # 超长的行多半是脏数据，按行跳过
+
+
+@dataclass
+class Rows:
+    """读入并检查过的数据行，以及被跳过的行（原因 -> 行号列表）。"""
+
+    rows: list[dict]
+    source: str
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip_summary(self) -> str:
+        parts = []
+        for reason, where in self.skipped.items():
+            head = "、".join(where[:3]) + ("…" if len(where) > 3 else "")
+            parts.append(f"{reason} {len(where)} 行（{head}）")
+        return "；".join(parts)
+
+
+# ---------------------------------------------------------------- 读取
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, object]]:
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append((f"{path.name}:{n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n} 不是合法的 JSON（{e.msg}）。请修正这一行后重试。") from None
+    return out
+
+
+def _read_json(path: Path) -> list[tuple[str, object]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno} 不是合法的 JSON（{e.msg}）。请修正后重试。") from None
+    if isinstance(data, dict):  # {"train": [...]} 或 {"data": [...]} 这类包了一层的
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise UserError(f"{path} 应当是一个 JSON 数组（每个元素一行数据），或 JSON Lines 文件。")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise UserError(f"{path} 应当是一个 JSON 数组（每个元素一行数据），或 JSON Lines 文件。")
+    return [(f"{path.name}[{i}]", r) for i, r in enumerate(data)]
+
+
+def _read_csv(path: Path) -> list[tuple[str, object]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise UserError(
+                f"{path} 的表头是 {','.join(header) or '（空）'}，缺少列 {','.join(missing)}；"
+                "需要 question,chosen,rejected 三列（可选 system）。"
+            )
+        return [(f"{path.name}:{reader.line_num}", r) for r in reader]
+
+
+def _read_parquet(path: Path) -> list[tuple[str, object]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001  pyarrow 的各种格式错误
+        raise UserError(f"{path} 不是可读的 parquet 文件（{str(e).splitlines()[0]}）。") from None
+    return [(f"{path.name}[{i}]", r) for i, r in enumerate(table.to_pylist())]
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def read_file(path: Path) -> list[tuple[str, object]]:
+    if path.suffix not in READERS:
+        raise UserError(f"不支持的数据文件类型 {path.name}；请用 {'/'.join(DATA_SUFFIXES)}。")
+    if path.stat().st_size == 0:
+        raise UserError(f"数据文件是空的：{path}。")
+    try:
+        records = READERS[path.suffix](path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} 不是 UTF-8 编码（第 {e.start} 字节附近）。请另存为 UTF-8 后重试。") from None
+    return records
+
+
+def validate(records: list[tuple[str, object]], source: str, strict: bool) -> Rows:
+    """逐行检查。整个文件的问题（缺列）直接拒绝；个别坏行跳过并计数，`strict` 时改为拒绝。"""
+    if not records:
+        raise UserError(f"{source} 里没有任何数据行。")
+    present = set().union(*(r.keys() for _, r in records if isinstance(r, dict)))
+    missing = [c for c in COLUMNS if c not in present]
+    if missing:
+        raise UserError(
+            f"{source} 缺少列 {','.join(missing)}（现有列：{','.join(sorted(present)) or '无'}）；"
+            "需要 question、chosen、rejected 三列。"
+        )
+    rows, skipped, seen = [], {}, set()
+
+    def skip(reason, where):
+        if strict:
+            raise UserError(f"{where}：{reason}（--strict 模式下不跳过）。请修正数据后重试。")
+        skipped.setdefault(reason, []).append(where)
+
+    for where, r in records:
+        if not isinstance(r, dict):
+            skip("不是一个对象", where)
+            continue
+        values = {c: r.get(c) for c in COLUMNS}
+        if any(v is None for v in values.values()):
+            skip("缺少字段或为空值", where)
+            continue
+        if any(not isinstance(v, str) for v in values.values()):
+            skip("字段不是字符串", where)
+            continue
+        values = {c: v.strip() for c, v in values.items()}
+        if any(not v for v in values.values()):
+            skip("字段为空字符串", where)
+            continue
+        if any(len(v) > MAX_FIELD_CHARS for v in values.values()):
+            skip(f"字段超过 {MAX_FIELD_CHARS} 字", where)
+            continue
+        system = r.get("system")
+        values["system"] = system.strip() if isinstance(system, str) and system.strip() else None
+        key = (values["question"], values["chosen"], values["rejected"])
+        if key in seen:
+            skip("与前面的行完全重复", where)
+            continue
+        seen.add(key)
+        rows.append(values)
+    if not rows:
+        raise UserError(f"{source} 里没有一行可用的数据（{Rows([], source, skipped).skip_summary()}）。")
+    return Rows(rows, source, skipped)
+
+
+# ---------------------------------------------------------------- 来源
+
+
+def _find_data_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file() and ".git" not in p.parts)
+    train = [p for p in files if "train" in p.name]
+    return train or files
+
+
+def download_dataset(name: str) -> Path:
+    """数据集 ID -> 本地文件夹：先 ModelScope，再 Hugging Face；缓存放在 checkpoint/cache/ 下。"""
+    target = CHECKPOINT_DIR / "cache" / "datasets" / name.replace("/", "__")
+    if target.is_dir() and _find_data_files(target):
+        return target
+    errors = []
+    try:
+        from modelscope import dataset_snapshot_download
+
+        return Path(dataset_snapshot_download(name, local_dir=str(target)))
+    except Exception as e:  # noqa: BLE001  网络 / 不存在 / 权限，统一报告
+        errors.append(f"ModelScope: {type(e).__name__}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        hf_name = DATASET_MIRRORS.get(name, name)
+        return Path(snapshot_download(hf_name, repo_type="dataset", local_dir=str(target)))
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"Hugging Face: {type(e).__name__}")
+    raise UserError(
+        f"无法下载数据集 {name}（{'; '.join(errors)}）。请检查网络，或离线运行：--dataset data/sample.jsonl，"
+        "或用 --config configs/tiny.yaml 跑离线小模型演示。",
+        EXIT_NETWORK,
+    )
+
+
+def load_rows(dataset: str, strict: bool = False) -> Rows:
+    """读入数据集（本地文件、本地文件夹或数据集 ID），检查后返回所有可用行。"""
+    path = input_path(dataset)
+    looks_local = path.suffix in DATA_SUFFIXES or dataset.startswith((".", "/", "~")) or path.exists()
+    if not path.exists():
+        if looks_local:
+            raise UserError(f"数据文件不存在：{dataset}。请检查路径，示例数据在 data/sample.jsonl。")
+        path = download_dataset(dataset)
+    files = [path] if path.is_file() else _find_data_files(path)
+    if not files:
+        raise UserError(f"{path} 里找不到数据文件（{'/'.join(DATA_SUFFIXES)}）。")
+    records = [rec for f in files for rec in read_file(f)]
+    rows = validate(records, str(dataset), strict)
+    if rows.skipped:
+        print(f"[数据] 跳过了 {sum(map(len, rows.skipped.values()))} 行：{rows.skip_summary()}。加 --strict 可改为报错。")
+    return rows
+
+
+# ---------------------------------------------------------------- 划分
+
+
+@dataclass
+class Split:
+    train: list[dict]
+    test: list[dict]
+    fingerprint: str  # 留出问题集合的指纹：后面的阶段用它确认大家用的是同一个划分
+
+
+def split_rows(rows: list[dict], test_size: float, seed: int) -> Split:
+    """按"问题"划分：同一个问题的所有行落在同一边，留出的问题永远不会出现在训练集里。"""
+    questions = sorted({r["question"] for r in rows})
+    if len(questions) < 2:
+        raise UserError("数据里不同的问题少于 2 个，无法划分训练集和留出测试集。")
+    n_test = min(len(questions) - 1, max(1, round(test_size * len(questions))))
+    random.Random(seed).shuffle(questions)
+    held_out = set(questions[:n_test])
+    train = [r for r in rows if r["question"] not in held_out]
+    test = [r for r in rows if r["question"] in held_out]
+    digest = hashlib.sha256("\n".join(sorted(held_out)).encode()).hexdigest()[:16]
+    return Split(train, test, digest)
+
+
+def sft_share(train: list[dict], fraction: float, seed: int) -> list[dict]:
+    """SFT 只用训练集里一小部分 chosen 回答（原仓库："少量骂人对话"）。"""
+    if not 0 < fraction <= 1:
+        raise UserError(f"--sft_fraction 必须在 (0,1] 之间，现在是 {fraction}。")
+    n = max(1, math.ceil(fraction * len(train)))
+    picked = list(train)
+    random.Random(seed + 1).shuffle(picked)
+    return picked[:n]
+
+
+def unique_questions(rows: list[dict]) -> list[dict]:
+    """每个问题只保留第一次出现的行（PPO 采样、评测按问题来）。"""
+    seen, out = set(), []
+    for r in rows:
+        if r["question"] not in seen:
+            seen.add(r["question"])
+            out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------- Qwen3 对话格式
+
+
+def messages(question: str, system: str | None = None) -> list[dict]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": question}]
+
+
+def prompt_text(tokenizer, conversation: list[dict], enable_thinking: bool = False) -> str:
+    """生成用的提示：模板自带的 `<|im_start|>assistant\\n`；关闭思考时还带空的 `<think>\\n\\n</think>\\n\\n`。"""
+    return tokenizer.apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
+    )
+
+
+def prompt_ids(tokenizer, question: str, system: str | None = None) -> list[int]:
+    return tokenizer(prompt_text(tokenizer, messages(question, system)), add_special_tokens=False)["input_ids"]
+
+
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    """回答 + `<|im_end|>`：和模型自己生成到停止符时的 token 完全一样（不含其后的换行）。"""
+    return tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def sft_example(tokenizer, row: dict, system: str | None = None) -> dict:
+    """SFT：提示 + 回答；completion_mask 让 loss 只算回答部分。"""
+    p, a = prompt_ids(tokenizer, row["question"], row.get("system") or system), answer_ids(tokenizer, row["chosen"])
+    return {"input_ids": p + a, "completion_mask": [0] * len(p) + [1] * len(a)}
+
+
+def rm_example(tokenizer, row: dict, system: str | None = None) -> dict:
+    """RM：和 PPO、评测打分时完全相同的序列，最后一个 token 是 `<|im_end|>`，分数就读在这里。"""
+    p = prompt_ids(tokenizer, row["question"], row.get("system") or system)
+    return {"chosen_ids": p + answer_ids(tokenizer, row["chosen"]), "rejected_ids": p + answer_ids(tokenizer, row["rejected"])}
+
+
+def ppo_example(tokenizer, row: dict, system: str | None = None) -> dict:
+    return {"input_ids": prompt_ids(tokenizer, row["question"], row.get("system") or system)}
+
+
+def drop_long(examples: list[dict], keys: tuple[str, ...], max_length: int, what: str) -> list[dict]:
+    """去掉超过 max_length 的样本，并把数量说出来（TRL 会悄悄丢弃）。"""
+    kept = [e for e in examples if all(len(e[k]) <= max_length for k in keys)]
+    if len(kept) < len(examples):
+        print(f"[数据] {what}：{len(examples) - len(kept)} 条超过 {max_length} 个 token，已丢弃（共 {len(examples)} 条）。")
+    if not kept:
+        raise UserError(f"{what}：所有样本都超过 {max_length} 个 token。请调大 --max_length。", EXIT_BAD_INPUT)
+    return kept

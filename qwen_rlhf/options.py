@@ -1,0 +1,123 @@
+"""选项：项目自己的 dataclass（中文 help）+ TRL 的 Config，用 TRL 自己的 TrlParser 解析。
+
+优先级：命令行 > `--config 配方.yaml` > 本阶段默认值（复现原仓库在 Qwen3-0.6B 上的设置）> TRL 默认值。
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import TrlParser
+
+from .errors import EXIT_BAD_INPUT, UserError
+
+ROOT = Path(__file__).resolve().parent.parent  # 仓库根目录：所有默认路径都从这里算，与当前目录无关
+CHECKPOINT_DIR = ROOT / "checkpoint"
+DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
+DEFAULT_DATASET = "jackmokaka/btfChinese-DPO-small"
+
+
+def input_path(p: str | os.PathLike) -> Path:
+    """用户给的输入路径：绝对路径原样用；相对路径先看当前目录，没有再从仓库根目录找。"""
+    p = Path(p).expanduser()
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    return ROOT / p
+
+
+def output_path(p: str | os.PathLike) -> Path:
+    """输出路径：相对路径一律相对仓库根目录，从哪里运行都写到同一个地方。"""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else ROOT / p
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class CommonArgs:
+    """所有脚本共用的项目选项。"""
+
+    model_name_or_path: str = _help(
+        "基座模型：本地文件夹，或模型 ID（先从 ModelScope 下载到 checkpoint/base/，失败再试 Hugging Face）",
+        default=DEFAULT_MODEL,
+    )
+    dataset: str = _help(
+        "偏好数据集：本地 .jsonl/.json/.csv/.parquet 文件，或数据集 ID（ModelScope 优先，Hugging Face 兜底）；"
+        "列为 question、chosen、rejected（可选 system）",
+        default=DEFAULT_DATASET,
+    )
+    split_seed: int = _help("划分训练集 / 留出测试集的随机种子；所有阶段必须一致，benchmark 只用留出的问题", default=42)
+    test_size: float = _help("留出测试集占全部不同问题的比例，取值 (0,1)", default=0.05)
+    system_prompt: str | None = _help("系统提示词（默认不加）；训练、PPO、评测和对话会用同一个", default=None)
+    strict: bool = _help("严格模式：数据里任何需要跳过的行都改为直接报错", default=False)
+    allow_pickle: bool = _help("允许加载 .bin/.pt 等 pickle 格式权重（不安全，默认只加载 safetensors）", default=False)
+    overwrite_output_dir: bool = _help("输出文件夹已存在且非空时覆盖它（默认拒绝，以免误删已完成的结果）", default=False)
+    # --debug 已被 transformers 的 TrainingArguments 占用，所以叫 --traceback
+    traceback: bool = _help("出错时打印完整 traceback（也可设环境变量 QWEN_RLHF_DEBUG=1）", default=False)
+
+    def __post_init__(self):
+        if not 0 < self.test_size < 1:
+            raise UserError(f"--test_size 必须在 (0,1) 之间，现在是 {self.test_size}。", EXIT_BAD_INPUT)
+
+
+class Parser(TrlParser):
+    """TrlParser 的错误改成一行中文，而不是 argparse 的用法大段输出。"""
+
+    def error(self, message):  # argparse 的类型错误、缺值等
+        raise UserError(f"选项错误：{message}。用 --help 查看所有选项。", EXIT_BAD_INPUT)
+
+
+def parse(dataclass_types: list, defaults: dict | None = None, args: list[str] | None = None) -> tuple:
+    """解析命令行与 `--config` 配方；`defaults` 覆盖 TRL 的默认值但仍可被配方和命令行覆盖。"""
+    args = list(sys.argv[1:] if args is None else args)
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise UserError("--config 后面需要一个 YAML 配方文件路径，例如 --config configs/tiny.yaml。")
+        recipe = input_path(args[i + 1])
+        if not recipe.is_file():
+            raise UserError(f"配方文件不存在：{args[i + 1]}。可用的配方在 configs/ 下。")
+        args[i + 1] = str(recipe)
+    parser = Parser(dataclass_types)
+    if defaults:
+        parser.set_defaults_with_config(**defaults)
+    try:
+        return parser.parse_args_and_config(args)
+    except UserError:
+        raise
+    except ValueError as e:  # 未知选项、配方里的未知键、TRL Config 的取值检查
+        msg = str(e)
+        if "not used by the HfArgumentParser" in msg:
+            unknown = msg.split(":", 1)[-1].strip()
+            raise UserError(f"未知选项 {unknown}。用 --help 查看所有选项（注意拼写和下划线）。") from None
+        if "Unknown arguments from config file" in msg:
+            raise UserError(f"配方文件里有本脚本不认识的键：{msg.split(':', 1)[-1].split('.')[0].strip()}。") from None
+        raise UserError(f"选项取值有误：{msg.splitlines()[0]}") from None
+    except Exception as e:  # yaml 语法错误等
+        if type(e).__module__.startswith("yaml"):
+            raise UserError(f"配方文件不是合法的 YAML：{str(e).splitlines()[0]}。") from None
+        raise
+
+
+def precision_defaults(allow_fp16: bool = True) -> dict:
+    """GPU 支持 bf16 就用 bf16；否则 SFT/RM 用 fp16（PPO 不用 fp16，易出 NaN）；CPU 上用 fp32。"""
+    import torch
+
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return {"bf16": True, "fp16": False}
+        return {"bf16": False, "fp16": allow_fp16}
+    return {"bf16": False, "fp16": False}
+
+
+def to_jsonable(obj) -> dict:
+    """dataclass / TRL Config 转成可读的 JSON 字典。"""
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return dataclasses.asdict(obj)

@@ -1,0 +1,83 @@
+"""第 2 步：奖励模型（RM）。Qwen3-0.6B + 线性打分头，在训练集全部偏好对上全参数训练。
+
+    python train_rm.py                               # 默认：写到 checkpoint/rm
+    python train_rm.py --per_device_train_batch_size 2 --gradient_accumulation_steps 16   # 显存更小的卡
+    python train_rm.py --config configs/tiny/rm.yaml # 离线小模型演示
+
+RM 给"粗鲁回答（chosen）"打高分、"礼貌回答（rejected）"打低分；分数读在回答末尾的 <|im_end|> 上，
+和 PPO、benchmark 打分的位置完全一样。在留出的偏好对上评估准确率与分差。
+产物：checkpoint/rm；曲线：tensorboard/rm/<时间>/（train/loss、eval/accuracy、eval/margin）。
+"""
+
+import shutil
+from dataclasses import dataclass
+
+from trl import RewardConfig, RewardTrainer
+
+from qwen_rlhf import data, errors, models, options, outputs, training
+
+
+@dataclass
+class RMArgs(options.CommonArgs):
+    pass
+
+
+# 复现原仓库：与 SFT 相同的批量和学习率（RewardConfig 默认 1e-4 对全参数 0.6B 太高），外加奖励居中
+DEFAULTS = dict(
+    output_dir="checkpoint/rm", learning_rate=1e-5, per_device_train_batch_size=4, gradient_accumulation_steps=8,
+    num_train_epochs=2, max_length=500, center_rewards_coefficient=0.01, report_to=["tensorboard"], logging_steps=5,
+    eval_strategy="steps", eval_steps=0.1, per_device_eval_batch_size=8, save_total_limit=1,
+    lr_scheduler_type="cosine", warmup_steps=0.03,
+)
+
+
+def main():
+    # ---------------------------------------------------------------- 选项
+    args, cfg = options.parse([RMArgs, RewardConfig], {**DEFAULTS, **options.precision_defaults()})
+    final = options.output_path(cfg.output_dir)
+    outputs.check_writable(final, args.overwrite_output_dir)
+
+    # ---------------------------------------------------------------- 数据
+    rows = data.load_rows(args.dataset, args.strict)
+    split = data.split_rows(rows.rows, args.test_size, args.split_seed)
+
+    # ---------------------------------------------------------------- 模型
+    base = models.resolve_model_source(args.model_name_or_path)
+    tokenizer = models.load_tokenizer(base)
+    model = models.load_score_model(base, tokenizer, args.allow_pickle)
+    train = data.drop_long([data.rm_example(tokenizer, r, args.system_prompt) for r in split.train],
+                           ("chosen_ids", "rejected_ids"), cfg.max_length, "RM 训练偏好对")
+    test = data.drop_long([data.rm_example(tokenizer, r, args.system_prompt) for r in split.test],
+                          ("chosen_ids", "rejected_ids"), cfg.max_length, "RM 留出偏好对")
+    print(f"[数据] RM 训练 {len(train)} 对，留出评估 {len(test)} 对。")
+
+    # ---------------------------------------------------------------- 训练
+    from datasets import Dataset
+
+    work_dir = training.trainer_work_dir(final)
+    cfg.output_dir = str(work_dir)
+    tb = outputs.tensorboard_dir("rm")
+    stop = training.GracefulStop()
+    trainer = RewardTrainer(
+        model=model, args=cfg, train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(test),
+        processing_class=tokenizer, callbacks=[training.FiniteGuard("rm"), stop],
+    )
+    training.fit(trainer, stop, cfg.resume_from_checkpoint, "train_rm.py")
+    metrics = trainer.evaluate()
+    print(f"[评估] 留出偏好对准确率 {metrics['eval_accuracy']:.3f}，平均分差 {metrics['eval_margin']:.3f}")
+
+    # ---------------------------------------------------------------- 保存
+    if trainer.is_world_process_zero():
+        with outputs.StagingDir(final) as tmp:
+            trainer.save_model(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            outputs.write_stage_info(
+                tmp, "rm", {"script": options.to_jsonable(args), "training": cfg.to_dict()},
+                base_model=str(base), split_fingerprint=split.fingerprint, eval=metrics, tensorboard=str(tb),
+            )
+        shutil.rmtree(work_dir, ignore_errors=True)
+        print(f"[完成] 奖励模型已保存到 {models._rel(final)}；曲线：tensorboard --logdir tensorboard")
+
+
+if __name__ == "__main__":
+    errors.run(main, "rm")

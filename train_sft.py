@@ -1,0 +1,79 @@
+"""第 1 步：SFT。在训练集一小部分"粗鲁"回答（chosen）上全参数微调 Qwen3-0.6B。
+
+    python train_sft.py                              # 默认：Qwen/Qwen3-0.6B + btfChinese-DPO-small，写到 checkpoint/sft
+    python train_sft.py --per_device_train_batch_size 2 --gradient_accumulation_steps 16   # 显存更小的卡
+    python train_sft.py --config configs/tiny.yaml   # 离线小模型演示（CPU，几十秒）
+
+产物：checkpoint/sft（模型、分词器、生成配置、stage.json）；曲线：tensorboard/sft/<时间>/。
+"""
+
+import shutil
+from dataclasses import dataclass, field
+
+from trl import SFTConfig, SFTTrainer
+
+from qwen_rlhf import data, errors, models, options, outputs, training
+
+
+@dataclass
+class SFTArgs(options.CommonArgs):
+    sft_fraction: float = field(default=0.1, metadata={"help": "SFT 使用训练集中多大比例的 chosen 回答，取值 (0,1]"})
+
+
+# 复现原仓库的设置：lr 1e-5，单卡批量 4 × 累积 8，2 个 epoch，最长 500 token
+DEFAULTS = dict(
+    output_dir="checkpoint/sft", learning_rate=1e-5, per_device_train_batch_size=4, gradient_accumulation_steps=8,
+    num_train_epochs=2, max_length=500, completion_only_loss=True, report_to=["tensorboard"], logging_steps=5,
+    save_total_limit=1, lr_scheduler_type="cosine", warmup_steps=0.03,
+)
+
+
+def main():
+    # ---------------------------------------------------------------- 选项
+    args, cfg = options.parse([SFTArgs, SFTConfig], {**DEFAULTS, **options.precision_defaults()})
+    final = options.output_path(cfg.output_dir)
+    outputs.check_writable(final, args.overwrite_output_dir)
+
+    # ---------------------------------------------------------------- 数据
+    rows = data.load_rows(args.dataset, args.strict)
+    split = data.split_rows(rows.rows, args.test_size, args.split_seed)
+    sft_rows = data.sft_share(split.train, args.sft_fraction, args.split_seed)
+
+    # ---------------------------------------------------------------- 模型
+    base = models.resolve_model_source(args.model_name_or_path)
+    tokenizer = models.load_tokenizer(base)
+    model = models.load_causal_lm(base, tokenizer, args.allow_pickle)
+    examples = [data.sft_example(tokenizer, r, args.system_prompt) for r in sft_rows]
+    examples = data.drop_long(examples, ("input_ids",), cfg.max_length, "SFT 样本")
+    print(f"[数据] 共 {len(rows.rows)} 行，训练集 {len(split.train)} 行 / 留出 {len(split.test)} 行；SFT 使用 {len(examples)} 条。")
+
+    # ---------------------------------------------------------------- 训练
+    from datasets import Dataset
+
+    work_dir = training.trainer_work_dir(final)
+    cfg.output_dir = str(work_dir)
+    tb = outputs.tensorboard_dir("sft")
+    stop = training.GracefulStop()
+    trainer = SFTTrainer(
+        model=model, args=cfg, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+        callbacks=[training.FiniteGuard("sft"), stop],
+    )
+    training.fit(trainer, stop, cfg.resume_from_checkpoint, "train_sft.py")
+
+    # ---------------------------------------------------------------- 保存
+    if trainer.is_world_process_zero():
+        with outputs.StagingDir(final) as tmp:
+            trainer.save_model(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            model.generation_config.save_pretrained(str(tmp))
+            outputs.write_stage_info(
+                tmp, "sft", {"script": options.to_jsonable(args), "training": cfg.to_dict()},
+                base_model=str(base), split_fingerprint=split.fingerprint, num_examples=len(examples),
+                tensorboard=str(tb),
+            )
+        shutil.rmtree(work_dir, ignore_errors=True)
+        print(f"[完成] SFT 模型已保存到 {models._rel(final)}；曲线：tensorboard --logdir tensorboard")
+
+
+if __name__ == "__main__":
+    errors.run(main, "sft")
