@@ -150,3 +150,17 @@ def _rel(p: Path) -> str:
         return str(p.resolve().relative_to(ROOT))
     except ValueError:
         return str(p)
+
+
+def check_same_family(tokenizer, named_models: dict) -> None:
+    """SFT、RM、critic 必须来自同一个基座（同样的结构和词表），否则分数读错位置或直接崩溃。"""
+    ref_name, ref = next(iter(named_models.items()))
+    for name, m in named_models.items():
+        same = (m.config.model_type, m.config.vocab_size) == (ref.config.model_type, ref.config.vocab_size)
+        if not same:
+            raise UserError(
+                f"{name} 模型（{m.config.model_type}，词表 {m.config.vocab_size}）与 {ref_name} 模型"
+                f"（{ref.config.model_type}，词表 {ref.config.vocab_size}）不是同一个基座。"
+                "请用同一个 --model_name_or_path 重新训练 SFT 和 RM。",
+                EXIT_MISSING,
+            )

@@ -84,7 +84,7 @@ def parse(dataclass_types: list, defaults: dict | None = None, args: list[str] |
         if not recipe.is_file():
             raise UserError(f"配方文件不存在：{args[i + 1]}。可用的配方在 configs/ 下。")
         args[i + 1] = str(recipe)
-    parser = Parser(dataclass_types)
+    parser = Parser(dataclass_types, allow_abbrev=False)  # 不接受缩写：拼错的选项应当报错而不是猜
     if defaults:
         parser.set_defaults_with_config(**defaults)
     try:

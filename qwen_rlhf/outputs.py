@@ -71,7 +71,26 @@ def write_stage_info(folder: Path, stage: str, options: dict, **extra) -> None:
 
 
 def tensorboard_dir(stage: str) -> Path:
-    """TensorBoard 目录 tensorboard/<阶段>/<时间>/；transformers 5 去掉了 logging_dir，只认这个环境变量。"""
-    path = ROOT / "tensorboard" / stage / time.strftime("%Y%m%d-%H%M%S")
+    """TensorBoard 目录 tensorboard/<阶段>/<时间>/；transformers 5 去掉了 logging_dir，只认这个环境变量。
+
+    根目录可用环境变量 QWEN_RLHF_TENSORBOARD_ROOT 改（测试用它把曲线写到临时目录）。
+    """
+    root = Path(os.environ.get("QWEN_RLHF_TENSORBOARD_ROOT", ROOT / "tensorboard"))
+    path = root / stage / time.strftime("%Y%m%d-%H%M%S")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
     return path
+
+
+def read_scalars(logdir: Path) -> dict[str, list[float]]:
+    """读回一个 TensorBoard 目录里的全部标量：{tag: [按步排序的值]}。"""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)] for tag in acc.Tags()["scalars"]}
+
+
+def quarter_means(values: list[float]) -> tuple[float, float]:
+    """前四分之一与后四分之一的均值：看曲线整体是升是降，不被单步噪声左右。"""
+    q = max(1, len(values) // 4)
+    return sum(values[:q]) / q, sum(values[-q:]) / q

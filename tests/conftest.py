@@ -1,0 +1,76 @@
+"""测试共用：在临时目录里跑真实脚本（子进程），离线、CPU、小模型。"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qwen_rlhf import tiny  # noqa: E402
+
+TINY = ROOT / "configs" / "tiny"
+
+
+def offline_env(tmp: Path, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_ENDPOINT="http://127.0.0.1:9",  # 万一被访问，立刻连接失败而不是挂起
+        MODELSCOPE_DOMAIN="127.0.0.1:9",
+        QWEN_RLHF_TENSORBOARD_ROOT=str(tmp / "tensorboard"),
+        HF_DATASETS_CACHE=str(tmp / "hf-cache"),
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("QWEN_RLHF_DEBUG", None)
+    env.update(extra)
+    return env
+
+
+def run_script(script: str, *args, tmp: Path, timeout: int = 600, env: dict | None = None, cwd=None):
+    """运行仓库根目录下的脚本，返回 CompletedProcess（stdout/stderr 为文本）。"""
+    cmd = [sys.executable, str(ROOT / script), *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd or ROOT, env=env or offline_env(tmp), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("work")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(work) -> Path:
+    """随机初始化的迷你 Qwen3 + 真实分词器。"""
+    return tiny.build(work / "tiny-qwen3")
+
+
+def stage_args(recipe: str, tiny_model: Path, out: Path, *extra) -> list:
+    return ["--config", TINY / f"{recipe}.yaml", "--model_name_or_path", tiny_model, "--output_dir", out, *extra]
+
+
+@pytest.fixture(scope="session")
+def pipeline(work, tiny_model):
+    """按 tiny 配方依次跑 SFT → RM → PPO，一次会话只跑一次；各测试读它的产物。"""
+    out = {"sft": work / "sft", "rm": work / "rm", "ppo": work / "ppo", "tmp": work}
+    runs = {}
+    runs["sft"] = run_script("train_sft.py", *stage_args("sft", tiny_model, out["sft"]), tmp=work)
+    assert runs["sft"].returncode == 0, runs["sft"].stderr[-3000:]
+    runs["rm"] = run_script("train_rm.py", *stage_args("rm", tiny_model, out["rm"]), tmp=work)
+    assert runs["rm"].returncode == 0, runs["rm"].stderr[-3000:]
+    runs["ppo"] = run_script(
+        "train_ppo.py", *stage_args("ppo", tiny_model, out["ppo"], "--sft_model_path", out["sft"],
+                                    "--reward_model_path", out["rm"]), tmp=work)
+    assert runs["ppo"].returncode == 0, runs["ppo"].stderr[-3000:]
+    out["runs"] = runs
+    return out

@@ -1,0 +1,126 @@
+"""数据：读取检查、确定性划分、Qwen3 对话格式（每个阶段看到的 token 序列）。"""
+
+import json
+
+import pytest
+
+from qwen_rlhf import data, models
+from qwen_rlhf.errors import UserError
+
+SAMPLE = data.load_rows("data/sample.jsonl").rows
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    return models.load_tokenizer(tiny_model)
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) if not isinstance(r, str) else r for r in rows) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def test_sample_data_meets_spec():
+    assert len(SAMPLE) >= 300
+    assert len({r["question"] for r in SAMPLE}) >= 150
+
+
+def test_split_is_deterministic_disjoint_and_by_question():
+    a = data.split_rows(SAMPLE, 0.1, seed=42)
+    b = data.split_rows(SAMPLE, 0.1, seed=42)
+    c = data.split_rows(SAMPLE, 0.1, seed=7)
+    assert a.train == b.train and a.test == b.test and a.fingerprint == b.fingerprint
+    assert a.fingerprint != c.fingerprint
+    train_q, test_q = {r["question"] for r in a.train}, {r["question"] for r in a.test}
+    assert train_q.isdisjoint(test_q)  # 留出的问题从不出现在训练集
+    assert len(a.train) + len(a.test) == len(SAMPLE)
+    assert len(test_q) == round(0.1 * len(train_q | test_q))
+
+
+def test_sft_share_is_small_deterministic_subset():
+    split = data.split_rows(SAMPLE, 0.1, seed=42)
+    share = data.sft_share(split.train, 0.1, seed=42)
+    assert share == data.sft_share(split.train, 0.1, seed=42)
+    assert len(share) == -(-len(split.train) // 10)
+    assert all(r in split.train for r in share)
+
+
+def test_sft_tokens_are_prompt_then_answer_with_loss_on_answer_only(tok):
+    row = {"question": "你好吗", "chosen": "滚，烦死了", "rejected": "我很好"}
+    ex = data.sft_example(tok, row)
+    text = tok.decode(ex["input_ids"])
+    assert text == "<|im_start|>user\n你好吗<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n滚，烦死了<|im_end|>"
+    answer = [t for t, m in zip(ex["input_ids"], ex["completion_mask"]) if m]
+    assert tok.decode(answer) == "滚，烦死了<|im_end|>"
+    assert ex["input_ids"][-1] == tok.eos_token_id == 151645
+    assert tok.pad_token_id == 151643 != tok.eos_token_id
+
+
+def test_rm_pair_ends_at_im_end_and_shares_the_generation_prompt(tok):
+    row = {"question": "几点了", "chosen": "自己看表", "rejected": "现在是下午三点。"}
+    ex = data.rm_example(tok, row, system="你是助手")
+    prompt = data.prompt_ids(tok, "几点了", system="你是助手")
+    for key, answer in (("chosen_ids", "自己看表"), ("rejected_ids", "现在是下午三点。")):
+        assert ex[key][: len(prompt)] == prompt
+        assert ex[key][-1] == tok.eos_token_id
+        assert tok.decode(ex[key][len(prompt):]) == answer + "<|im_end|>"
+    assert tok.decode(prompt).startswith("<|im_start|>system\n你是助手<|im_end|>")
+
+
+def test_generation_prompt_has_empty_think_block(tok):
+    text = data.prompt_text(tok, data.messages("你好"))
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert data.ppo_example(tok, {"question": "你好"})["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_invalid_json_line_is_refused_with_file_and_line(tmp_path):
+    f = write_jsonl(tmp_path / "d.jsonl", [SAMPLE[0], "{broken", SAMPLE[1]])
+    with pytest.raises(UserError, match=r"d.jsonl:2 不是合法的 JSON"):
+        data.load_rows(str(f))
+
+
+def test_bad_rows_are_skipped_with_counts_or_refused_in_strict_mode(tmp_path, capsys):
+    good = SAMPLE[:3]
+    bad = [{"question": "q", "chosen": None, "rejected": "r"}, {"question": "  ", "chosen": "c", "rejected": "r"},
+           {"question": 5, "chosen": "c", "rejected": "r"}, {"question": "q2", "chosen": "c"}, SAMPLE[0]]
+    f = write_jsonl(tmp_path / "d.jsonl", good + bad)
+    rows = data.load_rows(str(f))
+    assert rows.rows == [dict(r, system=None) for r in good]
+    assert sum(map(len, rows.skipped.values())) == 5
+    assert "跳过了 5 行" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"d.jsonl:4"):
+        data.load_rows(str(f), strict=True)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "数据文件是空的"),
+        ("question,answer\n你好,滚\n".encode("utf-8"), "缺少列 chosen,rejected"),
+        ('{"question": "你好", "chosen": "滚", "rejected": "好"}\n'.encode("gbk"), "不是 UTF-8 编码"),
+    ],
+)
+def test_whole_file_problems_are_refused(tmp_path, content, message):
+    suffix = ".csv" if b"answer" in content else ".jsonl"
+    f = tmp_path / f"d{suffix}"
+    f.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        data.load_rows(str(f))
+
+
+def test_missing_local_file_names_the_path():
+    with pytest.raises(UserError, match="数据文件不存在：nope/none.jsonl"):
+        data.load_rows("nope/none.jsonl")
+
+
+def test_csv_and_json_array_load_like_jsonl(tmp_path):
+    import csv
+
+    with (tmp_path / "d.csv").open("w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["question", "chosen", "rejected", "system"])
+        w.writeheader()
+        w.writerows(SAMPLE[:4])
+    (tmp_path / "d.json").write_text(json.dumps(SAMPLE[:4], ensure_ascii=False), encoding="utf-8")
+    assert data.load_rows(str(tmp_path / "d.csv")).rows == data.load_rows(str(tmp_path / "d.json")).rows
+    assert len(data.load_rows(str(tmp_path / "d.csv")).rows) == 4
