@@ -59,6 +59,10 @@ def debug_enabled(argv: list[str] | None = None) -> bool:
 
 
 def fail(message: str, code: int) -> None:
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:  # 先关掉还开着的进度条，否则退出时它们会打印在错误信息之后
+        for bar in list(getattr(tqdm.tqdm, "_instances", [])):
+            bar.close()
     print(f"错误：{message}", file=sys.stderr, flush=True)
     sys.exit(code)
 

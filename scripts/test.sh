@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# 全部测试（离线、CPU）：建好 .venv 后运行 pytest。额外参数原样传给 pytest，例如 bash scripts/test.sh -k ppo
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_venv.sh
+exec "${VENV:-.venv}/bin/python" -m pytest -q tests "$@"

@@ -1,0 +1,145 @@
+"""PPO：端到端（适配器、合并模型、曲线、分数上升），多进程，以及 TRL 1.12 悄悄忽略的设置确实生效。"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, last_line, offline_env, run_script, stage_args
+from qwen_rlhf import data, inference, models, outputs, ppo
+
+TB_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "policy/entropy_avg", "loss/policy_avg",
+           "loss/value_avg", "val/num_eos_tokens", "rollout/distinct_ratio", "rollout/response_length",
+           "policy/grad_norm"]
+
+
+def stage_info(folder):
+    return json.loads((folder / "stage.json").read_text(encoding="utf-8"))
+
+
+def test_adapter_is_written_trained_and_points_to_an_absolute_sft_path(pipeline):
+    from safetensors.torch import load_file
+
+    folder = pipeline["ppo"]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert os.path.isabs(config["base_model_name_or_path"])
+    assert os.path.samefile(config["base_model_name_or_path"], pipeline["sft"])
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    assert lora_b and all(torch.count_nonzero(w) > 0 for w in lora_b)  # B 初始化为 0：非零说明训练过
+
+
+def test_merged_model_loads_and_stops_at_im_end_without_think(pipeline):
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(pipeline["ppo"] / "merged"))  # 普通 from_pretrained 就能读
+    loaded = inference.load_policy(str(pipeline["ppo"]))
+    assert loaded.folder == pipeline["ppo"] / "merged"
+    tok = loaded.tokenizer
+    prompts = [data.prompt_ids(tok, q) for q in ["你好", "今天星期几", "你是谁", "最近怎么样"] * 2]
+    torch.manual_seed(0)
+    responses = inference.generate(loaded.model, tok, prompts, max_new_tokens=64, do_sample=True, temperature=0.7)
+    assert any(r and r[-1] == tok.eos_token_id for r in responses)
+    for r in responses:
+        assert tok.eos_token_id not in r[:-1]  # 停在第一个 <|im_end|>
+        assert "<think>" not in tok.decode(r)
+
+
+def test_ppo_curves_are_logged_and_mean_score_rises(pipeline):
+    info = stage_info(pipeline["ppo"])
+    scalars = outputs.read_scalars(info["tensorboard"])
+    for tag in TB_TAGS:
+        assert f"train/{tag}" in scalars, tag
+    first, last = outputs.quarter_means(scalars["train/objective/scores"])
+    assert last > first, (first, last)
+
+
+def test_optimizer_really_steps_epochs_times_minibatches_per_update(pipeline):
+    info = stage_info(pipeline["ppo"])
+    cfg = info["options"]["training"]
+    updates = info["episodes"] // (cfg["per_device_train_batch_size"] * cfg["gradient_accumulation_steps"])
+    assert info["optimizer_steps"] == updates * cfg["num_ppo_epochs"] * cfg["num_mini_batches"]
+
+
+def test_refuses_a_train_set_smaller_than_one_rollout_batch(pipeline):
+    r = run_script("train_ppo.py", *stage_args("ppo", pipeline["tmp"] / "tiny-qwen3", pipeline["tmp"] / "ppo-small",
+                                               "--sft_model_path", pipeline["sft"], "--reward_model_path", pipeline["rm"],
+                                               "--per_device_train_batch_size", 4096), tmp=pipeline["tmp"])
+    assert r.returncode == 2
+    assert "少于一个 rollout 批量" in last_line(r.stderr) and "Traceback" not in r.stderr
+    assert not (pipeline["tmp"] / "ppo-small").exists()
+
+
+def test_ppo_before_sft_names_the_script_to_run(tmp_path, tiny_model):
+    r = run_script("train_ppo.py", *stage_args("ppo", tiny_model, tmp_path / "ppo", "--sft_model_path",
+                                               tmp_path / "nope"), tmp=tmp_path)
+    assert r.returncode == 3
+    assert "python train_sft.py" in last_line(r.stderr) and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def trainer(tiny_model, tmp_path, monkeypatch):
+    """直接在进程内建一个 RLHFPPOTrainer，检查模型本身（而不是相信配置）。"""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl.experimental.ppo import PPOConfig
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    tok = models.load_tokenizer(tiny_model, padding_side="left")
+    policy = models.load_causal_lm(tiny_model, tok)
+    critic = models.load_score_model(tiny_model, tok)
+    reward = models.load_score_model(tiny_model, tok)
+    ppo.enable_gradient_checkpointing(policy, critic)
+    cfg = PPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, per_device_train_batch_size=2,
+                    gradient_accumulation_steps=1, total_episodes=4, response_length=4, stop_token="eos",
+                    max_grad_norm=0.5, report_to=[], num_sample_generations=0, save_strategy="no")
+    rows = [data.ppo_example(tok, {"question": q}) for q in ["你好", "在吗", "几点了", "吃了吗"]]
+    return ppo.RLHFPPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
+                              value_model=critic, train_dataset=Dataset.from_list(rows),
+                              peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+
+
+def test_gradient_checkpointing_is_on_for_policy_and_critic(trainer):
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    assert unwrapped.policy.get_base_model().is_gradient_checkpointing
+    assert unwrapped.value_model.is_gradient_checkpointing
+
+
+def test_gradients_are_clipped_to_max_grad_norm(trainer):
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.full_like(p, 10.0)
+    trainer.optimizer.step()
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert trainer.last_grad_norm > 100
+    assert norm.item() == pytest.approx(0.5, rel=2e-2)  # fp32 对千万个元素求范数有 ~1% 的累加误差
+    assert trainer.optimizer_steps == 1
+
+
+def test_bf16_request_reaches_the_accelerator(monkeypatch):
+    ppo.set_mixed_precision(True)
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    ppo.set_mixed_precision(False)
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"
+
+
+def test_two_processes_train_with_gloo(pipeline):
+    """trl#2375 的绕过：torchrun 两个 CPU 进程（gloo）能训练，episode 数 = 进程数 × 每卡批量 × 更新次数。"""
+    out = pipeline["tmp"] / "ppo-ddp"
+    env = offline_env(pipeline["tmp"], ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(ROOT / "train_ppo.py"), *map(str, stage_args(
+               "ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path", pipeline["sft"],
+               "--reward_model_path", pipeline["rm"], "--per_device_train_batch_size", 4, "--total_episodes", 16))]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = stage_info(out)
+    assert info["episodes"] == 16  # 2 个进程 × 每卡 4 × 2 次更新
+    assert "全局 rollout 批量 8" in r.stdout
+    assert (out / "merged" / "config.json").is_file()
+    scalars = outputs.read_scalars(info["tensorboard"])
+    assert len(scalars["train/objective/scores"]) == 2

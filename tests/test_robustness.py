@@ -1,0 +1,202 @@
+"""用户能造成的失败：一行中文错误、非零退出码、没有 traceback、之前的结果完好。全部跑真实脚本（子进程）。"""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT, TINY, last_line, offline_env, run_script, stage_args
+from qwen_rlhf import errors
+
+
+def assert_one_line_error(r, code, *needles):
+    assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+    line = last_line(r.stderr)
+    assert line.startswith("错误："), line
+    for n in needles:
+        assert n in line, (n, line)
+    assert "Traceback" not in r.stderr
+
+
+def write(path, text, encoding="utf-8"):
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+GOOD = '{"question": "在吗", "chosen": "滚", "rejected": "在的"}\n'
+
+
+@pytest.mark.parametrize(
+    "name, content, needles",
+    [
+        ("empty.jsonl", "", ["数据文件是空的"]),
+        ("broken.jsonl", GOOD + "{oops\n", ["broken.jsonl:2", "不是合法的 JSON"]),
+        ("cols.csv", "q,a\n在吗,滚\n", ["缺少列", "question,chosen,rejected"]),
+        ("nulls.jsonl", '{"question": null, "chosen": "滚", "rejected": "好"}\n', ["没有一行可用的数据"]),
+    ],
+)
+def test_bad_data_files_are_refused_before_loading_a_model(tmp_path, tiny_model, name, content, needles):
+    f = write(tmp_path / name, content)
+    r = run_script("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--dataset", f), tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_BAD_INPUT, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_encoding_and_missing_file(tmp_path, tiny_model):
+    f = tmp_path / "gbk.jsonl"
+    f.write_bytes('{"question": "你好吗", "chosen": "滚", "rejected": "好"}\n'.encode("gbk"))
+    r = run_script("train_rm.py", *stage_args("rm", tiny_model, tmp_path / "out", "--dataset", f), tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_BAD_INPUT, "不是 UTF-8 编码")
+    r = run_script("train_rm.py", *stage_args("rm", tiny_model, tmp_path / "out", "--dataset", "no/such.jsonl"),
+                   tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_BAD_INPUT, "数据文件不存在")
+
+
+def test_strict_mode_turns_skips_into_refusals(tmp_path, tiny_model):
+    lines = (ROOT / "data" / "sample.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    f = write(tmp_path / "d.jsonl", "\n".join(lines[:20] + ['{"question": "  ", "chosen": "滚", "rejected": "好"}']
+                                              + lines[20:]) + "\n")
+    r = run_script("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--dataset", f, "--strict", "true"),
+                   tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_BAD_INPUT, "d.jsonl:21", "--strict")
+
+
+@pytest.mark.parametrize(
+    "script, extra, needles",
+    [
+        ("train_sft.py", ["--learnig_rate", "1e-5"], ["未知选项", "--learnig_rate"]),
+        ("train_sft.py", ["--num_train_epochs", "two"], ["选项错误", "num_train_epochs"]),
+        ("train_rm.py", ["--test_size", "0"], ["--test_size 必须在 (0,1) 之间"]),
+        ("train_ppo.py", ["--gradient_accumulation_steps", "2", "--num_mini_batches", "2"], ["--num_mini_batches 必须为 1"]),
+        ("train_ppo.py", ["--response_length", "0"], ["--response_length 必须为正数"]),
+        ("train_ppo.py", ["--fp16", "true"], ["PPO 不支持 fp16"]),
+    ],
+)
+def test_bad_options_fail_in_seconds_with_one_line(tmp_path, tiny_model, script, extra, needles):
+    recipe = {"train_sft.py": "sft", "train_rm.py": "rm", "train_ppo.py": "ppo"}[script]
+    t0 = time.time()
+    r = run_script(script, *stage_args(recipe, tiny_model, tmp_path / "out", *extra), tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_BAD_INPUT, *needles)
+    assert time.time() - t0 < 60  # 在加载任何模型之前就报错
+
+
+def test_recipe_that_does_not_exist(tmp_path):
+    r = run_script("train_sft.py", "--config", "configs/tiny/nope.yaml", tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_BAD_INPUT, "配方文件不存在")
+
+
+def test_unreachable_hub_names_the_offline_options(tmp_path):
+    r = run_script("train_sft.py", "--config", TINY / "sft.yaml", "--model_name_or_path", "nobody/none",
+                   "--output_dir", tmp_path / "out", tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_NETWORK, "无法下载模型 nobody/none", "configs/tiny")
+
+
+def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path, tiny_model):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for f in tiny_model.iterdir():
+        if f.suffix != ".safetensors":
+            (folder / f.name).write_bytes(f.read_bytes())
+    torch.save(load_file(str(tiny_model / "model.safetensors")), folder / "pytorch_model.bin")
+    r = run_script("train_sft.py", *stage_args("sft", folder, tmp_path / "out"), tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_BAD_INPUT, "--allow_pickle true")
+
+
+def test_nan_loss_stops_with_step_and_saves_nothing(tmp_path, tiny_model):
+    r = run_script("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--learning_rate", "1e30",
+                                               "--max_grad_norm", "0", "--logging_steps", "1", "--num_train_epochs", "1"),
+                   tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_NUMERIC, "NaN/inf", "步", "--learning_rate")
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_to_overwrite_and_keeps_the_earlier_result(pipeline):
+    before = (pipeline["sft"] / "model.safetensors").read_bytes()
+    r = run_script("train_sft.py", *stage_args("sft", pipeline["tmp"] / "tiny-qwen3", pipeline["sft"]),
+                   tmp=pipeline["tmp"])
+    assert_one_line_error(r, errors.EXIT_BAD_INPUT, "已存在且非空", "--overwrite_output_dir true")
+    assert (pipeline["sft"] / "model.safetensors").read_bytes() == before
+
+
+def _run_until(cmd, env, marker, timeout=300):
+    """启动子进程，等输出里出现 marker 后返回（进程仍在运行）。"""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, out = threading.Event(), []
+
+    def pump():
+        for line in proc.stdout:
+            out.append(line)
+            if marker in line:
+                seen.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    assert seen.wait(timeout), "".join(out)[-3000:]
+    return proc, out
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path, tiny_model):
+    out = tmp_path / "sft"
+    args = stage_args("sft", tiny_model, out, "--logging_steps", "1", "--num_train_epochs", "2")
+    cmd = [sys.executable, str(ROOT / "train_sft.py"), *map(str, args)]
+    proc, lines = _run_until(cmd, offline_env(tmp_path), "'loss'")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == errors.EXIT_INTERRUPTED
+    text = "".join(lines)
+    assert "--resume_from_checkpoint" in text and "Traceback" not in text
+    work = tmp_path / "sft-trainer-checkpoints"
+    ckpts = sorted(work.glob("checkpoint-*"))
+    assert ckpts and not out.exists()  # 进度单独保存，不冒充完成的结果
+    r = run_script("train_sft.py", *args, "--resume_from_checkpoint", ckpts[-1], tmp=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "stage.json").is_file() and not work.exists()
+
+
+@pytest.mark.parametrize("delay", [2.0, 6.0])
+def test_sigkill_at_any_moment_leaves_the_previous_result_loadable(pipeline, tmp_path, delay):
+    """先放一个完整的结果，再用 --overwrite_output_dir 重训并在不同时刻 SIGKILL。"""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "rm"
+    shutil.copytree(pipeline["rm"], out)
+    before = (out / "model.safetensors").read_bytes()
+    cmd = [sys.executable, str(ROOT / "train_rm.py"),
+           *map(str, stage_args("rm", pipeline["tmp"] / "tiny-qwen3", out, "--overwrite_output_dir", "true"))]
+    proc, _ = _run_until(cmd, offline_env(tmp_path), "[数据]")
+    time.sleep(delay)
+    proc.kill()
+    proc.wait(60)
+    assert (out / "model.safetensors").read_bytes() == before
+    AutoModelForSequenceClassification.from_pretrained(str(out))
+    assert json.loads((out / "stage.json").read_text())["stage"] == "rm"
+
+
+def test_out_of_memory_and_disk_full_become_one_line_hints(capsys):
+    import errno
+
+    class OutOfMemoryError(RuntimeError):  # 与 torch.OutOfMemoryError 同名即可被识别
+        pass
+
+    def oom():
+        raise OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(SystemExit) as e:
+        errors.run(oom, "ppo")
+    assert e.value.code == errors.EXIT_RESOURCE
+    assert "--response_length" in capsys.readouterr().err
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "checkpoint/.sft.tmp-1/model.safetensors")
+
+    with pytest.raises(SystemExit) as e:
+        errors.run(full, "sft")
+    assert e.value.code == errors.EXIT_RESOURCE
+    assert "磁盘已满" in capsys.readouterr().err
