@@ -1,0 +1,324 @@
+"""对话：在终端里和任一阶段的模型多轮聊天（默认 PPO 模型），回答逐字显示。
+
+    python chat.py                                    # 和 PPO 模型聊天（checkpoint/ppo，LoRA 已合并）
+    python chat.py --model sft                        # 换一个阶段：base / sft / ppo，或任意本地模型文件夹
+    python chat.py --model base --think               # 原始 Qwen3-0.6B，允许思考（思考过程灰色显示）
+    python chat.py --prompt "你是谁？"                 # 只问一句：打印回答后退出
+    printf '你好\\n你是谁？\\n' | python chat.py        # 从管道逐行读问题，当作同一段多轮对话，读完退出
+    python chat.py --model checkpoint/ppo/merged      # 离线演示：tiny 配方训练出的 PPO 模型
+    python chat.py --model base --model_name_or_path checkpoint/tiny-qwen3   # 离线随机小模型（只会说胡话）
+
+对话中的命令：/help /clear /system <文字> /model /exit。回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），
+再按一次 Ctrl-C 退出程序；在提示符处按 Ctrl-D 或输入 /exit 退出。
+"""
+
+import re
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+from qwen_rlhf import data, errors, inference, options
+from qwen_rlhf.errors import EXIT_BAD_INPUT, UserError
+from qwen_rlhf.models import _rel
+
+MAX_INPUT_CHARS = 8000  # 一次粘贴 100 KB 也不会卡住：只保留开头
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # C0 控制字符（保留 \t 和 \n）和 DEL
+THINK_TAGS = ("<think>", "</think>")
+HELP = """命令：
+  /help             显示本帮助
+  /clear            清空对话历史（系统提示词保留）
+  /system <文字>    设置系统提示词；只输入 /system 显示当前的，/system - 取消
+  /model            显示已加载的模型
+  /exit             退出（也可以在提示符处按 Ctrl-D）
+回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），再按一次退出程序。"""
+
+
+def opt(default, text):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ChatArgs:
+    model: str = opt("ppo", "和哪个模型对话：base / sft / ppo（checkpoint/ 下各阶段的产物），或一个本地模型文件夹")
+    model_name_or_path: str = opt(options.DEFAULT_MODEL, "--model base 时用的基座模型：本地文件夹或模型 ID")
+    system_prompt: str | None = opt(None, "初始系统提示词（默认不加）；对话中可用 /system 修改")
+    prompt: str | None = opt(None, "只问这一句：打印回答后退出（不进入交互）")
+    think: bool = opt(False, "允许 Qwen3 先思考再回答（默认关闭，即 enable_thinking=False）")
+    hide_think: bool = opt(False, "和 --think 一起用：不显示思考过程，只显示最终回答")
+    do_sample: bool = opt(True, "采样生成；--do_sample false 为贪心解码（确定的输出）")
+    temperature: float = opt(0.7, "采样温度（Qwen3 非思考模式推荐 0.7；思考模式推荐 0.6）")
+    top_p: float = opt(0.8, "top-p 采样（非思考模式推荐 0.8；思考模式推荐 0.95）")
+    top_k: int = opt(20, "top-k 采样（0 = 不限制）")
+    max_new_tokens: int = opt(512, "每个回答最多生成多少个 token")
+    seed: int | None = opt(None, "随机种子：固定后同样的输入得到同样的回答（默认不固定）")
+    allow_pickle: bool = opt(False, "允许加载 .bin/.pt 等 pickle 格式权重（不安全，默认只加载 safetensors）")
+    # --debug 已被 transformers 占用，和训练脚本一样叫 --traceback
+    traceback: bool = opt(False, "出错时打印完整 traceback（也可设环境变量 QWEN_RLHF_DEBUG=1）")
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise UserError(f"--max_new_tokens 必须是正整数，现在是 {self.max_new_tokens}。", EXIT_BAD_INPUT)
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1 and self.top_k >= 0):
+            raise UserError("采样参数有误：需要 --temperature > 0、0 < --top_p ≤ 1、--top_k ≥ 0；"
+                            "想要确定的输出请用 --do_sample false。", EXIT_BAD_INPUT)
+
+
+def note(text: str) -> None:
+    """提示信息写到 stderr：管道模式下 stdout 里只有回答。"""
+    print(f"（{text}）", file=sys.stderr, flush=True)
+
+
+def clean(text: str) -> str:
+    """去掉控制字符（终端转义、\\0、\\r 等），超长时只保留开头。"""
+    text = CONTROL_CHARS.sub("", text).strip()
+    if len(text) > MAX_INPUT_CHARS:
+        note(f"输入有 {len(text)} 个字符，超过 {MAX_INPUT_CHARS}，只保留前 {MAX_INPUT_CHARS} 个")
+        text = text[:MAX_INPUT_CHARS].strip()
+    return text
+
+
+def final_answer(text: str) -> str:
+    """只留最终回答：去掉 <think>…</think>（没闭合的一直去到结尾）和落单的标签。历史里从不放思考内容。"""
+    text = re.sub(r"<think>.*?(</think>|$)", "", text, flags=re.S)
+    return text.replace("</think>", "").strip()
+
+
+# ---------------------------------------------------------------- 流式显示与打断
+
+
+class Display(TextStreamer):
+    """逐段把生成的文字写到 stdout：思考部分灰色（或隐藏），回答原样；标签本身从不显示。"""
+
+    def __init__(self, tokenizer, show_think: bool, thinking: bool = False):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.show_think, self.thinking = show_think, thinking
+        self.tty = sys.stdout.isatty()
+        self.pending, self.fresh, self.last, self.thought = "", True, "\n", False
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        buf = self.pending + text
+        while hits := [(buf.find(t), t) for t in THINK_TAGS if t in buf]:
+            i, tag = min(hits)
+            self.emit(buf[:i])
+            buf = buf[i + len(tag):]
+            self.switch(tag == "<think>")
+        # 结尾可能是半个标签（"<thi"），先留着等下一段
+        keep = 0 if stream_end else max((k for t in THINK_TAGS for k in range(1, len(t)) if buf.endswith(t[:k])),
+                                        default=0)
+        self.emit(buf[:len(buf) - keep])
+        self.pending = buf[len(buf) - keep:]
+        if stream_end and self.last != "\n":
+            self.write("\n")
+
+    def switch(self, thinking: bool):
+        if thinking != self.thinking and self.show_think and not self.fresh:
+            self.write("\n\n" if self.tty else "\n")
+        self.thinking, self.fresh = thinking, True
+
+    def emit(self, text: str):
+        if self.thinking and not self.show_think:
+            return
+        if self.fresh:  # 每一段开头的空行不显示
+            text = text.lstrip()
+            if not text:
+                return
+            if self.thinking and not self.tty:
+                self.write("[思考] ")
+            elif not self.thinking and self.thought and not self.tty:
+                self.write("[回答] ")
+            self.fresh, self.thought = False, self.thought or self.thinking
+        self.write(f"\x1b[2m{text}\x1b[0m" if self.thinking and self.tty else text)
+
+    def write(self, text: str):
+        if text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            self.last = text[-1]
+
+
+class CtrlC(StoppingCriteria):
+    """生成时接管 Ctrl-C：第一次只举旗，生成在下一个 token 停下；第二次照常抛 KeyboardInterrupt 退出。"""
+
+    def __init__(self):
+        self.pressed = False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.pressed, dtype=torch.bool, device=input_ids.device)
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self.press)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+    def press(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+
+# ---------------------------------------------------------------- 对话
+
+
+class Chat:
+    def __init__(self, loaded: inference.Loaded, args: ChatArgs, device: str):
+        self.loaded, self.args, self.device = loaded, args, device
+        self.model, self.tok = loaded.model, loaded.tokenizer
+        self.system = args.system_prompt
+        self.prefix = ""  # 交互模式下回答前显示"助手："
+        self.history: list[dict] = []  # user / assistant 交替，assistant 只存最终回答
+        self.context = getattr(self.model.config, "max_position_embeddings", None) or 32768
+        if args.max_new_tokens >= self.context:
+            raise UserError(f"--max_new_tokens {args.max_new_tokens} 不小于模型的上下文长度 {self.context}，请调小。",
+                            EXIT_BAD_INPUT)
+        self.sampling = (dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k) if args.do_sample
+                         else dict(temperature=None, top_p=None, top_k=None))  # None：不用模型自带的采样设置
+
+    def prompt_ids(self, question: str) -> tuple[list[int], bool]:
+        """系统提示 + 历史 + 新问题；超出上下文（留出 max_new_tokens）时从最早的一轮开始丢。"""
+        budget = self.context - self.args.max_new_tokens
+        msgs = data.messages(question, self.system)
+        for start in range(0, len(self.history) + 1, 2):
+            text = data.prompt_text(self.tok, msgs[:-1] + self.history[start:] + msgs[-1:], self.args.think)
+            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+            if len(ids) <= budget:
+                break
+        else:  # 连一轮历史都不带也放不下：历史保持原样，只跳过这一句
+            raise UserError(f"这条输入连同系统提示有 {len(ids)} 个 token，加上回答上限 {self.args.max_new_tokens} "
+                            f"超出了模型上下文 {self.context}，已跳过；请缩短后重试", EXIT_BAD_INPUT)
+        if start:
+            self.history = self.history[start:]
+            note(f"对话超出模型上下文（{self.context} token），已丢弃最早的 {start // 2} 轮")
+        return ids, text.rstrip().endswith("<think>")  # 有的模板让生成直接从思考里开始
+
+    def reply(self, question: str) -> bool:
+        """生成并流式显示回答；正常结束的问答存进历史。返回是否被 Ctrl-C 打断。"""
+        ids, starts_thinking = self.prompt_ids(question)
+        display = Display(self.tok, show_think=self.args.think and not self.args.hide_think, thinking=starts_thinking)
+        display.write(self.prefix)
+        input_ids = torch.tensor([ids], device=self.device)
+        with CtrlC() as ctrl_c, torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=display,
+                stopping_criteria=StoppingCriteriaList([ctrl_c]), max_new_tokens=self.args.max_new_tokens,
+                do_sample=self.args.do_sample, eos_token_id=self.tok.eos_token_id,
+                pad_token_id=self.tok.pad_token_id, **self.sampling,
+            )
+        tokens = out[0, len(ids):].tolist()
+        if ctrl_c.pressed:
+            note("已打断；这一轮问答不计入历史，可按 ↑ 找回问题")
+            return True
+        text = self.tok.decode(tokens, skip_special_tokens=True)
+        answer = final_answer(("<think>" if starts_thinking else "") + text)
+        if self.tok.eos_token_id not in tokens:
+            note(f"回答达到 --max_new_tokens {self.args.max_new_tokens} 的上限，被截断")
+        if answer:
+            self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        else:
+            note("模型没有给出回答；这一轮不计入历史")
+        return False
+
+    def command(self, line: str) -> bool:
+        """执行 /命令；返回 False 表示退出。"""
+        name, rest = (line.split(None, 1) + [""])[:2]
+        rest = rest.strip()
+        if name == "/help":
+            print(HELP)
+        elif name == "/clear":
+            self.history.clear()
+            print("（已清空对话历史）")
+        elif name == "/system" and not rest:
+            print(f"当前系统提示词：{self.system}" if self.system else "（当前没有系统提示词）")
+        elif name == "/system":
+            self.system = None if rest == "-" else rest
+            print("（已取消系统提示词）" if self.system is None else "（已设置系统提示词，从下一句开始生效）")
+        elif name == "/model":
+            m = self.model
+            params = sum(p.numel() for p in m.parameters())
+            print(f"模型：{self.loaded.name}\n文件夹：{_rel(self.loaded.folder)}\n参数量：{params / 1e6:.1f}M\n"
+                  f"设备：{self.device}（{str(m.dtype).replace('torch.', '')}）\n"
+                  f"上下文：{self.context} token，回答最多 {self.args.max_new_tokens}；历史 {len(self.history) // 2} 轮")
+        elif name in ("/exit", "/quit"):
+            return False
+        else:
+            print(f"（未知命令 {name}，输入 /help 查看可用命令）")
+        return True
+
+    def handle(self, line: str) -> bool:
+        """处理一行输入：空行忽略，/ 开头是命令，其余是问题。返回 False 表示退出。"""
+        text = clean(line)
+        if not text:
+            return True
+        if text.startswith("/") and "\n" not in text:
+            return self.command(text)
+        try:
+            self.reply(text)
+        except UserError as e:  # 这一句太长：提示后继续对话
+            note(e.message)
+            return True
+        sys.stdout.write("\n")  # 空一行，一个回答一块
+        return True
+
+
+# ---------------------------------------------------------------- 入口
+
+
+def main():
+    (args,) = options.parse([ChatArgs])
+    # 非 UTF-8 的输入 / 终端编码不对时用 � 代替，绝不因为编码崩溃
+    sys.stdin.reconfigure(errors="replace")
+    sys.stdout.reconfigure(errors="replace")
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if torch.cuda.is_available():
+        device, dtype = "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        device, dtype = "cpu", torch.float32
+    if sys.stderr.isatty():  # 加载要几秒：终端上显示一行临时提示，加载完或出错时擦掉，错误仍然只有一行
+        print(f"正在加载模型 {args.model} …", end="\r", file=sys.stderr, flush=True)
+    try:
+        loaded = inference.load_policy(args.model, args.model_name_or_path, args.allow_pickle, dtype)
+        loaded.model.to(device)
+    finally:
+        if sys.stderr.isatty():
+            print("\x1b[K", end="", file=sys.stderr, flush=True)
+    if args.seed is not None:
+        set_seed(args.seed)
+    chat = Chat(loaded, args, device)
+
+    if args.prompt is not None:  # 一问一答
+        question = clean(args.prompt)
+        if not question:
+            raise UserError("--prompt 是空的。", EXIT_BAD_INPUT)
+        if chat.reply(question):
+            raise KeyboardInterrupt
+    elif not sys.stdin.isatty():  # 管道：逐行一个问题，同一段对话，读到结尾退出；按字节读，坏编码不会崩溃
+        for raw in sys.stdin.buffer:
+            if not chat.handle(raw.decode("utf-8", errors="replace")):
+                break
+    else:
+        import readline  # noqa: F401  方向键编辑、↑↓ 翻历史（UTF-8 终端下中文可用）
+
+        chat.prefix = "助手："
+        print(f"已加载 {loaded.name}（{_rel(loaded.folder)}，{device}）。输入 /help 查看命令，/exit 或 Ctrl-D 退出。")
+        while True:
+            try:
+                line = input("你：")
+            except KeyboardInterrupt:  # 提示符处的 Ctrl-C 只清掉这一行
+                print("\n（输入 /exit 或按 Ctrl-D 退出）")
+                continue
+            except EOFError:
+                print()
+                break
+            if not chat.handle(line):
+                break
+
+
+if __name__ == "__main__":
+    errors.run(main, "chat")
