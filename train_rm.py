@@ -9,7 +9,6 @@ RM 给"粗鲁回答（chosen）"打高分、"礼貌回答（rejected）"打低�
 产物：checkpoint/rm；曲线：tensorboard/rm/<时间>/（train/loss、eval/accuracy、eval/margin）。
 """
 
-import shutil
 from dataclasses import dataclass
 
 from trl import RewardConfig, RewardTrainer
@@ -54,10 +53,7 @@ def main():
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
 
-    work_dir = training.trainer_work_dir(final)
-    cfg.output_dir = str(work_dir)
-    tb = outputs.tensorboard_dir("rm")
-    stop = training.GracefulStop()
+    tb, stop = training.prepare(cfg, final, "rm")
     trainer = RewardTrainer(
         model=model, args=cfg, train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(test),
         processing_class=tokenizer, callbacks=[training.FiniteGuard("rm"), stop],
@@ -67,16 +63,10 @@ def main():
     print(f"[评估] 留出偏好对准确率 {metrics['eval_accuracy']:.3f}，平均分差 {metrics['eval_margin']:.3f}")
 
     # ---------------------------------------------------------------- 保存
-    if trainer.is_world_process_zero():
-        with outputs.StagingDir(final) as tmp:
-            trainer.save_model(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-            outputs.write_stage_info(
-                tmp, "rm", {"script": options.to_jsonable(args), "training": cfg.to_dict()},
-                base_model=str(base), split_fingerprint=split.fingerprint, eval=metrics, tensorboard=str(tb),
-            )
-        shutil.rmtree(work_dir, ignore_errors=True)
-        print(f"[完成] 奖励模型已保存到 {models._rel(final)}；曲线：tensorboard --logdir tensorboard")
+    training.save_result(
+        trainer, final, "rm", tokenizer, {"script": options.to_jsonable(args), "training": cfg.to_dict()},
+        base_model=str(base), split_fingerprint=split.fingerprint, eval=metrics, tensorboard=str(tb),
+    )
 
 
 if __name__ == "__main__":

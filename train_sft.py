@@ -7,7 +7,6 @@
 产物：checkpoint/sft（模型、分词器、生成配置、stage.json）；曲线：tensorboard/sft/<时间>/。
 """
 
-import shutil
 from dataclasses import dataclass, field
 
 from trl import SFTConfig, SFTTrainer
@@ -50,10 +49,7 @@ def main():
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
 
-    work_dir = training.trainer_work_dir(final)
-    cfg.output_dir = str(work_dir)
-    tb = outputs.tensorboard_dir("sft")
-    stop = training.GracefulStop()
+    tb, stop = training.prepare(cfg, final, "sft")
     trainer = SFTTrainer(
         model=model, args=cfg, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
         callbacks=[training.FiniteGuard("sft"), stop],
@@ -61,18 +57,10 @@ def main():
     training.fit(trainer, stop, cfg.resume_from_checkpoint, "train_sft.py")
 
     # ---------------------------------------------------------------- 保存
-    if trainer.is_world_process_zero():
-        with outputs.StagingDir(final) as tmp:
-            trainer.save_model(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-            model.generation_config.save_pretrained(str(tmp))
-            outputs.write_stage_info(
-                tmp, "sft", {"script": options.to_jsonable(args), "training": cfg.to_dict()},
-                base_model=str(base), split_fingerprint=split.fingerprint, num_examples=len(examples),
-                tensorboard=str(tb),
-            )
-        shutil.rmtree(work_dir, ignore_errors=True)
-        print(f"[完成] SFT 模型已保存到 {models._rel(final)}；曲线：tensorboard --logdir tensorboard")
+    training.save_result(
+        trainer, final, "sft", tokenizer, {"script": options.to_jsonable(args), "training": cfg.to_dict()},
+        base_model=str(base), split_fingerprint=split.fingerprint, num_examples=len(examples), tensorboard=str(tb),
+    )
 
 
 if __name__ == "__main__":

@@ -87,3 +87,27 @@ def _has_checkpoint(folder: Path) -> bool:
 def trainer_work_dir(final: Path) -> Path:
     """Trainer 的中间检查点（可续训）放在结果旁边的独立文件夹，训练成功后删除以省磁盘。"""
     return final.parent / f"{final.name}-trainer-checkpoints"
+
+
+def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
+    """Trainer 的中间检查点写到 <结果>-trainer-checkpoints/，曲线写到 tensorboard/<阶段>/<时间>/。"""
+    from .outputs import tensorboard_dir
+
+    cfg.output_dir = str(trainer_work_dir(final))
+    return tensorboard_dir(stage), GracefulStop()
+
+
+def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, **info) -> None:
+    """只在主进程：写到临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。"""
+    import shutil
+
+    from .outputs import StagingDir, write_stage_info
+
+    if not trainer.is_world_process_zero():
+        return
+    with StagingDir(final) as tmp:
+        trainer.save_model(str(tmp))  # 权重 + config + generation_config（eos = <|im_end|>）
+        tokenizer.save_pretrained(str(tmp))
+        write_stage_info(tmp, stage, options, **info)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    print(f"[完成] {stage} 已保存到 {_rel(final)}；曲线：tensorboard --logdir tensorboard")
