@@ -5,8 +5,8 @@
     python chat.py --model base --think               # 原始 Qwen3-0.6B，允许思考（思考过程灰色显示）
     python chat.py --prompt "你是谁？"                 # 只问一句：打印回答后退出
     printf '你好\\n你是谁？\\n' | python chat.py        # 从管道逐行读问题，当作同一段多轮对话，读完退出
-    python chat.py --model checkpoint/ppo/merged      # 离线演示：tiny 配方训练出的 PPO 模型
-    python chat.py --model base --model_name_or_path checkpoint/tiny-qwen3   # 离线随机小模型（只会说胡话）
+    python chat.py --model checkpoint/tiny/ppo        # 离线演示：tiny 配方训练出的 PPO 模型
+    python chat.py --model base --model_name_or_path checkpoint/tiny/base   # 离线随机小模型（只会说胡话）
 
 对话中的命令：/help /clear /system <文字> /model /exit。回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），
 再按一次 Ctrl-C 退出程序；在提示符处按 Ctrl-D 或输入 /exit 退出。

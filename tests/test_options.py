@@ -41,7 +41,7 @@ def test_ppo_defaults_reproduce_the_original_run():
 def test_recipe_overrides_defaults_and_flags_override_recipe():
     args, cfg = options.parse([train_sft.SFTArgs, SFTConfig], SFT_DEFAULTS,
                               args=["--config", "configs/tiny/sft.yaml", "--num_train_epochs", "1"])
-    assert args.model_name_or_path == "checkpoint/tiny-qwen3" and cfg.use_cpu
+    assert args.model_name_or_path == "checkpoint/tiny/base" and cfg.use_cpu
     assert cfg.num_train_epochs == 1  # 命令行最优先
     assert cfg.max_length == 128  # 来自配方
 

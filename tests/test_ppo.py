@@ -143,3 +143,48 @@ def test_two_processes_train_with_gloo(pipeline):
     assert (out / "merged" / "config.json").is_file()
     scalars = outputs.read_scalars(info["tensorboard"])
     assert len(scalars["train/objective/scores"]) == 2
+
+
+def test_reward_path_pointing_at_the_wrong_stage_is_refused(pipeline):
+    r = run_script("train_ppo.py", *stage_args("ppo", pipeline["tmp"] / "tiny-qwen3", pipeline["tmp"] / "ppo-x",
+                                               "--sft_model_path", pipeline["sft"], "--reward_model_path",
+                                               pipeline["sft"]), tmp=pipeline["tmp"])
+    assert r.returncode == 3
+    assert "这里需要 rm 阶段的" in last_line(r.stderr) and "Traceback" not in r.stderr
+
+
+def test_adapter_whose_sft_base_moved_gives_a_clear_error(pipeline, tmp_path):
+    from qwen_rlhf.errors import UserError
+
+    moved = tmp_path / "ppo"
+    shutil.copytree(pipeline["ppo"], moved, ignore=shutil.ignore_patterns("merged"))
+    config = json.loads((moved / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone" / "sft")
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    info = stage_info(moved)
+    info["sft_path_in_repo"] = "checkpoint/gone/sft"
+    (moved / "stage.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="基座模型（SFT）找不到了"):
+        inference.load_policy(str(moved))
+    config["base_model_name_or_path"] = str(pipeline["sft"])  # 放回去：不用 merged/ 也能现场合并
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    assert inference.load_policy(str(moved)).folder == moved
+
+
+def test_ctrl_c_during_ppo_keeps_the_result_and_saves_the_partial_policy_aside(pipeline):
+    import signal
+
+    from test_robustness import _run_until
+
+    out = pipeline["tmp"] / "ppo-int"
+    cmd = [sys.executable, str(ROOT / "train_ppo.py"), *map(str, stage_args(
+        "ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path", pipeline["sft"],
+        "--reward_model_path", pipeline["rm"], "--total_episodes", 100000))]
+    proc, lines = _run_until(cmd, offline_env(pipeline["tmp"]), "objective/scores")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(300) == 130
+    assert not out.exists()
+    partial = pipeline["tmp"] / "ppo-int-interrupted"
+    assert stage_info(partial)["interrupted"] is True
+    assert (partial / "adapter_model.safetensors").is_file() and (partial / "merged" / "config.json").is_file()
+    assert "ppo-int-interrupted" in "".join(lines)
