@@ -83,7 +83,7 @@ def main():
     for name, info in (("SFT", sft_info), ("RM", rm_info)):
         if info.get("split_fingerprint") != split.fingerprint:
             raise UserError(
-                f"{name} 训练时用的数据划分和这次不同（--dataset / --split_seed / --test_size 不一致），"
+                f"{name} 训练时用的数据或划分和这次不同（--dataset 的内容 / --split_seed / --test_size 不一致），"
                 "留出的问题可能被训练过。请用与前两步相同的选项运行。", EXIT_MISSING)
     tokenizer = models.load_tokenizer(sft_path, padding_side="left")  # PPO 在提示后面直接生成：必须左填充
     examples = [data.ppo_example(tokenizer, r, args.system_prompt) for r in data.unique_questions(split.train)]

@@ -220,7 +220,7 @@ def load_rows(dataset: str, strict: bool = False) -> Rows:
 class Split:
     train: list[dict]
     test: list[dict]
-    fingerprint: str  # 留出问题集合的指纹：后面的阶段用它确认大家用的是同一个划分
+    fingerprint: str  # 数据 + 划分的指纹：后面的阶段用它确认大家用的是同一份数据、同一个划分
 
 
 def split_rows(rows: list[dict], test_size: float, seed: int) -> Split:
@@ -233,7 +233,10 @@ def split_rows(rows: list[dict], test_size: float, seed: int) -> Split:
     held_out = set(questions[:n_test])
     train = [r for r in rows if r["question"] not in held_out]
     test = [r for r in rows if r["question"] in held_out]
-    digest = hashlib.sha256("\n".join(sorted(held_out)).encode()).hexdigest()[:16]
+    # 指纹覆盖全部数据行和留出集合：换了数据（哪怕问题相同、回答改了）或换了划分，后面的阶段都能发现
+    content = json.dumps([sorted(held_out), sorted((r["question"], r["chosen"], r["rejected"]) for r in rows)],
+                         ensure_ascii=False)
+    digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return Split(train, test, digest)
 
 

@@ -32,7 +32,7 @@ def offline_env(tmp: Path, **extra) -> dict:
     return env
 
 
-def run_script(script: str, *args, tmp: Path, timeout: int = 600, env: dict | None = None, cwd=None):
+def run_script(script: str, *args, tmp: Path, timeout: int = 1200, env: dict | None = None, cwd=None):
     """运行仓库根目录下的脚本，返回 CompletedProcess（stdout/stderr 为文本）。"""
     cmd = [sys.executable, str(ROOT / script), *map(str, args)]
     return subprocess.run(cmd, cwd=cwd or ROOT, env=env or offline_env(tmp), capture_output=True, text=True,

@@ -124,3 +124,9 @@ def test_csv_and_json_array_load_like_jsonl(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps(SAMPLE[:4], ensure_ascii=False), encoding="utf-8")
     assert data.load_rows(str(tmp_path / "d.csv")).rows == data.load_rows(str(tmp_path / "d.json")).rows
     assert len(data.load_rows(str(tmp_path / "d.csv")).rows) == 4
+
+
+def test_fingerprint_changes_when_answers_change_even_if_questions_do_not():
+    edited = [dict(r) for r in SAMPLE]
+    edited[0]["chosen"] = edited[0]["chosen"] + "！"
+    assert data.split_rows(edited, 0.1, seed=42).fingerprint != data.split_rows(SAMPLE, 0.1, seed=42).fingerprint

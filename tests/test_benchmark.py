@@ -1,0 +1,240 @@
+"""benchmark.py：报告函数（手写数据）+ 在 tiny 流水线产物上真实运行（子进程）。"""
+
+import json
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import TINY, last_line, run_script
+from qwen_rlhf import report
+from qwen_rlhf.errors import EXIT_MISSING
+from qwen_rlhf.report import Answer
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- 报告函数（不需要模型）
+
+
+def test_gain_cell_shows_direction_and_bolds_big_changes():
+    assert report.format_gain(0.5) == "🔺+0.50"
+    assert report.format_gain(-0.3) == "🔻-0.30"
+    assert report.format_gain(1.0) == "**🔺+1.00**"
+    assert report.format_gain(-2.345) == "**🔻-2.35**"
+    assert report.format_gain(0.99) == "🔺+0.99"
+    assert report.format_gain(0.0) == "±0.00"
+    assert report.format_gain(None) == ""  # 非 PPO 行
+
+
+def test_markdown_cell_escapes_pipes_newlines_html_and_shows_empty():
+    assert report.md_cell("滚|开\n别烦我") == "滚\\|开<br>别烦我"
+    assert report.md_cell("<think>") == "&lt;think&gt;"
+    assert report.md_cell("") == report.EMPTY == "（空）"
+    assert report.md_cell("  \n ") == "（空）"
+
+
+def test_distinct_2_counts_character_bigrams_and_handles_no_bigrams():
+    assert report.distinct_2(["abc"]) == 1.0  # ab, bc
+    assert report.distinct_2(["ab", "ab"]) == 0.5  # ab, ab
+    assert report.distinct_2(["滚开滚开"]) == pytest.approx(2 / 3)  # 滚开, 开滚, 滚开
+    assert report.distinct_2(["", "x", ""]) is None  # 全是空或单字：没有两字组合
+    assert report.distinct_2([]) is None
+    assert report.distinct_share(["", "", "a", "b"]) == 0.75
+
+
+def test_collapse_warning_blames_ppo_only_when_sft_was_diverse():
+    diverse = [f"回答{i}" for i in range(10)]
+    collapsed = ["滚"] * 9 + ["别烦我"]
+    w = report.collapse_warning("ppo", collapsed, sft_responses=diverse)
+    assert w is not None and "陷入到单一模式的回答中" in w and "奖励投机" in w and "「滚」出现了 9 次" in w
+    assert report.collapse_warning("ppo", diverse, sft_responses=diverse) is None
+    inherited = report.collapse_warning("ppo", collapsed, sft_responses=collapsed)
+    assert inherited is not None and "奖励投机" not in inherited and "不是 PPO 造成的" in inherited
+    empty = report.collapse_warning("sft", [""] * 6)
+    assert empty is not None and "（空）" in empty and "<|im_end|>" in empty
+    assert report.collapse_warning("ppo", ["a", "a", "b", "c"]) is None  # 0.75 ≥ 0.5
+
+
+def _answers(ppo_scores, sft_scores=(1.0, 2.0, 3.0), ppo_texts=("滚", "滚", "滚")):
+    qs = list(report.COMMON_QUESTIONS[: len(sft_scores)])
+    out = []
+    for q, s, p, t in zip(qs, sft_scores, ppo_scores, ppo_texts):
+        out.append(Answer(q, "common", "sft", f"{q}？问我干嘛", s, 4))
+        out.append(Answer(q, "common", "ppo", t, p, len(t)))
+    return out
+
+
+def test_gains_win_rate_and_summary_numbers():
+    answers = _answers(ppo_scores=(2.5, 1.5, 3.0))
+    report.add_gains(answers)
+    assert [a.gain for a in answers] == [None, 1.5, None, -0.5, None, 0.0]
+    s = report.summarize(answers, ["sft", "ppo"], {"pairs": 3, "accuracy": 1.0, "margin": 2.0})
+    assert s["ppo_vs_sft"] == {"mean_gain": pytest.approx(1 / 3), "win_rate": pytest.approx(1 / 3), "wins": 1,
+                               "ties": 1, "losses": 1, "n": 3}
+    assert s["models"]["sft"]["mean_score"] == pytest.approx(2.0)
+    assert s["models"]["ppo"]["mean_tokens"] == 1.0 and s["models"]["ppo"]["distinct_2"] is None
+    assert s["models"]["ppo"]["distinct_share"] == pytest.approx(1 / 3)
+    assert len(s["warnings"]) == 1 and "陷入到单一模式" in s["warnings"][0]  # sft 各不相同，ppo 只会说"滚"
+    table = "\n".join(report.common_table(answers, ["sft", "ppo"]))
+    assert "| 你好 | ppo | 滚 | 2.50 | **🔺+1.50** |" in table
+    assert "| 天气怎么样 | ppo | 滚 | 1.50 | 🔻-0.50 |" in table
+    assert "| 你好 | sft | 你好？问我干嘛 | 1.00 |  |" in table
+
+
+def test_one_of_sft_ppo_only_skips_gains(tmp_path):
+    answers = [a for a in _answers(ppo_scores=(2.5, 1.5, 3.0)) if a.model == "sft"]
+    report.add_gains(answers)
+    summary = report.summarize(answers, ["sft"], {"pairs": 3, "accuracy": 0.5, "margin": 0.0})
+    assert summary["ppo_vs_sft"] is None and report.versus_line(summary) is None
+    meta = {"run": "x", "folders": {"sft": "s"}, "rm_folder": "rm", "decoding": "贪心"}
+    text = report.write_report(tmp_path, answers, ["sft"], summary, meta).read_text(encoding="utf-8")
+    assert report.TABLE_HEADER in text and "🔺" not in text and "🔻" not in text and "胜率" not in text
+    assert (tmp_path / report.SCORES_PNG).is_file() and not (tmp_path / report.GAINS_PNG).exists()
+
+
+def test_run_folders_never_collide(tmp_path):
+    a = report.new_run_folder(tmp_path / "bench", "20260101-000000")
+    b = report.new_run_folder(tmp_path / "bench", "20260101-000000")
+    assert (a.name, b.name) == ("20260101-000000", "20260101-000000-2")
+
+
+# ---------------------------------------------------------------- 真实运行（tiny 流水线的产物）
+
+
+def bench_args(pipeline, tiny_model, out, *extra):
+    return ["--config", TINY / "benchmark.yaml", "--model_name_or_path", tiny_model,
+            "--sft_path", pipeline["sft"], "--ppo_path", pipeline["ppo"], "--rm_path", pipeline["rm"],
+            "--output_dir", out, "--num_samples", 12, *extra]
+
+
+def run_folders(out):
+    return sorted(p for p in out.iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def bench(pipeline, tiny_model):
+    out = pipeline["tmp"] / "benchmark"
+    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, out), tmp=pipeline["tmp"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(out)
+    return SimpleNamespace(proc=proc, out=out, folder=folder,
+                           rows=report.read_csv(folder / "results.csv"),
+                           md=(folder / "report.md").read_text(encoding="utf-8"),
+                           summary=json.loads((folder / "summary.json").read_text(encoding="utf-8")))
+
+
+def test_writes_csv_report_summary_and_valid_pngs(bench):
+    from matplotlib import image
+    from PIL import Image
+
+    names = {p.name for p in bench.folder.iterdir()}
+    assert {"results.csv", "report.md", "summary.json", "scores.png", "gains.png"} <= names
+    for png in ("scores.png", "gains.png"):
+        path = bench.folder / png
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+        assert image.imread(str(path)).ndim == 3
+        assert f"]({png})" in bench.md  # 报告里用相对链接嵌入
+    assert list(bench.rows[0]) == ["question", "source", "model", "response", "score", "gain"]
+    assert "report.md" in last_line(bench.proc.stdout) and str(bench.folder.name) in last_line(bench.proc.stdout)
+
+
+def test_report_table_has_the_ten_common_questions_in_order(bench):
+    lines = bench.md.splitlines()
+    start = lines.index("| 问题 | 模型 | 回复 | RM得分 | PPO得分提升 |")
+    assert lines.index("## 常见问题") < start < lines.index(next(x for x in lines if x.startswith("## 汇总")))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    assert all(len(r) == 5 for r in rows)
+    assert [r[0] for r in rows[::2]] == list(report.COMMON_QUESTIONS)
+    assert [r[1] for r in rows] == ["sft", "ppo"] * 10
+    assert all(r[2] for r in rows)  # 空回复显示为（空），不是空单元格
+    sources = {r["question"]: r["source"] for r in bench.rows}
+    assert [q for q, s in sources.items() if s == "common"] == list(report.COMMON_QUESTIONS)
+    assert 1 <= sum(s == "held_out" for s in sources.values()) <= 12
+
+
+def test_report_numbers_match_the_csv(bench):
+    by = {(r["question"], r["model"]): r for r in bench.rows}
+    for m in ("sft", "ppo"):
+        scores = [float(r["score"]) for r in bench.rows if r["model"] == m]
+        mean = sum(scores) / len(scores)
+        assert bench.summary["models"][m]["mean_score"] == pytest.approx(mean)
+        assert re.search(rf"^\| {m} \| {mean:.2f} \|", bench.md, re.MULTILINE), f"{m} 的平均分 {mean:.2f} 不在报告里"
+    gains = []
+    for q in {r["question"] for r in bench.rows}:
+        sft, ppo = by[(q, "sft")], by[(q, "ppo")]
+        assert sft["gain"] == ""
+        gain = float(ppo["gain"])
+        assert gain == pytest.approx(float(ppo["score"]) - float(sft["score"]), abs=2e-4)
+        gains.append(gain)
+    assert bench.summary["ppo_vs_sft"]["mean_gain"] == pytest.approx(sum(gains) / len(gains))
+    assert bench.summary["ppo_vs_sft"]["win_rate"] == pytest.approx(sum(g > 0 for g in gains) / len(gains))
+    assert f"胜率 {sum(g > 0 for g in gains) / len(gains):.0%}" in bench.md
+    for q in report.COMMON_QUESTIONS:  # 表格里 PPO 行的提升单元格 = CSV 的 gain
+        gain, score = float(by[(q, "ppo")]["gain"]), float(by[(q, "ppo")]["score"])
+        cell = report.format_gain(gain)
+        assert f"| {report.md_cell(q)} | ppo | {report.md_cell(by[(q, 'ppo')]['response'])} | {score:.2f} | {cell} |" \
+            in bench.md
+        if abs(gain) >= 1.0:
+            assert cell.startswith("**")
+        if round(gain, 2) != 0:
+            assert float(cell.strip("*")[1:]) == pytest.approx(round(gain, 2))
+
+
+def test_rm_accuracy_is_printed_as_a_share(bench):
+    m = re.search(r"准确率 ([0-9.]+)", bench.proc.stdout)
+    assert m, bench.proc.stdout[-2000:]
+    acc = float(m.group(1))
+    assert 0.0 <= acc <= 1.0
+    assert acc == pytest.approx(bench.summary["rm"]["accuracy"], abs=5e-4)
+    assert bench.summary["rm"]["pairs"] > 0 and f"准确率 {acc:.3f}" in bench.md
+
+
+def test_two_runs_give_identical_results_in_new_folders(bench, pipeline, tiny_model):
+    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, bench.out), tmp=pipeline["tmp"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folders = run_folders(bench.out)
+    assert len(folders) == 2 and bench.folder in folders  # 第一次的结果没有被覆盖
+    second = next(f for f in folders if f != bench.folder)
+    assert (second / "results.csv").read_bytes() == (bench.folder / "results.csv").read_bytes()
+
+
+def test_questions_file_and_single_model(pipeline, tiny_model, tmp_path):
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text('{"question": "你叫什么名字"}\n\n{"question": "你好"}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, out, "--models", "sft", "--questions", qfile),
+                      tmp=pipeline["tmp"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(out)
+    rows = report.read_csv(folder / "results.csv")
+    assert [r["question"] for r in rows] == [*report.COMMON_QUESTIONS, "你叫什么名字"]  # "你好"已在常见问题里
+    assert rows[-1]["source"] == "file" and {r["model"] for r in rows} == {"sft"}
+    assert all(r["gain"] == "" for r in rows)
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert summary["ppo_vs_sft"] is None and not (folder / "gains.png").exists()
+    assert "胜率" not in proc.stdout
+
+
+def test_missing_reward_model_is_refused_in_one_line(pipeline, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, out, "--rm_path", tmp_path / "no-rm"),
+                      tmp=pipeline["tmp"])
+    assert proc.returncode == EXIT_MISSING
+    assert "Traceback" not in proc.stderr
+    assert last_line(proc.stderr).startswith("错误：") and "no-rm" in last_line(proc.stderr)
+    assert "train_rm.py" in last_line(proc.stderr)
+    assert not out.exists()  # 没有留下空的报告文件夹
+
+
+def test_different_split_options_are_refused(pipeline, tiny_model, tmp_path):
+    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, tmp_path / "out", "--test_size", 0.2),
+                      tmp=pipeline["tmp"])
+    assert proc.returncode == EXIT_MISSING and "Traceback" not in proc.stderr
+    assert "数据划分" in last_line(proc.stderr) and "--test_size" in last_line(proc.stderr)
