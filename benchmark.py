@@ -13,7 +13,6 @@
 
 import gc
 import json
-import os
 import resource
 import sys
 import time
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from qwen_rlhf import data, errors, inference, models, options, report
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # 打分刻意用 TRL 的 get_reward（与 PPO 同一位置），不必每次警告
 POLICY_STAGES = {"sft": "python train_sft.py", "ppo": "python train_ppo.py"}
 
 

@@ -13,10 +13,9 @@
 import shutil
 from dataclasses import dataclass, field
 
-from trl.experimental.ppo import PPOConfig
-
-from qwen_rlhf import data, errors, models, options, outputs, ppo
+from qwen_rlhf import data, errors, models, options, outputs, ppo  # noqa: I001  先于 trl.experimental 导入（见 __init__）
 from qwen_rlhf.errors import EXIT_MISSING, UserError
+from trl.experimental.ppo import PPOConfig
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
