@@ -19,11 +19,28 @@ def _is_nonempty_dir(p: Path) -> bool:
 
 
 def recover(final: Path) -> None:
-    """上次在"旧结果移走、新结果还没改名"之间被杀：把旧结果放回原处。"""
+    """上次运行被杀留下的东西：在"旧结果移走、新结果还没改名"之间被杀就把旧结果放回原处；
+    写到一半的临时文件夹（进程已不在）直接删掉，免得占满租来的磁盘。"""
     old = final.parent / f".{final.name}.old"
     if old.is_dir() and not final.exists():
         old.rename(final)
         print(f"[输出] 发现上次替换 {_rel(final)} 时被中断，已恢复原来的结果。")
+    elif old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_writable(final: Path, overwrite: bool) -> None:

@@ -237,4 +237,4 @@ def test_different_split_options_are_refused(pipeline, tiny_model, tmp_path):
     proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, tmp_path / "out", "--test_size", 0.2),
                       tmp=pipeline["tmp"])
     assert proc.returncode == EXIT_MISSING and "Traceback" not in proc.stderr
-    assert "数据划分" in last_line(proc.stderr) and "--test_size" in last_line(proc.stderr)
+    assert "划分" in last_line(proc.stderr) and "--test_size" in last_line(proc.stderr)

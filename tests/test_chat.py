@@ -193,6 +193,7 @@ def test_interactive_session_in_a_pseudo_terminal(tiny_model, tmp_path):
         term.send(b"\x03")  # 回答中途 Ctrl-C：只打断这一句，不退出
         term.expect(r"已打断", timeout=60)
         term.expect(PROMPT)
+        time.sleep(1.0)  # 等 readline 接管终端后再按：提示符刚打印出来时按下的 Ctrl-C 可能被终端设置吞掉
         term.send(b"\x03")  # 提示符处的 Ctrl-C：清掉这一行，继续
         term.expect(r"Ctrl-D 退出")
         term.expect(PROMPT)

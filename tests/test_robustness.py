@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT, TINY, last_line, offline_env, run_script, stage_args
-from qwen_rlhf import errors
+from qwen_rlhf import errors, outputs
 
 
 def assert_one_line_error(r, code, *needles):
@@ -158,25 +158,40 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path, tiny_
     assert (out / "stage.json").is_file() and not work.exists()
 
 
-@pytest.mark.parametrize("delay", [2.0, 6.0])
-def test_sigkill_at_any_moment_leaves_the_previous_result_loadable(pipeline, tmp_path, delay):
-    """先放一个完整的结果，再用 --overwrite_output_dir 重训并在不同时刻 SIGKILL。"""
+def _digest(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("moment", ["training", "saving"])
+def test_sigkill_at_any_moment_leaves_a_complete_loadable_result(pipeline, tmp_path, moment):
+    """先放一个完整的结果，再用 --overwrite_output_dir 重训，在训练中 / 正在写新结果时 SIGKILL。"""
     import shutil
 
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "rm"
     shutil.copytree(pipeline["rm"], out)
-    before = (out / "model.safetensors").read_bytes()
+    before = _digest(out / "model.safetensors")
     cmd = [sys.executable, str(ROOT / "train_rm.py"),
-           *map(str, stage_args("rm", pipeline["tmp"] / "tiny-qwen3", out, "--overwrite_output_dir", "true"))]
+           *map(str, stage_args("rm", pipeline["tmp"] / "tiny-qwen3", out, "--overwrite_output_dir", "true",
+                                "--num_train_epochs", "20"))]
     proc, _ = _run_until(cmd, offline_env(tmp_path), "[数据]")
-    time.sleep(delay)
+    if moment == "training":
+        time.sleep(1.0)
+    else:  # 等临时文件夹出现（开始写新结果）的那一刻
+        deadline = time.time() + 600
+        while not list(tmp_path.glob(".rm.tmp-*")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
     proc.kill()
     proc.wait(60)
-    assert (out / "model.safetensors").read_bytes() == before
-    AutoModelForSequenceClassification.from_pretrained(str(out))
+    if moment == "training":
+        assert _digest(out / "model.safetensors") == before
+    AutoModelForSequenceClassification.from_pretrained(str(out))  # 无论旧的还是新的，都是完整可读的
     assert json.loads((out / "stage.json").read_text())["stage"] == "rm"
+    outputs.check_writable(out, overwrite=True)  # 下次运行前清掉被杀进程留下的临时文件夹
+    assert not list(tmp_path.glob(".rm.*"))
 
 
 def test_out_of_memory_and_disk_full_become_one_line_hints(capsys):
