@@ -305,6 +305,9 @@ def main():
     else:
         import readline  # noqa: F401  方向键编辑、↑↓ 翻历史（UTF-8 终端下中文可用）
 
+        # 父进程忽略 SIGINT 时（后台任务、某些启动器）子进程会继承"忽略"，提示符处的 Ctrl-C 就失灵了：显式装回默认处理
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
         chat.prefix = "助手："
         print(f"已加载 {loaded.name}（{_rel(loaded.folder)}，{device}）。输入 /help 查看命令，/exit 或 Ctrl-D 退出。")
         while True:
