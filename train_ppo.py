@@ -112,19 +112,19 @@ def main():
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
 
-    from qwen_rlhf.training import FiniteGuard
+    from qwen_rlhf.training import FiniteGuard, GracefulStop, StopRequested
 
     tb = outputs.tensorboard_dir("ppo")
     cfg.output_dir = str(final.parent / f".{final.name}.trainer")  # TRL 会建这个目录；save_strategy=no 时里面是空的
     trainer = ppo.RLHFPPOTrainer(
         args=cfg, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward,
         value_model=critic, train_dataset=Dataset.from_list(examples), peft_config=peft_config,
-        callbacks=[FiniteGuard("ppo")],
+        callbacks=[FiniteGuard("ppo"), GracefulStop(raise_on_stop=True)],
     )
     interrupted = False
     try:
         trainer.train()
-    except ppo.StopRequested:
+    except StopRequested:
         interrupted = True
     finally:
         shutil.rmtree(cfg.output_dir, ignore_errors=True)

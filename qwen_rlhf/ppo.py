@@ -8,18 +8,12 @@
 from __future__ import annotations
 
 import os
-import signal
 from statistics import mean
 
 import torch
-from transformers import TrainerCallback
 from trl.experimental.ppo import PPOTrainer
 
 from .errors import EXIT_INTERRUPTED, UserError
-
-
-class StopRequested(Exception):
-    """Ctrl-C：在一次 PPO 更新结束后停下来（PPO 的训练循环不看 should_training_stop）。"""
 
 
 class RLHFPPOTrainer(PPOTrainer):
@@ -36,8 +30,6 @@ class RLHFPPOTrainer(PPOTrainer):
         policy = unwrapped.policy
         policy.generate = self._recording_generate(policy.generate)
         self._responses: list[tuple[int, ...]] = []
-        self.stop_requested = False
-        self.add_callback(_StopAfterUpdate(self))
 
     # ---------------------------------------------------------------- 梯度裁剪
     def _clipped_step(self, step):
@@ -73,36 +65,6 @@ class RLHFPPOTrainer(PPOTrainer):
         if self.optimizer_steps:
             logs["policy/grad_norm"] = self.last_grad_norm
         super().log(logs, *args, **kwargs)
-
-    # ---------------------------------------------------------------- Ctrl-C
-    def train(self):
-        def handler(signum, frame):
-            if self.stop_requested:
-                raise KeyboardInterrupt
-            self.stop_requested = True
-            print("\n[中断] 收到 Ctrl-C：这次 PPO 更新结束后保存并停止（再按一次立即退出）。", flush=True)
-
-        previous = signal.signal(signal.SIGINT, handler) if _main_thread() else None
-        try:
-            super().train()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-
-
-class _StopAfterUpdate(TrainerCallback):
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer.stop_requested:
-            raise StopRequested
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def interrupted_error(folder) -> UserError:

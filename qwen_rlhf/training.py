@@ -32,18 +32,28 @@ class FiniteGuard(TrainerCallback):
                 raise NonFiniteError(key, state.global_step, NAN_HINT.get(self.stage, ""))
 
 
-class GracefulStop(TrainerCallback):
-    """第一次 Ctrl-C：当前这一步结束后保存 Trainer 检查点并停止；第二次 Ctrl-C：立即退出。"""
+class StopRequested(Exception):
+    """Ctrl-C 之后，在一步（PPO 是一次更新）结束时跳出训练循环。"""
 
-    def __init__(self):
+
+class GracefulStop(TrainerCallback):
+    """第一次 Ctrl-C：当前这一步结束后停止；第二次 Ctrl-C：立即退出。
+
+    Trainer（SFT / RM）：保存一个可续训的检查点后正常结束 train()。
+    PPO（raise_on_stop=True）：TRL 1.12 的 PPO 循环不看 should_training_stop，而 should_save 会连优化器状态一起存，
+    所以改为抛出 StopRequested，由脚本自己保存已训练的策略。
+    """
+
+    def __init__(self, raise_on_stop: bool = False):
         self.requested = False
+        self.raise_on_stop = raise_on_stop
         self._previous = None
 
     def _handler(self, signum, frame):
         if self.requested:  # 第二次：不再等待
             raise KeyboardInterrupt
         self.requested = True
-        print("\n[中断] 收到 Ctrl-C：这一步结束后保存进度并停止（再按一次立即退出）。", flush=True)
+        print("\n[中断] 收到 Ctrl-C：这一步结束后保存并停止（再按一次立即退出）。", flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         try:
@@ -53,6 +63,9 @@ class GracefulStop(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:
+            if self.raise_on_stop:
+                self.on_train_end(args, state, control)
+                raise StopRequested
             control.should_save = True
             control.should_training_stop = True
         return control
@@ -60,6 +73,7 @@ class GracefulStop(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def fit(trainer, stop: GracefulStop, resume: str | bool | None, script: str) -> None:
