@@ -53,8 +53,7 @@ def check_options(args: BenchmarkArgs) -> list[str]:
             raise UserError(f"--{name} 必须是正整数，现在是 {getattr(args, name)}。", EXIT_BAD_INPUT)
     if args.num_samples < 0:
         raise UserError(f"--num_samples 不能为负数，现在是 {args.num_samples}。", EXIT_BAD_INPUT)
-    if args.do_sample and not (args.temperature > 0 and 0 < args.top_p <= 1 and args.top_k >= 0):
-        raise UserError("采样参数有误：需要 --temperature > 0、0 < --top_p ≤ 1、--top_k ≥ 0。", EXIT_BAD_INPUT)
+    inference.check_sampling(args.do_sample, args.temperature, args.top_p, args.top_k)
     specs = [s.strip() for s in args.models.split(",") if s.strip()]
     if not specs:
         raise UserError("--models 不能为空，例如 --models sft,ppo。", EXIT_BAD_INPUT)

@@ -61,9 +61,7 @@ class ChatArgs:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise UserError(f"--max_new_tokens 必须是正整数，现在是 {self.max_new_tokens}。", EXIT_BAD_INPUT)
-        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1 and self.top_k >= 0):
-            raise UserError("采样参数有误：需要 --temperature > 0、0 < --top_p ≤ 1、--top_k ≥ 0；"
-                            "想要确定的输出请用 --do_sample false。", EXIT_BAD_INPUT)
+        inference.check_sampling(self.do_sample, self.temperature, self.top_p, self.top_k)
 
 
 def note(text: str) -> None:

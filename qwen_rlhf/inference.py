@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EXIT_MISSING, UserError
+from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 from .models import (
     STAGE_FILE, _rel, check_weights, load_causal_lm, load_score_model, load_tokenizer, read_stage,
     resolve_model_source,
@@ -144,3 +144,10 @@ def score(reward_model, tokenizer, prompts: list[list[int]], responses: list[lis
     with torch.no_grad():
         _, scores, _ = get_reward(reward_model, query_responses, pad, q.shape[1])
     return scores.float().cpu().tolist()
+
+
+def check_sampling(do_sample: bool, temperature: float, top_p: float, top_k: int) -> None:
+    """chat.py 与 benchmark.py 共用的采样参数检查（在加载模型之前）。"""
+    if do_sample and not (temperature > 0 and 0 < top_p <= 1 and top_k >= 0):
+        raise UserError("采样参数有误：需要 --temperature > 0、0 < --top_p ≤ 1、--top_k ≥ 0；"
+                        "想要确定的输出请用 --do_sample false。", EXIT_BAD_INPUT)
