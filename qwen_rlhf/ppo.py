@@ -3,6 +3,7 @@
 - 多进程（DDP）时 `model.policy` 不存在（huggingface/trl#2375）：把未包装的 policy / value_model 挂到包装器上。
 - `max_grad_norm` 从不裁剪：包一层 optimizer.step，在真正更新参数前裁剪梯度。
 - 记录每批 rollout 的"不同回复占比"和平均回复长度：看出奖励投机（所有问题都回同一句话）。
+- 开了梯度检查点时，rollout 生成临时切到 eval：训练模式下每层会丢掉 KV cache，生成既慢又错（见 recording_generate）。
 """
 
 from __future__ import annotations
@@ -49,9 +50,19 @@ class RLHFPPOTrainer(PPOTrainer):
         eos = self.processing_class.eos_token_id
 
         def recording_generate(*args, **kwargs):
-            out = generate(*args, **kwargs)
+            # PPO 全程在 train 模式；开了梯度检查点时 transformers 的 GradientCheckpointingLayer 在 train 模式下丢掉
+            # past_key_values（huggingface/transformers#38913，症状见 huggingface/trl#3683），generate 以为有缓存、
+            # 只喂最后一个 token：第二个 token 起就看不到上文。生成时切到 eval（TRL 已关掉 dropout，输出不变）。
+            policy = self.accelerator.unwrap_model(self.model).policy
+            was_training = policy.training
+            policy.eval()
+            try:
+                out = generate(*args, **kwargs)
+            finally:
+                policy.train(was_training)
             context = kwargs["input_ids"].shape[1]
-            for row in out.sequences[:, context:].tolist():
+            sequences = out.sequences if hasattr(out, "sequences") else out  # TRL 要 return_dict_in_generate
+            for row in sequences[:, context:].tolist():
                 self._responses.append(tuple(row[: row.index(eos) + 1] if eos in row else row))
             return out
 

@@ -112,6 +112,27 @@ def test_gradient_checkpointing_is_on_for_policy_and_critic(trainer):
     assert unwrapped.value_model.is_gradient_checkpointing
 
 
+def test_rollout_generation_with_gradient_checkpointing_sees_the_whole_context(trainer):
+    """train 模式 + 梯度检查点会让每层丢掉 KV cache；rollout 生成必须和不开检查点时逐 token 相同。"""
+    from transformers import GenerationConfig
+
+    policy = trainer.accelerator.unwrap_model(trainer.model).policy
+    tok = trainer.processing_class
+    ids, mask = inference.left_pad([data.ppo_example(tok, {"question": q})["input_ids"] for q in ["你好", "几点了"]],
+                                   tok.pad_token_id)
+    gen = GenerationConfig(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    policy.train()
+    with torch.no_grad():
+        # 与 PPOTrainer 1.12 的调用方式相同（经过 RLHFPPOTrainer 包的那层 generate）
+        rollout = policy.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
+                                  return_dict_in_generate=True, output_scores=True).sequences
+    assert policy.training  # 生成完恢复 train 模式
+    policy.get_base_model().gradient_checkpointing_disable()
+    with torch.no_grad():
+        expected = policy.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+    assert torch.equal(rollout, expected)
+
+
 def test_gradients_are_clipped_to_max_grad_norm(trainer):
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     for p in params:
