@@ -48,7 +48,7 @@ def main():
                            ("chosen_ids", "rejected_ids"), cfg.max_length, "RM 训练偏好对")
     test = data.drop_long([data.rm_example(tokenizer, r, args.system_prompt) for r in split.test],
                           ("chosen_ids", "rejected_ids"), cfg.max_length, "RM 留出偏好对")
-    print(f"[数据] RM 训练 {len(train)} 对，留出评估 {len(test)} 对。")
+    data.say(f"[数据] RM 训练 {len(train)} 对，留出评估 {len(test)} 对。")
 
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
@@ -59,8 +59,9 @@ def main():
         processing_class=tokenizer, callbacks=[training.FiniteGuard("rm"), stop],
     )
     training.fit(trainer, stop, cfg.resume_from_checkpoint, "train_rm.py")
-    metrics = trainer.evaluate()
-    print(f"[评估] 留出偏好对准确率 {metrics['eval_accuracy']:.3f}，平均分差 {metrics['eval_margin']:.3f}")
+    metrics = trainer.evaluate()  # 多进程时各进程的结果已经汇总，主进程打印一次即可
+    if trainer.is_world_process_zero():
+        print(f"[评估] 留出偏好对准确率 {metrics['eval_accuracy']:.3f}，平均分差 {metrics['eval_margin']:.3f}")
 
     # ---------------------------------------------------------------- 保存
     training.save_result(

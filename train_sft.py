@@ -44,7 +44,7 @@ def main():
     model = models.load_causal_lm(base, tokenizer, args.allow_pickle)
     examples = [data.sft_example(tokenizer, r, args.system_prompt) for r in sft_rows]
     examples = data.drop_long(examples, ("input_ids",), cfg.max_length, "SFT 样本")
-    print(f"[数据] 共 {len(rows.rows)} 行，训练集 {len(split.train)} 行 / 留出 {len(split.test)} 行；SFT 使用 {len(examples)} 条。")
+    data.say(f"[数据] 共 {len(rows.rows)} 行，训练集 {len(split.train)} 行 / 留出 {len(split.test)} 行；SFT 使用 {len(examples)} 条。")
 
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset

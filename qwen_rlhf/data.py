@@ -26,6 +26,14 @@ DATASET_MIRRORS = {  # 默认数据集在两个平台上的名字
 MAX_FIELD_CHARS = 4000  # 超长的行多半是脏数据，按行跳过
 
 
+def say(message: str) -> None:
+    """打印一行摘要。accelerate launch 多进程时每个进程读的是同一份数据，只让主进程（rank 0）说一次。"""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        print(message, flush=True)
+
+
 @dataclass
 class Rows:
     """读入并检查过的数据行，以及被跳过的行（原因 -> 行号列表）。"""
@@ -209,7 +217,7 @@ def load_rows(dataset: str, strict: bool = False) -> Rows:
     records = [rec for f in files for rec in read_file(f)]
     rows = validate(records, str(dataset), strict)
     if rows.skipped:
-        print(f"[数据] 跳过了 {sum(map(len, rows.skipped.values()))} 行：{rows.skip_summary()}。加 --strict 可改为报错。")
+        say(f"[数据] 跳过了 {sum(map(len, rows.skipped.values()))} 行：{rows.skip_summary()}。加 --strict 可改为报错。")
     return rows
 
 
@@ -304,7 +312,7 @@ def drop_long(examples: list[dict], keys: tuple[str, ...], max_length: int, what
     """去掉超过 max_length 的样本，并把数量说出来（TRL 会悄悄丢弃）。"""
     kept = [e for e in examples if all(len(e[k]) <= max_length for k in keys)]
     if len(kept) < len(examples):
-        print(f"[数据] {what}：{len(examples) - len(kept)} 条超过 {max_length} 个 token，已丢弃（共 {len(examples)} 条）。")
+        say(f"[数据] {what}：{len(examples) - len(kept)} 条超过 {max_length} 个 token，已丢弃（共 {len(examples)} 条）。")
     if not kept:
         raise UserError(f"{what}：所有样本都超过 {max_length} 个 token。请调大 --max_length。", EXIT_BAD_INPUT)
     return kept

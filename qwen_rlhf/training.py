@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .errors import EXIT_INTERRUPTED, NonFiniteError, UserError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, NonFiniteError, UserError
 from .models import _rel
 
 # 这些日志键一旦不是有限数，就说明训练已经发散
@@ -77,11 +77,12 @@ class GracefulStop(TrainerCallback):
 
 
 def fit(trainer, stop: GracefulStop, resume: str | bool | None, script: str) -> None:
-    """trainer.train()；被 Ctrl-C 停下时说明进度存在哪里、怎样续训，并以中断退出码结束。"""
+    """先说出全局批量，再 trainer.train()；被 Ctrl-C 停下时说明进度存在哪里、怎样续训，并以中断退出码结束。"""
     if isinstance(resume, str) and resume.lower() in ("true", "false"):
         resume = resume.lower() == "true"
     if resume is True and not _has_checkpoint(Path(trainer.args.output_dir)):
         raise UserError(f"{_rel(Path(trainer.args.output_dir))} 里没有可续训的检查点。去掉 --resume_from_checkpoint 重新训练。")
+    announce_global_batch(trainer)
     trainer.train(resume_from_checkpoint=resume or None)
     if stop.requested:
         from transformers.trainer_utils import get_last_checkpoint
@@ -94,6 +95,27 @@ def fit(trainer, stop: GracefulStop, resume: str | bool | None, script: str) -> 
         )
 
 
+def announce_global_batch(trainer) -> None:
+    """主进程打印一次全局批量；数值用 Trainer 自己的算法（多卡、DeepSpeed 下都是它真正用的那个）。"""
+    args = trainer.args
+    if trainer.is_world_process_zero():
+        # train_batch_size 是每个进程一步的批量（单进程多卡 DataParallel 时是每卡批量 × 卡数）
+        print(f"[训练] 全局批量 {trainer.get_total_train_batch_size(args)}（{args.world_size} 个进程 × "
+              f"每进程 {args.train_batch_size} × 累积 {args.gradient_accumulation_steps}）。", flush=True)
+
+
+def refuse_zero3_for_ppo(cfg) -> None:
+    """PPO 不支持 DeepSpeed ZeRO-3：在加载任何模型之前用一行中文拒绝。
+
+    cfg.deepspeed_plugin 由 TrainingArguments 自己建好：accelerate launch 的 DeepSpeed 配置和 --deepspeed ds.json 都算。
+    """
+    plugin = getattr(cfg, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        raise UserError(
+            "PPO 不支持 DeepSpeed ZeRO-3（能跑完，但合并出的模型里嵌入层是空的；0.6B 模型用它也省不了显存）。"
+            "请改用 accelerate launch --config_file configs/accelerate/zero2.yaml 或 ddp.yaml。", EXIT_BAD_INPUT)
+
+
 def _has_checkpoint(folder: Path) -> bool:
     return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
 
@@ -104,23 +126,36 @@ def trainer_work_dir(final: Path) -> Path:
 
 
 def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
-    """Trainer 的中间检查点写到 <结果>-trainer-checkpoints/，曲线写到 tensorboard/<阶段>/<时间>/。"""
+    """Trainer 的中间检查点写到 <结果>-trainer-checkpoints/，曲线写到 tensorboard/<阶段>/<时间>/。
+
+    多进程时其他进程不显示 datasets 的进度条（Trainer 自己的进度条和日志本来就只在主进程）。
+    """
     from .outputs import tensorboard_dir
 
+    if cfg.process_index != 0:
+        import datasets
+
+        datasets.disable_progress_bars()
     cfg.output_dir = str(trainer_work_dir(final))
     return tensorboard_dir(stage), GracefulStop()
 
 
 def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, **info) -> None:
-    """只在主进程：写到临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。"""
+    """所有进程一起导出权重（ZeRO-3 要先把分片的参数收集起来，只在主进程调用会卡住或崩溃），
+    文件只由主进程写：临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。"""
     import shutil
 
     from .outputs import StagingDir, write_stage_info
 
+    export = Path(trainer.args.output_dir) / "export"  # 每个进程算出的是同一个路径
+    if trainer.is_world_process_zero():
+        shutil.rmtree(export, ignore_errors=True)  # 上次被杀留下的文件不能混进这次的结果
+    trainer.save_model(str(export))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
     if not trainer.is_world_process_zero():
         return
     with StagingDir(final) as tmp:
-        trainer.save_model(str(tmp))  # 权重 + config + generation_config（eos = <|im_end|>）
+        for f in export.iterdir():
+            f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
         tokenizer.save_pretrained(str(tmp))
         write_stage_info(tmp, stage, options, **info)
     shutil.rmtree(trainer.args.output_dir, ignore_errors=True)

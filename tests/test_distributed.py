@@ -1,0 +1,200 @@
+"""多进程：用 README 里的 accelerate launch 命令在 CPU 上跑两个进程（gloo），结果和单进程一样完整；
+以及 configs/accelerate/ 里三个配置被 accelerate 自己解析成什么、DeepSpeed（装了才跑）能否真的训练和保存。"""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, last_line, offline_env, stage_args
+
+from qwen_rlhf import outputs
+
+ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
+
+
+def launch(recipe: str, script: str, port: int, *args, tmp):
+    """accelerate launch --config_file configs/accelerate/<recipe>.yaml --num_processes 2 <script> …
+
+    不能加 --cpu：它会让 accelerate 改用单进程启动器，只跑一个进程。tiny 配方里的 use_cpu 让两个进程走 gloo。
+    也不能设 ACCELERATE_USE_CPU：accelerate 会因此悄悄关掉 DeepSpeed，ZeRO-3 的分片参数没人收集，前向直接出错。
+    """
+    env = offline_env(tmp, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIGS / f"{recipe}.yaml",
+           "--num_processes", 2, "--main_process_port", port, ROOT / script, *args]
+    return subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
+
+
+def stage_info(folder):
+    return json.loads((folder / "stage.json").read_text(encoding="utf-8"))
+
+
+def file_names(folder) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def weight_shapes(folder) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  safe_open 不是字典
+
+
+def bar_starts(stderr: str, desc: str) -> int:
+    """某个进度条出现了几次（每个进程各自显示就会是 2）。"""
+    return len(re.findall(re.escape(desc) + r":\s+0%", stderr))
+
+
+# ---------------------------------------------------------------- DDP（gloo）：SFT、RM
+
+
+def test_sft_on_two_processes_has_the_single_process_shape_and_half_the_steps(pipeline):
+    """两个进程跑 SFT：产物文件、stage.json 的键、曲线标签都和单进程一样；每步吃 2×16 条，所以步数是单进程的一半；
+    全局批量和数据摘要只由主进程打印一次，datasets 的进度条也只有一个。"""
+    out = pipeline["tmp"] / "sft-ddp"
+    r = launch("ddp", "train_sft.py", 29534, *stage_args("sft", pipeline["tmp"] / "tiny-qwen3", out,
+                                                        "--num_train_epochs", 1, "--logging_steps", 1),
+               tmp=pipeline["tmp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    single, info = stage_info(pipeline["sft"]), stage_info(out)
+    assert file_names(out) == file_names(pipeline["sft"])
+    assert set(info) == set(single)
+    assert weight_shapes(out) == weight_shapes(pipeline["sft"])
+    scalars = outputs.read_scalars(info["tensorboard"])
+    assert set(scalars) == set(outputs.read_scalars(single["tensorboard"]))
+    # logging_steps=1：每个优化步一个 loss 点；单进程同样一个 epoch 要 ceil(n/16) 步
+    assert len(scalars["train/loss"]) == math.ceil(info["num_examples"] / (2 * 16))
+    assert r.stdout.count("[训练] 全局批量 32（2 个进程 × 每进程 16 × 累积 1）") == 1
+    assert r.stdout.count("[数据] 共") == 1 and r.stdout.count("[完成]") == 1
+    assert bar_starts(r.stderr, "Building labels for train dataset") == 1
+
+
+def test_rm_on_two_processes_has_the_single_process_shape_and_half_the_steps(pipeline):
+    """两个进程跑 RM：同样的产物、stage.json 键和曲线标签（含 eval/accuracy）；步数按全局批量 2×16 算；评估结果只打印一次。"""
+    out = pipeline["tmp"] / "rm-ddp"
+    r = launch("ddp", "train_rm.py", 29535, *stage_args("rm", pipeline["tmp"] / "tiny-qwen3", out,
+                                                       "--num_train_epochs", 1, "--logging_steps", 1),
+               tmp=pipeline["tmp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    single, info = stage_info(pipeline["rm"]), stage_info(out)
+    assert file_names(out) == file_names(pipeline["rm"])
+    assert set(info) == set(single) and set(info["eval"]) == set(single["eval"])
+    assert weight_shapes(out) == weight_shapes(pipeline["rm"])
+    scalars = outputs.read_scalars(info["tensorboard"])
+    assert set(scalars) == set(outputs.read_scalars(single["tensorboard"]))
+    pairs = int(re.search(r"\[数据\] RM 训练 (\d+) 对", r.stdout)[1])
+    assert len(scalars["train/loss"]) == math.ceil(pairs / (2 * 16))
+    assert r.stdout.count("[训练] 全局批量 32（2 个进程 × 每进程 16 × 累积 1）") == 1
+    assert r.stdout.count("[数据] RM 训练") == 1 and r.stdout.count("[评估]") == 1
+
+
+# ---------------------------------------------------------------- accelerate 配置：解析与启动器空跑
+
+
+def dry_run(recipe: str, *launch_args: str) -> tuple[str, object, dict]:
+    """让 accelerate launch 自己解析配置，但不启动进程：返回它选的启动器、解析后的参数、它给子进程加的环境变量。"""
+    from accelerate.commands import launch as accelerate_launch
+    from accelerate.utils import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    chosen = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("deepspeed_launcher", "multi_gpu_launcher", "simple_launcher"):
+            mp.setattr(accelerate_launch, name, lambda a, name=name: chosen.update(launcher=name, args=a))
+        parser = accelerate_launch.launch_command_parser()
+        accelerate_launch.launch_command(parser.parse_args(
+            ["--config_file", str(ACCELERATE_CONFIGS / f"{recipe}.yaml"), *launch_args, "train_sft.py"]))
+    args = chosen["args"]
+    if chosen["launcher"] == "deepspeed_launcher":
+        env = prepare_deepspeed_cmd_env(args)[1]
+    else:
+        env = prepare_multi_gpu_env(args)
+    return chosen["launcher"], args, {k: v for k, v in env.items() if os.environ.get(k) != v}
+
+
+@pytest.mark.parametrize("recipe, distributed_type, zero_stage", [
+    ("ddp", "MULTI_GPU", None), ("zero2", "DEEPSPEED", 2), ("zero3", "DEEPSPEED", 3)])
+def test_accelerate_config_parses_to_what_the_readme_says(recipe, distributed_type, zero_stage):
+    """accelerate 自己的加载器读配置：类型、ZeRO 阶段、2 个进程；混合精度一律 "no"，交给脚本的 --bf16 / --fp16。"""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ACCELERATE_CONFIGS / f"{recipe}.yaml"))
+    assert cfg.distributed_type == distributed_type
+    assert cfg.num_processes == 2 and cfg.num_machines == 1
+    assert cfg.mixed_precision == "no"
+    assert (cfg.deepspeed_config or {}).get("zero_stage") == zero_stage
+    if zero_stage == 3:  # 不收集成完整的 16 位权重，trainer.save_model 在 ZeRO-3 下存不出可用的模型
+        assert cfg.deepspeed_config["zero3_save_16bit_model"] is True
+
+
+@pytest.mark.parametrize("recipe, launcher, zero_stage", [
+    ("ddp", "multi_gpu_launcher", None), ("zero2", "deepspeed_launcher", "2"), ("zero3", "deepspeed_launcher", "3")])
+def test_launcher_dry_run_passes_the_recipe_to_each_process(recipe, launcher, zero_stage):
+    """accelerate launch 空跑：--num_processes 覆盖配置里的 2；子进程拿到的环境变量里有 ZeRO 阶段、精度 "no"。"""
+    chosen, args, env = dry_run(recipe, "--num_processes", "4")
+    assert chosen == launcher and args.num_processes == 4
+    assert env["ACCELERATE_MIXED_PRECISION"] == "no"
+    assert env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == zero_stage
+    assert env.get("ACCELERATE_USE_DEEPSPEED") == ("true" if zero_stage else None)
+
+
+PPO_CHECK = """
+from trl.experimental.ppo import PPOConfig
+from qwen_rlhf import errors, training
+errors.run(lambda: training.refuse_zero3_for_ppo(PPOConfig(output_dir={out!r}, use_cpu=True, report_to=[])), "ppo")
+"""
+
+
+@pytest.mark.parametrize("recipe", ["ddp", "zero2", "zero3"])
+def test_ppo_under_zero3_is_refused_with_one_chinese_line(recipe, tmp_path):
+    """用启动器空跑得到的环境变量建 PPOConfig：ZeRO-3 以退出码 2 和一行中文拒绝（指向 zero2.yaml），DDP / ZeRO-2 放行。
+    在子进程里做：DeepSpeed 配置会在 transformers 里留下全局状态，不能污染同一会话的其他测试。"""
+    if recipe != "ddp":
+        pytest.importorskip("deepspeed")  # 没装 deepspeed 时 TrainingArguments 本身就拒绝 DeepSpeed 配置
+    env = dry_run(recipe)[2]
+    r = subprocess.run([sys.executable, "-c", PPO_CHECK.format(out=str(tmp_path / "out"))], cwd=ROOT,
+                       env=offline_env(tmp_path, **env), capture_output=True, text=True, timeout=300, check=False)
+    if recipe == "zero3":
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert "PPO 不支持 DeepSpeed ZeRO-3" in last_line(r.stderr) and "zero2.yaml" in last_line(r.stderr)
+        assert "Traceback" not in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- DeepSpeed 真跑（CPU 上 gloo；没装 deepspeed 就跳过）
+
+# DeepSpeed 在 CPU 上初始化自己的通信后端时每个进程打印这一行；DeepSpeed 被 accelerate 关掉时没有它
+DEEPSPEED_COMM_READY = "deepspeed_shm_comm_op built successfully"
+
+
+@pytest.mark.parametrize("stage, port", [("sft", 29536), ("rm", 29537)])
+def test_zero3_trains_and_saves_full_weights(pipeline, stage, port):
+    """ZeRO-3 两个进程跑 SFT / RM：参数分片在两个进程里，保存时必须所有进程一起收集——
+    存出来的每个张量形状和单进程的一样（只在主进程保存会得到空张量或卡住）。"""
+    pytest.importorskip("deepspeed")
+    out = pipeline["tmp"] / f"{stage}-zero3"
+    r = launch("zero3", f"train_{stage}.py", port,
+               *stage_args(stage, pipeline["tmp"] / "tiny-qwen3", out, "--max_steps", 2), tmp=pipeline["tmp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count(DEEPSPEED_COMM_READY) == 2
+    assert file_names(out) == file_names(pipeline[stage])
+    assert weight_shapes(out) == weight_shapes(pipeline[stage])
+    assert r.stdout.count("[训练] 全局批量 32（2 个进程 × 每进程 16 × 累积 1）") == 1
+
+
+def test_ppo_under_zero2_trains_and_merges_full_weights(pipeline):
+    """ZeRO-2 两个进程跑 PPO：episode 数 = 2 个进程 × 每卡 4 × 2 次更新，合并后的模型是完整的。"""
+    pytest.importorskip("deepspeed")
+    out = pipeline["tmp"] / "ppo-zero2"
+    r = launch("zero2", "train_ppo.py", 29538, *stage_args(
+        "ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path", pipeline["sft"],
+        "--reward_model_path", pipeline["rm"], "--per_device_train_batch_size", 4, "--total_episodes", 16),
+        tmp=pipeline["tmp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count(DEEPSPEED_COMM_READY) == 2
+    assert stage_info(out)["episodes"] == 16
+    assert weight_shapes(out / "merged") == weight_shapes(pipeline["ppo"] / "merged")
