@@ -13,7 +13,7 @@
 import shutil
 from dataclasses import dataclass, field
 
-from qwen_rlhf import data, errors, models, options, outputs, ppo  # noqa: I001  先于 trl.experimental 导入（见 __init__）
+from qwen_rlhf import data, errors, models, options, outputs, ppo, training  # noqa: I001  先于 trl.experimental 导入（见 __init__）
 from qwen_rlhf.errors import EXIT_MISSING, UserError
 from trl.experimental.ppo import PPOConfig
 
@@ -68,6 +68,7 @@ def main():
     # ---------------------------------------------------------------- 选项
     args, cfg = options.parse([PPOArgs, PPOConfig], {**DEFAULTS, **options.precision_defaults(allow_fp16=False)})
     check_options(args, cfg)
+    training.refuse_zero3_for_ppo(cfg)
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
     sft_path, rm_path = options.input_path(cfg.sft_model_path), options.input_path(cfg.reward_model_path)
@@ -93,7 +94,7 @@ def main():
         raise UserError(f"PPO 训练问题只有 {len(examples)} 个，少于一个 rollout 批量 {rollout_batch}"
                         f"（{world} 个进程 × 每卡 {cfg.per_device_train_batch_size} × 累积 {cfg.gradient_accumulation_steps}），"
                         "TRL 会一直等数据。请用更多数据或减小批量。")
-    print(f"[数据] PPO 使用 {len(examples)} 个训练问题；全局 rollout 批量 {rollout_batch}，共 {cfg.total_episodes} 个 episode。")
+    data.say(f"[数据] PPO 使用 {len(examples)} 个训练问题；全局 rollout 批量 {rollout_batch}，共 {cfg.total_episodes} 个 episode。")
 
     # ---------------------------------------------------------------- 模型
     from peft import LoraConfig
@@ -112,19 +113,17 @@ def main():
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
 
-    from qwen_rlhf.training import FiniteGuard, GracefulStop, StopRequested
-
     tb = outputs.tensorboard_dir("ppo")
     cfg.output_dir = str(final.parent / f".{final.name}.trainer")  # TRL 会建这个目录；save_strategy=no 时里面是空的
     trainer = ppo.RLHFPPOTrainer(
         args=cfg, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward,
         value_model=critic, train_dataset=Dataset.from_list(examples), peft_config=peft_config,
-        callbacks=[FiniteGuard("ppo"), GracefulStop(raise_on_stop=True)],
+        callbacks=[training.FiniteGuard("ppo"), training.GracefulStop(raise_on_stop=True)],
     )
     interrupted = False
     try:
         trainer.train()
-    except StopRequested:
+    except training.StopRequested:
         interrupted = True
     finally:
         shutil.rmtree(cfg.output_dir, ignore_errors=True)

