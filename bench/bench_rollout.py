@@ -1,0 +1,82 @@
+"""rollout 生成速度：PPO 的大部分时间花在生成上。比较 KV cache 开 / 关、每次生成的批量，以及
+"train 模式 + 梯度检查点"（TRL 1.12 不打补丁时的路径：每层丢掉 KV cache）。
+
+    .venv/bin/python bench/bench_rollout.py                      # 离线 tiny 模型（临时目录里现建）
+    .venv/bin/python bench/bench_rollout.py --model checkpoint/sft --response_length 200   # 真模型（GPU 上）
+
+结果写到 bench/results/rollout.json。只比较同一台机器上的相对快慢；tiny 模型的绝对数字没有意义。
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from transformers import GenerationConfig  # noqa: E402
+
+from qwen_rlhf import data, inference, models, tiny  # noqa: E402
+
+
+def timed_generate(model, ids, mask, gen, batch: int) -> float:
+    """按 batch 切块生成（与 TRL 的 local_rollout_forward_batch_size 同义），返回秒数。"""
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], batch):
+            model.generate(input_ids=ids[i:i + batch], attention_mask=mask[i:i + batch], generation_config=gen)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="模型文件夹；不给则现建一个 tiny 随机模型")
+    parser.add_argument("--prompts", type=int, default=16, help="一次 rollout 的提示数")
+    parser.add_argument("--response_length", type=int, default=64)
+    a = parser.parse_args()
+
+    folder = Path(a.model) if a.model else tiny.build(Path(tempfile.mkdtemp(prefix="bench-rollout-")) / "tiny")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = models.load_tokenizer(folder, padding_side="left")
+    model = models.load_causal_lm(folder, tok).to(device)
+    rows = data.load_rows(str(ROOT / "data" / "sample.jsonl"), False).rows[: a.prompts]
+    ids, mask = inference.left_pad([data.ppo_example(tok, r)["input_ids"] for r in rows], tok.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    # 固定生成满 response_length 个 token，各方案的工作量相同
+    gen = dict(max_new_tokens=a.response_length, min_new_tokens=a.response_length, do_sample=False,
+               pad_token_id=tok.pad_token_id)
+    tokens = a.prompts * a.response_length
+
+    cases = {}
+    model.eval()
+    timed_generate(model, ids, mask, GenerationConfig(**gen), 8)  # 预热
+    for batch in (1, 2, 8, a.prompts):
+        cases[f"kv_cache_batch_{batch}"] = timed_generate(model, ids, mask, GenerationConfig(**gen), batch)
+    cases["no_kv_cache_batch_8"] = timed_generate(model, ids, mask, GenerationConfig(**gen, use_cache=False), 8)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()  # 不打补丁的 TRL 1.12：rollout 在 train 模式下生成，检查点层丢掉缓存（而且输出是错的）
+    cases["train_mode_grad_ckpt_batch_8"] = timed_generate(model, ids, mask, GenerationConfig(**gen), 8)
+
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU, "
+                   f"{torch.cuda.get_device_name() if device == 'cuda' else 'no GPU'}",
+        "model": str(folder) if a.model else "tiny (random)",
+        "prompts": a.prompts, "response_length": a.response_length,
+        "tokens_per_s": {k: round(tokens / v, 1) for k, v in cases.items()},
+    }
+    out = ROOT / "bench" / "results" / "rollout.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, ensure_ascii=False, indent=2))
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+
+
+if __name__ == "__main__":
+    main()
