@@ -142,6 +142,7 @@ def main():
                 sft_path=str(sft_path.resolve()), sft_path_in_repo=models._rel(sft_path), reward_model=str(rm_path),
                 base_model=str(base), split_fingerprint=split.fingerprint, interrupted=interrupted,
                 optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode, tensorboard=str(tb),
+                launch=training.launch_info(cfg),
             )
         if interrupted:
             raise ppo.interrupted_error(models._rel(target))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_NETWORK, UserError
-from .options import CHECKPOINT_DIR, input_path
+from .options import CHECKPOINT_DIR, drop_empty_dir, input_path, main_process_first
 
 COLUMNS = ("question", "chosen", "rejected")
 OPTIONAL_COLUMNS = ("system",)
@@ -196,6 +196,7 @@ def download_dataset(name: str) -> Path:
         return Path(snapshot_download(hf_name, repo_type="dataset", local_dir=str(target)))
     except Exception as e:  # noqa: BLE001
         errors.append(f"Hugging Face: {type(e).__name__}")
+    drop_empty_dir(target)
     raise UserError(
         f"无法下载数据集 {name}（{'; '.join(errors)}）。请检查网络，或离线运行：--dataset data/sample.jsonl，"
         "或用 --config configs/tiny.yaml 跑离线小模型演示。",
@@ -210,7 +211,8 @@ def load_rows(dataset: str, strict: bool = False) -> Rows:
     if not path.exists():
         if looks_local:
             raise UserError(f"数据文件不存在：{dataset}。请检查路径，示例数据在 data/sample.jsonl。")
-        path = download_dataset(dataset)
+        with main_process_first():  # 多进程：主进程下载，其余进程等它下完直接用缓存
+            path = download_dataset(dataset)
     files = [path] if path.is_file() else _find_data_files(path)
     if not files:
         raise UserError(f"{path} 里找不到数据文件（{'/'.join(DATA_SUFFIXES)}）。")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, EXIT_NETWORK, UserError
-from .options import CHECKPOINT_DIR, ROOT, input_path
+from .options import CHECKPOINT_DIR, ROOT, drop_empty_dir, input_path, main_process_first
 
 EOS_TOKEN = "<|im_end|>"  # Qwen3 对话的停止符
 PAD_TOKEN = "<|endoftext|>"  # 填充符：绝不能等于停止符，否则 PPO 的掩码会把停止符也盖掉
@@ -26,6 +26,11 @@ def resolve_model_source(name_or_path: str) -> Path:
     if _looks_like_local(name_or_path):
         raise UserError(f"模型文件夹不存在：{name_or_path}。请检查路径，或传模型 ID（例如 Qwen/Qwen3-0.6B）。", EXIT_MISSING)
     target = CHECKPOINT_DIR / "base" / name_or_path.replace("/", "__")
+    with main_process_first():  # 多进程：主进程下载，其余进程等它下完直接用已下载的文件夹
+        return _download_model(name_or_path, target)
+
+
+def _download_model(name_or_path: str, target: Path) -> Path:
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target  # 已经下载过
     errors = []
@@ -41,6 +46,7 @@ def resolve_model_source(name_or_path: str) -> Path:
         return Path(hf_download(name_or_path, local_dir=str(target)))
     except Exception as e:  # noqa: BLE001
         errors.append(f"Hugging Face: {type(e).__name__}")
+    drop_empty_dir(target)
     raise UserError(
         f"无法下载模型 {name_or_path}（{'; '.join(errors)}）。请检查网络（可设 HF_ENDPOINT=https://hf-mirror.com），"
         "或用 --model_name_or_path 指向本地文件夹，或用 --config configs/tiny.yaml 跑离线小模型演示。",

@@ -35,6 +35,24 @@ def output_path(p: str | os.PathLike) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+def main_process_first():
+    """accelerate launch 多进程时让主进程先做（下载到同一个文件夹、修复上次被杀留下的输出），其余进程等它做完再读结果。
+    单进程时什么也不做，也不初始化分布式。"""
+    import contextlib
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
+
+
+def drop_empty_dir(path: Path) -> None:
+    """下载失败后删掉下载库先建好的空文件夹，免得 checkpoint/ 里留下看起来像下载过的空目录。"""
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
 def _help(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .models import STAGE_FILE, _rel
-from .options import ROOT
+from .options import ROOT, main_process_first
 
 
 def _is_nonempty_dir(p: Path) -> bool:
@@ -45,7 +45,8 @@ def _alive(pid: int) -> bool:
 
 def check_writable(final: Path, overwrite: bool) -> None:
     """在加载任何模型之前检查，免得训练几十分钟后才发现不能写。"""
-    recover(final)
+    with main_process_first():  # 多进程时只让主进程改名 / 删除，免得几个进程同时搬同一个文件夹
+        recover(final)
     if final.exists() and not final.is_dir():
         raise UserError(f"输出路径 {_rel(final)} 是一个文件，不是文件夹。请换一个 --output_dir。")
     if _is_nonempty_dir(final) and not overwrite:

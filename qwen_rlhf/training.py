@@ -116,6 +116,13 @@ def refuse_zero3_for_ppo(cfg) -> None:
             "请改用 accelerate launch --config_file configs/accelerate/zero2.yaml 或 ddp.yaml。", EXIT_BAD_INPUT)
 
 
+def launch_info(args) -> dict:
+    """怎样启动的（写进 stage.json）：进程数、设备、DeepSpeed ZeRO 阶段。对比速度或复现一次运行时要知道。"""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    return {"num_processes": args.world_size, "device": args.device.type,
+            "zero_stage": plugin.zero_stage if plugin is not None else None}
+
+
 def _has_checkpoint(folder: Path) -> bool:
     return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
 
@@ -157,6 +164,6 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, **in
         for f in export.iterdir():
             f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
         tokenizer.save_pretrained(str(tmp))
-        write_stage_info(tmp, stage, options, **info)
+        write_stage_info(tmp, stage, options, launch=launch_info(trainer.args), **info)
     shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     print(f"[完成] {stage} 已保存到 {_rel(final)}；曲线：tensorboard --logdir tensorboard")

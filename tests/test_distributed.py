@@ -14,6 +14,8 @@ from conftest import ROOT, last_line, offline_env, stage_args
 from qwen_rlhf import outputs
 
 ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
+# DeepSpeed 在 CPU 上初始化自己的通信后端时每个进程打印这一行；DeepSpeed 被 accelerate 关掉时没有它
+DEEPSPEED_COMM_READY = "deepspeed_shm_comm_op built successfully"
 
 
 def launch(recipe: str, script: str, port: int, *args, tmp):
@@ -63,6 +65,8 @@ def test_sft_on_two_processes_has_the_single_process_shape_and_half_the_steps(pi
     single, info = stage_info(pipeline["sft"]), stage_info(out)
     assert file_names(out) == file_names(pipeline["sft"])
     assert set(info) == set(single)
+    assert info["launch"] == {"num_processes": 2, "device": "cpu", "zero_stage": None}
+    assert single["launch"] == {"num_processes": 1, "device": "cpu", "zero_stage": None}
     assert weight_shapes(out) == weight_shapes(pipeline["sft"])
     scalars = outputs.read_scalars(info["tensorboard"])
     assert set(scalars) == set(outputs.read_scalars(single["tensorboard"]))
@@ -90,6 +94,45 @@ def test_rm_on_two_processes_has_the_single_process_shape_and_half_the_steps(pip
     assert len(scalars["train/loss"]) == math.ceil(pairs / (2 * 16))
     assert r.stdout.count("[训练] 全局批量 32（2 个进程 × 每进程 16 × 累积 1）") == 1
     assert r.stdout.count("[数据] RM 训练") == 1 and r.stdout.count("[评估]") == 1
+
+
+@pytest.mark.parametrize("recipe, port", [("ddp", 29539), ("zero2", 29538)])
+def test_ppo_on_two_processes_has_the_single_process_shape_and_counts_episodes_per_process(pipeline, recipe, port):
+    """两个进程跑 PPO（DDP，以及装了 deepspeed 时的 ZeRO-2）：适配器、合并模型、stage.json 键、曲线标签都和单进程一样；
+    每次更新吃 2 个进程 × 每卡 4 条，16 个 episode = 2 次更新 × 2 个 PPO epoch × 2 个 minibatch = 8 个优化器步；
+    数据摘要和完成信息只由主进程打印一次。"""
+    if recipe == "zero2":
+        pytest.importorskip("deepspeed")
+    out = pipeline["tmp"] / f"ppo-{recipe}"
+    r = launch(recipe, "train_ppo.py", port, *stage_args(
+        "ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path", pipeline["sft"],
+        "--reward_model_path", pipeline["rm"], "--per_device_train_batch_size", 4, "--total_episodes", 16),
+        tmp=pipeline["tmp"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count(DEEPSPEED_COMM_READY) == (2 if recipe == "zero2" else 0)
+    single, info = stage_info(pipeline["ppo"]), stage_info(out)
+    assert file_names(out) == file_names(pipeline["ppo"])
+    assert file_names(out / "merged") == file_names(pipeline["ppo"] / "merged")
+    assert set(info) == set(single)
+    assert weight_shapes(out / "merged") == weight_shapes(pipeline["ppo"] / "merged")
+    assert info["episodes"] == 16 and info["optimizer_steps"] == 2 * 2 * 2
+    assert info["launch"] == {"num_processes": 2, "device": "cpu", "zero_stage": 2 if recipe == "zero2" else None}
+    scalars = outputs.read_scalars(info["tensorboard"])
+    assert set(scalars) == set(outputs.read_scalars(single["tensorboard"]))
+    assert len(scalars["train/objective/scores"]) == 2  # logging_steps=1：每次更新一个点
+    assert r.stdout.count("全局 rollout 批量 8，共 16 个 episode") == 1
+    assert r.stdout.count("[完成]") == 1
+
+
+def test_download_failure_on_two_processes_is_reported_once(tmp_path):
+    """数据集要下载时由主进程先下，其余进程等它：离线下载失败时只有主进程报一行中文错误（而不是每个进程各报一遍、
+    各自往同一个文件夹下载），整个启动以非零退出码结束，不会卡住。"""
+    r = launch("ddp", "train_sft.py", 29540, *stage_args("sft", tmp_path / "no-model", tmp_path / "out",
+                                                        "--dataset", "nobody/no-such-dataset"), tmp=tmp_path)
+    assert r.returncode != 0
+    assert r.stderr.count("无法下载数据集 nobody/no-such-dataset") == 1, r.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+    assert not (ROOT / "checkpoint" / "cache" / "datasets" / "nobody__no-such-dataset").exists()  # 下载失败不留空文件夹
 
 
 # ---------------------------------------------------------------- accelerate 配置：解析与启动器空跑
@@ -167,9 +210,6 @@ def test_ppo_under_zero3_is_refused_with_one_chinese_line(recipe, tmp_path):
 
 # ---------------------------------------------------------------- DeepSpeed 真跑（CPU 上 gloo；没装 deepspeed 就跳过）
 
-# DeepSpeed 在 CPU 上初始化自己的通信后端时每个进程打印这一行；DeepSpeed 被 accelerate 关掉时没有它
-DEEPSPEED_COMM_READY = "deepspeed_shm_comm_op built successfully"
-
 
 @pytest.mark.parametrize("stage, port", [("sft", 29536), ("rm", 29537)])
 def test_zero3_trains_and_saves_full_weights(pipeline, stage, port):
@@ -181,20 +221,7 @@ def test_zero3_trains_and_saves_full_weights(pipeline, stage, port):
                *stage_args(stage, pipeline["tmp"] / "tiny-qwen3", out, "--max_steps", 2), tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count(DEEPSPEED_COMM_READY) == 2
+    assert stage_info(out)["launch"] == {"num_processes": 2, "device": "cpu", "zero_stage": 3}
     assert file_names(out) == file_names(pipeline[stage])
     assert weight_shapes(out) == weight_shapes(pipeline[stage])
     assert r.stdout.count("[训练] 全局批量 32（2 个进程 × 每进程 16 × 累积 1）") == 1
-
-
-def test_ppo_under_zero2_trains_and_merges_full_weights(pipeline):
-    """ZeRO-2 两个进程跑 PPO：episode 数 = 2 个进程 × 每卡 4 × 2 次更新，合并后的模型是完整的。"""
-    pytest.importorskip("deepspeed")
-    out = pipeline["tmp"] / "ppo-zero2"
-    r = launch("zero2", "train_ppo.py", 29538, *stage_args(
-        "ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path", pipeline["sft"],
-        "--reward_model_path", pipeline["rm"], "--per_device_train_batch_size", 4, "--total_episodes", 16),
-        tmp=pipeline["tmp"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count(DEEPSPEED_COMM_READY) == 2
-    assert stage_info(out)["episodes"] == 16
-    assert weight_shapes(out / "merged") == weight_shapes(pipeline["ppo"] / "merged")

@@ -13,13 +13,15 @@ def test_local_folder_is_used_without_network(tiny_model, monkeypatch):
     assert models.resolve_model_source(str(tiny_model)) == tiny_model
 
 
-def test_unreachable_hub_gives_one_clear_line(monkeypatch):
+def test_unreachable_hub_gives_one_clear_line_and_leaves_no_empty_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "CHECKPOINT_DIR", tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MODELSCOPE_DOMAIN", "127.0.0.1:9")
     with pytest.raises(UserError) as e:
         models.resolve_model_source("nobody/no-such-model-xyz")
     assert e.value.code == EXIT_NETWORK
     assert "无法下载模型 nobody/no-such-model-xyz" in e.value.message and "configs/tiny" in e.value.message
+    assert (tmp_path / "base").is_dir() and not (tmp_path / "base" / "nobody__no-such-model-xyz").exists()
 
 
 def test_missing_local_folder_is_not_downloaded():
