@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import common  # bench/common.py（脚本所在目录在 sys.path 里）
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 5.0
 
@@ -86,9 +88,7 @@ def main():
     }
     result["meets_target"] = result["speedup_generate"] >= TARGET
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(json.dumps(result, ensure_ascii=False, indent=2))
+    common.write_result(result, out)
     print(f"[bench] 生成阶段加速 {result['speedup_generate']}×（目标 ≥ {TARGET}×），整个进程 "
           f"{result['speedup_process_wall']}×；已写入 {out}")
 

@@ -10,7 +10,6 @@
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
 from qwen_rlhf import outputs  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def main():
     stages["ppo"]["episodes_per_s"] = round(info["ppo"]["episodes"] / stages["ppo"]["seconds"], 2)
     first, final = outputs.quarter_means(tb["ppo"]["train/objective/scores"])
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU, Python {platform.python_version()}",
+        "machine": common.machine(),
         "demo_total_seconds": total,
         "stages": stages,
         "sft_loss_first_last": [tb["sft"]["train/loss"][0], tb["sft"]["train/loss"][-1]],
@@ -83,10 +83,7 @@ def main():
                     "rollout_forward_batch_2": ["--local_rollout_forward_batch_size", "2"]}
         result["ppo_variants"] = {name: run("train_ppo.py", *ppo_args, *extra, "--output_dir", work / f"ppo-{name}",
                                             env=env) for name, extra in variants.items()}
-    out = ROOT / "bench" / "results" / "demo.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, ensure_ascii=False, indent=2))
-    print(json.dumps(result, ensure_ascii=False, indent=2))
+    common.write_result(result, common.RESULTS / "demo.json")
 
 
 if __name__ == "__main__":

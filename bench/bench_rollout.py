@@ -8,9 +8,6 @@
 """
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import GenerationConfig  # noqa: E402
 
+import common  # noqa: E402  bench/common.py
 from qwen_rlhf import data, inference, models, tiny  # noqa: E402
 
 
@@ -66,16 +64,12 @@ def main():
     cases["train_mode_grad_ckpt_batch_8"] = timed_generate(model, ids, mask, GenerationConfig(**gen), 8)
 
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU, "
-                   f"{torch.cuda.get_device_name() if device == 'cuda' else 'no GPU'}",
+        "machine": common.machine(torch.cuda.get_device_name() if device == "cuda" else "no GPU"),
         "model": str(folder) if a.model else "tiny (random)",
         "prompts": a.prompts, "response_length": a.response_length,
         "tokens_per_s": {k: round(tokens / v, 1) for k, v in cases.items()},
     }
-    out = ROOT / "bench" / "results" / "rollout.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, ensure_ascii=False, indent=2))
-    print(json.dumps(result, ensure_ascii=False, indent=2))
+    common.write_result(result, common.RESULTS / "rollout.json")
 
 
 if __name__ == "__main__":
