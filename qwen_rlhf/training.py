@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -42,27 +43,46 @@ class GracefulStop(TrainerCallback):
     Trainer（SFT / RM）：保存一个可续训的检查点后正常结束 train()。
     PPO（raise_on_stop=True）：TRL 1.12 的 PPO 循环不看 should_training_stop，而 should_save 会连优化器状态一起存，
     所以改为抛出 StopRequested，由脚本自己保存已训练的策略。
+
+    多进程（accelerate launch）：Ctrl-C 只到启动器（torchrun 让每个子进程自成一个会话），由它转发给各子进程，
+    到达的时刻各不相同；各进程在同一步停下（见 on_step_end）。
     """
 
     def __init__(self, raise_on_stop: bool = False):
         self.requested = False
         self.raise_on_stop = raise_on_stop
         self._previous = None
+        self._main = True
 
     def _handler(self, signum, frame):
         if self.requested:  # 第二次：不再等待
             raise KeyboardInterrupt
         self.requested = True
-        print("\n[中断] 收到 Ctrl-C：这一步结束后保存并停止（再按一次立即退出）。", flush=True)
+        if self._main:
+            print("\n[中断] 收到 Ctrl-C：这一步结束后保存并停止（再按一次立即退出）。", flush=True)
+
+    def _agreed(self, args) -> bool:
+        """多进程时任何一个进程收到 Ctrl-C 都算：各进程一起在这一步停下。否则先停的进程去存检查点，
+        别的进程还在等下一步的梯度同步，两边互相等到启动器超时杀掉。"""
+        if args.world_size == 1:
+            return self.requested
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(self.requested)], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._main = state.is_world_process_zero
         try:
             self._previous = signal.signal(signal.SIGINT, self._handler)
         except ValueError:  # 不在主线程（极少见）：保持默认行为
             self._previous = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        if self._agreed(args):
+            self.requested = True
             if self.raise_on_stop:
                 self.on_train_end(args, state, control)
                 raise StopRequested
@@ -86,6 +106,9 @@ def fit(trainer, stop: GracefulStop, resume: str | bool | None, script: str) -> 
     trainer.train(resume_from_checkpoint=resume or None)
     if stop.requested:
         from transformers.trainer_utils import get_last_checkpoint
+
+        if not trainer.is_world_process_zero():
+            sys.exit(EXIT_INTERRUPTED)  # 续训提示由主进程说一次
 
         last = get_last_checkpoint(trainer.args.output_dir)
         raise UserError(

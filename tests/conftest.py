@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,24 @@ def run_script(script: str, *args, tmp: Path, timeout: int = 1200, env: dict | N
     cmd = [sys.executable, str(ROOT / script), *map(str, args)]
     return subprocess.run(cmd, cwd=cwd or ROOT, env=env or offline_env(tmp), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_until(cmd, env, marker, timeout=300, new_session=False):
+    """启动子进程，等输出里出现 marker 后返回（进程仍在运行）。new_session：让它自成一个进程组，好像终端里的前台任务，
+    os.killpg 就能像 Ctrl-C 那样把信号同时发给启动器和它的所有子进程。"""
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=new_session)
+    seen, out = threading.Event(), []
+
+    def pump():
+        for line in proc.stdout:
+            out.append(line)
+            if marker in line:
+                seen.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    assert seen.wait(timeout), "".join(out)[-3000:]
+    return proc, out
 
 
 def last_line(text: str) -> str:

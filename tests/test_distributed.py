@@ -5,11 +5,13 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 
+import psutil  # accelerate 自己依赖它
 import pytest
-from conftest import ROOT, last_line, offline_env, stage_args
+from conftest import ROOT, last_line, offline_env, run_until, stage_args
 
 from qwen_rlhf import outputs
 
@@ -18,17 +20,20 @@ ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
 DEEPSPEED_COMM_READY = "deepspeed_shm_comm_op built successfully"
 
 
-def launch(recipe: str, script: str, port: int, *args, tmp):
+def launch_cmd(recipe: str, script: str, port: int, *args) -> list[str]:
     """accelerate launch --config_file configs/accelerate/<recipe>.yaml --num_processes 2 <script> …
 
     不能加 --cpu：它会让 accelerate 改用单进程启动器，只跑一个进程。tiny 配方里的 use_cpu 让两个进程走 gloo。
     也不能设 ACCELERATE_USE_CPU：accelerate 会因此悄悄关掉 DeepSpeed，ZeRO-3 的分片参数没人收集，前向直接出错。
     """
-    env = offline_env(tmp, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIGS / f"{recipe}.yaml",
-           "--num_processes", 2, "--main_process_port", port, ROOT / script, *args]
-    return subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-                          check=False)
+    return list(map(str, [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          ACCELERATE_CONFIGS / f"{recipe}.yaml", "--num_processes", 2, "--main_process_port", port,
+                          ROOT / script, *args]))
+
+
+def launch(recipe: str, script: str, port: int, *args, tmp):
+    return subprocess.run(launch_cmd(recipe, script, port, *args), cwd=ROOT, env=offline_env(tmp, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=900, check=False)
 
 
 def stage_info(folder):
@@ -133,6 +138,43 @@ def test_download_failure_on_two_processes_is_reported_once(tmp_path):
     assert r.stderr.count("无法下载数据集 nobody/no-such-dataset") == 1, r.stderr[-3000:]
     assert not (tmp_path / "out").exists()
     assert not (ROOT / "checkpoint" / "cache" / "datasets" / "nobody__no-such-dataset").exists()  # 下载失败不留空文件夹
+
+
+def worker_pid(launcher_pid: int, rank: int) -> int:
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        if child.environ().get("RANK") == str(rank):
+            return child.pid
+    raise AssertionError(f"找不到 rank {rank} 的进程")
+
+
+@pytest.mark.parametrize("who", ["terminal", "one_worker"])
+def test_ctrl_c_on_two_processes_stops_both_at_the_same_step_and_resume_finishes(pipeline, tmp_path, who):
+    """terminal：像终端里的 Ctrl-C 那样发给启动器所在的进程组（torchrun 的子进程各自一个会话，由启动器转发）。
+    one_worker：只有 rank 1 收到信号，两个进程也必须在同一步一起停下、一起存出可续训的检查点（各停各的会互相
+    等到启动器超时）。两种情况续训提示都只由主进程说一次；续训能正常完成。"""
+    out = tmp_path / "sft"
+    args = stage_args("sft", pipeline["tmp"] / "tiny-qwen3", out, "--logging_steps", 1, "--num_train_epochs", 4)
+    env = offline_env(tmp_path, OMP_NUM_THREADS="1")
+    proc, lines = run_until(launch_cmd("ddp", "train_sft.py", 29541, *args), env, "'loss'", new_session=True)
+    if who == "terminal":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(worker_pid(proc.pid, 1), signal.SIGINT)
+    try:
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:  # 卡住了：子进程不在启动器的进程组里，要逐个清掉，别让它们拖慢后面的测试
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+    text = "".join(lines)
+    assert text.count("--resume_from_checkpoint") == 1, text[-3000:]
+    ckpts = sorted((tmp_path / "sft-trainer-checkpoints").glob("checkpoint-*"))
+    assert ckpts and not out.exists()  # 进度单独保存，不冒充完成的结果
+    if who == "terminal":
+        r = launch("ddp", "train_sft.py", 29542, *args, "--resume_from_checkpoint", ckpts[-1], tmp=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert stage_info(out)["launch"]["num_processes"] == 2
 
 
 # ---------------------------------------------------------------- accelerate 配置：解析与启动器空跑

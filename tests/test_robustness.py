@@ -2,14 +2,12 @@
 
 import json
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from conftest import ROOT, TINY, last_line, offline_env, run_script, stage_args
+from conftest import ROOT, TINY, last_line, offline_env, run_script, run_until, stage_args
 from qwen_rlhf import errors, outputs
 
 
@@ -125,27 +123,11 @@ def test_refuses_to_overwrite_and_keeps_the_earlier_result(pipeline):
     assert (pipeline["sft"] / "model.safetensors").read_bytes() == before
 
 
-def _run_until(cmd, env, marker, timeout=300):
-    """启动子进程，等输出里出现 marker 后返回（进程仍在运行）。"""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen, out = threading.Event(), []
-
-    def pump():
-        for line in proc.stdout:
-            out.append(line)
-            if marker in line:
-                seen.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    assert seen.wait(timeout), "".join(out)[-3000:]
-    return proc, out
-
-
 def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path, tiny_model):
     out = tmp_path / "sft"
     args = stage_args("sft", tiny_model, out, "--logging_steps", "1", "--num_train_epochs", "2")
     cmd = [sys.executable, str(ROOT / "train_sft.py"), *map(str, args)]
-    proc, lines = _run_until(cmd, offline_env(tmp_path), "'loss'")
+    proc, lines = run_until(cmd, offline_env(tmp_path), "'loss'")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(120) == errors.EXIT_INTERRUPTED
     text = "".join(lines)
@@ -177,7 +159,7 @@ def test_sigkill_at_any_moment_leaves_a_complete_loadable_result(pipeline, tmp_p
     cmd = [sys.executable, str(ROOT / "train_rm.py"),
            *map(str, stage_args("rm", pipeline["tmp"] / "tiny-qwen3", out, "--overwrite_output_dir", "true",
                                 "--num_train_epochs", "20"))]
-    proc, _ = _run_until(cmd, offline_env(tmp_path), "[数据]")
+    proc, _ = run_until(cmd, offline_env(tmp_path), "[数据]")
     if moment == "training":
         time.sleep(1.0)
     else:  # 等临时文件夹出现（开始写新结果）的那一刻
