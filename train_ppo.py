@@ -129,10 +129,10 @@ def main():
         shutil.rmtree(cfg.output_dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- 保存
+    target = final.parent / f"{final.name}-interrupted" if interrupted else final
+    if interrupted:  # 所有进程都要调用：里面的 main_process_first 是一次同步，只有主进程调用会卡住它
+        outputs.check_writable(target, overwrite=True)
     if trainer.is_world_process_zero():
-        target = final.parent / f"{final.name}-interrupted" if interrupted else final
-        if interrupted:
-            outputs.check_writable(target, overwrite=True)
         with outputs.StagingDir(target) as tmp:
             ppo.save_policy(trainer, tmp, sft_path, tokenizer)
             if args.save_critic:

@@ -147,6 +147,17 @@ def worker_pid(launcher_pid: int, rank: int) -> int:
     raise AssertionError(f"找不到 rank {rank} 的进程")
 
 
+def wait_or_kill(proc, timeout=120):
+    """等启动器结束；卡住了就连同子进程一起清掉（子进程不在启动器的进程组里），别让它们拖慢后面的测试。"""
+    try:
+        proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+
+
 @pytest.mark.parametrize("who", ["terminal", "one_worker"])
 def test_ctrl_c_on_two_processes_stops_both_at_the_same_step_and_resume_finishes(pipeline, tmp_path, who):
     """terminal：像终端里的 Ctrl-C 那样发给启动器所在的进程组（torchrun 的子进程各自一个会话，由启动器转发）。
@@ -160,21 +171,35 @@ def test_ctrl_c_on_two_processes_stops_both_at_the_same_step_and_resume_finishes
         os.killpg(proc.pid, signal.SIGINT)
     else:
         os.kill(worker_pid(proc.pid, 1), signal.SIGINT)
-    try:
-        proc.wait(120)
-    finally:
-        if proc.poll() is None:  # 卡住了：子进程不在启动器的进程组里，要逐个清掉，别让它们拖慢后面的测试
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
+    wait_or_kill(proc)
     text = "".join(lines)
     assert text.count("--resume_from_checkpoint") == 1, text[-3000:]
     ckpts = sorted((tmp_path / "sft-trainer-checkpoints").glob("checkpoint-*"))
     assert ckpts and not out.exists()  # 进度单独保存，不冒充完成的结果
-    if who == "terminal":
-        r = launch("ddp", "train_sft.py", 29542, *args, "--resume_from_checkpoint", ckpts[-1], tmp=tmp_path)
+    if who == "terminal":  # 续训再走一步就结束（--max_steps），不必把 4 个 epoch 跑完
+        step = int(ckpts[-1].name.split("-")[1])
+        r = launch("ddp", "train_sft.py", 29542, *args, "--resume_from_checkpoint", ckpts[-1], "--max_steps", step + 1,
+                   tmp=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         assert stage_info(out)["launch"]["num_processes"] == 2
+
+
+def test_ctrl_c_during_ppo_on_two_processes_saves_the_partial_policy_once(pipeline, tmp_path):
+    """PPO 多进程 Ctrl-C：两个进程在同一次更新后停下，主进程把已训练的部分存到 <out>-interrupted，提示只说一次。"""
+    out = tmp_path / "ppo"
+    args = stage_args("ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path", pipeline["sft"],
+                      "--reward_model_path", pipeline["rm"], "--per_device_train_batch_size", 4,
+                      "--total_episodes", 100000)
+    env = offline_env(tmp_path, OMP_NUM_THREADS="1")
+    proc, lines = run_until(launch_cmd("ddp", "train_ppo.py", 29543, *args), env, "objective/scores", new_session=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    wait_or_kill(proc)
+    text = "".join(lines)
+    assert text.count("错误：PPO 已中断") == 1, text[-3000:]
+    info = stage_info(tmp_path / "ppo-interrupted")
+    assert info["interrupted"] and info["episodes"] % 8 == 0 and info["episodes"] > 0
+    assert info["launch"]["num_processes"] == 2
+    assert (tmp_path / "ppo-interrupted" / "merged" / "model.safetensors").is_file() and not out.exists()
 
 
 # ---------------------------------------------------------------- accelerate 配置：解析与启动器空跑
