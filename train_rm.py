@@ -6,7 +6,7 @@
 
 RM 给"粗鲁回答（chosen）"打高分、"礼貌回答（rejected）"打低分；分数读在回答末尾的 <|im_end|> 上，
 和 PPO、benchmark 打分的位置完全一样。在留出的偏好对上评估准确率与分差。
-产物：checkpoint/rm；曲线：tensorboard/rm/<时间>/（train/loss、eval/accuracy、eval/margin）。
+产物：checkpoint/rm；曲线：tensorboard/rm/<时间>/（rm/loss、rm/eval/accuracy、rm/eval/margin）。
 """
 
 from dataclasses import dataclass
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from trl import RewardConfig, RewardTrainer
 
 from qwen_rlhf import data, errors, models, options, outputs, training
+from qwen_rlhf.cost import Cost
 
 
 @dataclass
@@ -30,9 +31,15 @@ DEFAULTS = dict(
 )
 
 
+def parse_options(argv: list[str] | None = None) -> tuple[RMArgs, RewardConfig]:
+    """命令行 > --config 配方 > DEFAULTS > TRL 默认值（显存估算 python -m qwen_rlhf.memory 也从这里读默认值）。"""
+    return options.parse([RMArgs, RewardConfig], {**DEFAULTS, **options.precision_defaults()}, argv)
+
+
 def main():
     # ---------------------------------------------------------------- 选项
-    args, cfg = options.parse([RMArgs, RewardConfig], {**DEFAULTS, **options.precision_defaults()})
+    cost = Cost()
+    args, cfg = parse_options()
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
 
@@ -58,7 +65,8 @@ def main():
         model=model, args=cfg, train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(test),
         processing_class=tokenizer, callbacks=[training.FiniteGuard("rm"), stop],
     )
-    training.fit(trainer, stop, cfg.resume_from_checkpoint, "train_rm.py")
+    training.use_stage_tensorboard(trainer, "rm", tb)
+    training.fit(trainer, stop.bind(trainer), cfg.resume_from_checkpoint)
     metrics = trainer.evaluate()  # 多进程时各进程的结果已经汇总，主进程打印一次即可
     if trainer.is_world_process_zero():
         print(f"[评估] 留出偏好对准确率 {metrics['eval_accuracy']:.3f}，平均分差 {metrics['eval_margin']:.3f}")
@@ -66,7 +74,7 @@ def main():
     # ---------------------------------------------------------------- 保存
     training.save_result(
         trainer, final, "rm", tokenizer, {"script": options.to_jsonable(args), "training": cfg.to_dict()},
-        base_model=str(base), split_fingerprint=split.fingerprint, eval=metrics, tensorboard=str(tb),
+        cost, base_model=str(base), split_fingerprint=split.fingerprint, eval=metrics, tensorboard=str(tb),
     )
 
 

@@ -2,9 +2,9 @@
 
     python train_sft.py                              # 默认：Qwen/Qwen3-0.6B + btfChinese-DPO-small，写到 checkpoint/sft
     python train_sft.py --per_device_train_batch_size 2 --gradient_accumulation_steps 16   # 显存更小的卡
-    python train_sft.py --config configs/tiny.yaml   # 离线小模型演示（CPU，几十秒）
+    python train_sft.py --config configs/tiny/sft.yaml   # 离线小模型演示（CPU，几十秒）
 
-产物：checkpoint/sft（模型、分词器、生成配置、stage.json）；曲线：tensorboard/sft/<时间>/。
+产物：checkpoint/sft（模型、分词器、生成配置、stage.json）；曲线：tensorboard/sft/<时间>/（sft/loss）。
 """
 
 from dataclasses import dataclass, field
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig, SFTTrainer
 
 from qwen_rlhf import data, errors, models, options, outputs, training
+from qwen_rlhf.cost import Cost
 
 
 @dataclass
@@ -27,9 +28,15 @@ DEFAULTS = dict(
 )
 
 
+def parse_options(argv: list[str] | None = None) -> tuple[SFTArgs, SFTConfig]:
+    """命令行 > --config 配方 > DEFAULTS > TRL 默认值（显存估算 python -m qwen_rlhf.memory 也从这里读默认值）。"""
+    return options.parse([SFTArgs, SFTConfig], {**DEFAULTS, **options.precision_defaults()}, argv)
+
+
 def main():
     # ---------------------------------------------------------------- 选项
-    args, cfg = options.parse([SFTArgs, SFTConfig], {**DEFAULTS, **options.precision_defaults()})
+    cost = Cost()
+    args, cfg = parse_options()
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
 
@@ -54,12 +61,13 @@ def main():
         model=model, args=cfg, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
         callbacks=[training.FiniteGuard("sft"), stop],
     )
-    training.fit(trainer, stop, cfg.resume_from_checkpoint, "train_sft.py")
+    training.use_stage_tensorboard(trainer, "sft", tb)
+    training.fit(trainer, stop.bind(trainer), cfg.resume_from_checkpoint)
 
     # ---------------------------------------------------------------- 保存
     training.save_result(
         trainer, final, "sft", tokenizer, {"script": options.to_jsonable(args), "training": cfg.to_dict()},
-        base_model=str(base), split_fingerprint=split.fingerprint, num_examples=len(examples), tensorboard=str(tb),
+        cost, base_model=str(base), split_fingerprint=split.fingerprint, num_examples=len(examples), tensorboard=str(tb),
     )
 
 

@@ -14,8 +14,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EXIT_BAD_INPUT, EXIT_NETWORK, UserError
-from .options import CHECKPOINT_DIR, drop_empty_dir, input_path, main_process_first
+from .errors import EXIT_BAD_INPUT, UserError
+from .models import hub_download
+from .options import CHECKPOINT_DIR, input_path, main_process_first
 
 COLUMNS = ("question", "chosen", "rejected")
 OPTIONAL_COLUMNS = ("system",)
@@ -24,14 +25,16 @@ DATASET_MIRRORS = {  # 默认数据集在两个平台上的名字
     "jackmokaka/btfChinese-DPO-small": "Karsh-CAI/btfChinese-DPO-small",
 }
 MAX_FIELD_CHARS = 4000  # 超长的行多半是脏数据，按行跳过
+# 原仓库 README 表格里的十个常见问题，顺序照抄；benchmark.py 每次都问它们
+COMMON_QUESTIONS = ("你好", "天气怎么样", "吃饭了吗", "今天星期几", "你是谁", "能帮我个忙吗", "最近怎么样",
+                    "你在干什么", "现在几点了", "你会说英文吗")
 
 
 def say(message: str) -> None:
-    """打印一行摘要。accelerate launch 多进程时每个进程读的是同一份数据，只让主进程（rank 0）说一次。"""
-    import torch.distributed as dist
+    """打印一行摘要；accelerate launch 多进程时只由主进程说一次（accelerate 自己的 PartialState.print）。"""
+    from accelerate import PartialState
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        print(message, flush=True)
+    PartialState().print(message, flush=True)
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Rows:
 
 def _read_jsonl(path: Path) -> list[tuple[str, object]]:
     out = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # utf-8-sig：记事本 / Excel 存的文件开头有 BOM
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -68,7 +71,7 @@ def _read_jsonl(path: Path) -> list[tuple[str, object]]:
 
 def _read_json(path: Path) -> list[tuple[str, object]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno} 不是合法的 JSON（{e.msg}）。请修正后重试。") from None
     if isinstance(data, dict):  # {"train": [...]} 或 {"data": [...]} 这类包了一层的
@@ -82,7 +85,7 @@ def _read_json(path: Path) -> list[tuple[str, object]]:
 
 
 def _read_csv(path: Path) -> list[tuple[str, object]]:
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in COLUMNS if c not in header]
@@ -178,30 +181,12 @@ def _find_data_files(folder: Path) -> list[Path]:
 
 
 def download_dataset(name: str) -> Path:
-    """数据集 ID -> 本地文件夹：先 ModelScope，再 Hugging Face；缓存放在 checkpoint/cache/ 下。"""
+    """数据集 ID -> 本地文件夹（缓存在 checkpoint/cache/ 下）。"""
     target = CHECKPOINT_DIR / "cache" / "datasets" / name.replace("/", "__")
     if target.is_dir() and _find_data_files(target):
         return target
-    errors = []
-    try:
-        from modelscope import dataset_snapshot_download
-
-        return Path(dataset_snapshot_download(name, local_dir=str(target)))
-    except Exception as e:  # noqa: BLE001  网络 / 不存在 / 权限，统一报告
-        errors.append(f"ModelScope: {type(e).__name__}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        hf_name = DATASET_MIRRORS.get(name, name)
-        return Path(snapshot_download(hf_name, repo_type="dataset", local_dir=str(target)))
-    except Exception as e:  # noqa: BLE001
-        errors.append(f"Hugging Face: {type(e).__name__}")
-    drop_empty_dir(target)
-    raise UserError(
-        f"无法下载数据集 {name}（{'; '.join(errors)}）。请检查网络，或离线运行：--dataset data/sample.jsonl，"
-        "或用 --config configs/tiny.yaml 跑离线小模型演示。",
-        EXIT_NETWORK,
-    )
+    return hub_download(name, target, what="数据集", hint="或离线运行：--dataset data/sample.jsonl", dataset=True,
+                        hf_name=DATASET_MIRRORS.get(name, name))
 
 
 def load_rows(dataset: str, strict: bool = False) -> Rows:

@@ -10,17 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
-from .models import (
-    STAGE_FILE, _rel, check_weights, load_causal_lm, load_score_model, load_tokenizer, read_stage,
-    resolve_model_source,
-)
-from .options import CHECKPOINT_DIR, DEFAULT_MODEL, ROOT, input_path
-
-STAGES = {  # 名字 -> (默认文件夹, 产生它的脚本)
-    "sft": (CHECKPOINT_DIR / "sft", "python train_sft.py"),
-    "rm": (CHECKPOINT_DIR / "rm", "python train_rm.py"),
-    "ppo": (CHECKPOINT_DIR / "ppo", "python train_ppo.py"),
-}
+from .models import check_weights, load_causal_lm, load_score_model, load_tokenizer, resolve_model_source
+from .options import ROOT, display_path, input_path
+from .outputs import CHAT_KINDS, KINDS, check_kind, stage_info
 
 
 @dataclass
@@ -31,42 +23,44 @@ class Loaded:
     tokenizer: object
 
 
-def stage_folder(spec: str, base_model: str = DEFAULT_MODEL) -> tuple[str, Path]:
-    """'base' / 'sft' / 'ppo' / 任意路径 -> (显示名, 文件夹)。"""
+def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[str, Path, dict | None]:
+    """'base' / 'sft' / 'ppo' / 任意文件夹 -> (显示名, 文件夹, stage.json)；先检查是不是能对话的模型（不是 RM）。
+
+    paths：{"sft": --sft_model_path, "ppo": --ppo_model_path}，chat.py 和 benchmark.py 用同样的选项名。
+    """
     if spec == "base":
-        return "base", resolve_model_source(base_model)
-    if spec in STAGES:
-        folder, script = STAGES[spec]
-        read_stage(folder, spec, script)
-        return spec, folder
+        folder = resolve_model_source(base_model)
+        return "base", folder, check_kind(folder, ("base",), "--model_name_or_path")
+    if spec in paths:
+        folder = input_path(paths[spec])
+        return spec, folder, check_kind(folder, (spec,), f"--{spec}_model_path")
+    if spec in KINDS:  # 例如 rm：不是对话模型
+        raise UserError(f"{KINDS[spec][2]}不能用来生成回答；可用 {' / '.join(CHAT_KINDS)}，或一个本地模型文件夹。",
+                        EXIT_BAD_INPUT)
     folder = input_path(spec)
-    if not folder.is_dir():
-        raise UserError(f"模型文件夹不存在：{spec}。可用 base / sft / ppo，或一个本地模型文件夹。", EXIT_MISSING)
-    return folder.name, folder
+    return folder.name, folder, check_kind(folder, CHAT_KINDS, f"模型 {spec}")
 
 
 def resolve_adapter_base(folder: Path) -> Path:
     """PPO 适配器的基座（SFT 模型）：先用写在 adapter_config 里的绝对路径，不在了再按仓库相对路径找。"""
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     candidates = [Path(config.get("base_model_name_or_path", ""))]
-    info_file = folder / STAGE_FILE
-    if info_file.is_file():
-        rel = json.loads(info_file.read_text(encoding="utf-8")).get("sft_path_in_repo")
-        if rel:
-            candidates.append(ROOT / rel)
+    rel = (stage_info(folder) or {}).get("sft_path_in_repo")
+    if rel:
+        candidates.append(ROOT / rel)
     for c in candidates:
         if str(c) and (c / "config.json").is_file():
             return c
     raise UserError(
-        f"{_rel(folder)} 的基座模型（SFT）找不到了：{candidates[0]}。把 SFT 模型放回原处，"
-        "或使用合并好的完整模型 --model " + _rel(folder / "merged") + "。",
+        f"{display_path(folder)} 的基座模型（SFT）找不到了：{candidates[0]}。把 SFT 模型放回原处，"
+        "或使用合并好的完整模型 " + display_path(folder / "merged") + "。",
         EXIT_MISSING,
     )
 
 
-def load_policy(spec: str, base_model: str = DEFAULT_MODEL, allow_pickle: bool = False, dtype=None) -> Loaded:
-    """加载可对话的模型。PPO 文件夹优先用合并好的 merged/，否则 SFT + 适配器现场合并。分词器左填充。"""
-    name, folder = stage_folder(spec, base_model)
+def load_policy(name: str, folder: Path, allow_pickle: bool = False, dtype=None) -> Loaded:
+    """加载可对话的模型（先用 policy_folder 检查过）。PPO 文件夹优先用合并好的 merged/，否则 SFT + 适配器现场合并。
+    分词器左填充。"""
     if (folder / "merged" / "config.json").is_file():
         folder = folder / "merged"
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
@@ -79,46 +73,38 @@ def load_policy(spec: str, base_model: str = DEFAULT_MODEL, allow_pickle: bool =
         model = model.merge_and_unload()
     else:
         if not (folder / "config.json").is_file():
-            raise UserError(f"{_rel(folder)} 里没有 config.json，不是一个模型文件夹（可能没写完）。", EXIT_MISSING)
+            raise UserError(f"{display_path(folder)} 里没有 config.json，不是一个模型文件夹（可能没写完）。", EXIT_MISSING)
         tokenizer = load_tokenizer(folder, padding_side="left")
         model = load_causal_lm(folder, tokenizer, allow_pickle, dtype)
     model.eval()
     return Loaded(name, folder, model, tokenizer)
 
 
-def load_reward(spec: str = "rm", allow_pickle: bool = False, dtype=None) -> Loaded:
-    folder = STAGES["rm"][0] if spec == "rm" else input_path(spec)
-    read_stage(folder, "rm", STAGES["rm"][1])
+def load_reward(folder: Path, allow_pickle: bool = False, dtype=None) -> Loaded:
+    """奖励模型（先用 check_kind 检查过是 rm）。"""
     tokenizer = load_tokenizer(folder, padding_side="left")
     model = load_score_model(folder, tokenizer, allow_pickle, dtype)
     model.eval()
     return Loaded("rm", folder, model, tokenizer)
 
 
-def left_pad(rows: list[list[int]], pad_id: int):
-    """[(n_i,)] -> input_ids, attention_mask：左填充到同一长度，生成紧接在提示后面。"""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids, mask
+def left_pad(tokenizer, rows: list[list[int]]):
+    """[(n_i,)] -> input_ids, attention_mask：用分词器自己的填充，左填充到同一长度，生成紧接在提示后面。"""
+    batch = tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, do_sample: bool = False,
-             streamer=None, **sampling) -> list[list[int]]:
+             **sampling) -> list[list[int]]:
     """批量生成，返回每条回复的 token（截到第一个 <|im_end|>，含它；没停下来的不含）。"""
     import torch
 
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    ids, mask = left_pad(tokenizer, prompts)
     ids, mask = ids.to(model.device), mask.to(model.device)
     with torch.no_grad():
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             **({k: v for k, v in sampling.items() if v is not None} if do_sample else {}),
             **({} if do_sample else {"temperature": None, "top_p": None, "top_k": None}),
         )
@@ -135,7 +121,7 @@ def score(reward_model, tokenizer, prompts: list[list[int]], responses: list[lis
     from trl.experimental.utils import get_reward
 
     pad = tokenizer.pad_token_id
-    q, _ = left_pad(prompts, pad)
+    q, _ = left_pad(tokenizer, prompts)
     width = max(len(r) for r in responses) or 1
     r = torch.full((len(responses), width), pad, dtype=torch.long)
     for i, resp in enumerate(responses):

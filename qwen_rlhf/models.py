@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, EXIT_NETWORK, UserError
-from .options import CHECKPOINT_DIR, ROOT, drop_empty_dir, input_path, main_process_first
+from .options import CHECKPOINT_DIR, display_path, drop_empty_dir, input_path, main_process_first
 
 EOS_TOKEN = "<|im_end|>"  # Qwen3 对话的停止符
 PAD_TOKEN = "<|endoftext|>"  # 填充符：绝不能等于停止符，否则 PPO 的掩码会把停止符也盖掉
-STAGE_FILE = "stage.json"  # 每个阶段写完才有的文件：选项 + 划分指纹 + 来源
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -22,6 +21,9 @@ def resolve_model_source(name_or_path: str) -> Path:
     """已存在的本地文件夹原样使用；否则下载到 checkpoint/base/<ID>/：先 ModelScope（国内快），再 Hugging Face。"""
     path = input_path(name_or_path)
     if path.is_dir():
+        from .outputs import check_kind  # outputs 不依赖本模块；放在这里免得两个模块互相导入
+
+        check_kind(path, ("base", "sft"), "--model_name_or_path")  # 基座可以是下载的 Qwen3，也可以是 SFT 模型
         return path
     if _looks_like_local(name_or_path):
         raise UserError(f"模型文件夹不存在：{name_or_path}。请检查路径，或传模型 ID（例如 Qwen/Qwen3-0.6B）。", EXIT_MISSING)
@@ -30,33 +32,42 @@ def resolve_model_source(name_or_path: str) -> Path:
         return _download_model(name_or_path, target)
 
 
-def _download_model(name_or_path: str, target: Path) -> Path:
+def _download_model(name: str, target: Path) -> Path:
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target  # 已经下载过
+    return hub_download(name, target, what="模型", hint="或用 --model_name_or_path 指向本地文件夹")
+
+
+def hub_download(name: str, target: Path, what: str, hint: str, dataset: bool = False, hf_name: str | None = None) -> Path:
+    """模型和数据集共用的下载：先 ModelScope（国内快），失败再 Hugging Face；都失败时删掉留下的空文件夹，报一行。"""
     errors = []
     try:
-        from modelscope import snapshot_download as ms_download
+        from modelscope import dataset_snapshot_download, snapshot_download
 
-        return Path(ms_download(name_or_path, local_dir=str(target)))
-    except Exception as e:  # noqa: BLE001  网络 / 不存在，统一报告
+        ms = dataset_snapshot_download if dataset else snapshot_download
+        return Path(ms(name, local_dir=str(target)))
+    except Exception as e:  # noqa: BLE001  网络 / 不存在 / 权限，统一报告
         errors.append(f"ModelScope: {type(e).__name__}")
     try:
-        from huggingface_hub import snapshot_download as hf_download
+        from huggingface_hub import snapshot_download
 
-        return Path(hf_download(name_or_path, local_dir=str(target)))
+        return Path(snapshot_download(hf_name or name, repo_type="dataset" if dataset else None, local_dir=str(target)))
     except Exception as e:  # noqa: BLE001
         errors.append(f"Hugging Face: {type(e).__name__}")
     drop_empty_dir(target)
     raise UserError(
-        f"无法下载模型 {name_or_path}（{'; '.join(errors)}）。请检查网络（可设 HF_ENDPOINT=https://hf-mirror.com），"
-        "或用 --model_name_or_path 指向本地文件夹，或用 --config configs/tiny.yaml 跑离线小模型演示。",
+        f"无法下载{what} {name}（{'; '.join(errors)}）。请检查网络（可设 HF_ENDPOINT=https://hf-mirror.com），"
+        f"{hint}，或用 --config configs/tiny/<阶段>.yaml 跑离线小模型演示。",
         EXIT_NETWORK,
     )
 
 
 def check_weights(folder: Path, allow_pickle: bool) -> None:
-    """只加载 safetensors：pickle 权重可以在加载时执行任意代码。"""
-    if any(folder.glob("*.safetensors")):
+    """只加载 safetensors（pickle 权重可以在加载时执行任意代码），并确认每个权重文件是完整的。"""
+    weights = sorted(folder.glob("*.safetensors"))
+    if weights:
+        for f in weights:
+            check_safetensors(f)
         return
     if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
         if allow_pickle:
@@ -67,6 +78,25 @@ def check_weights(folder: Path, allow_pickle: bool) -> None:
             EXIT_BAD_INPUT,
         )
     raise UserError(f"{folder} 里没有模型权重（*.safetensors）。它可能没写完，请重新运行产生它的脚本。", EXIT_MISSING)
+
+
+def check_safetensors(f: Path) -> None:
+    """只读文件头（几 KB），不读权重：头部能解析、且文件长度正好是头部 + 最后一个张量的结尾，才算完整。
+    拷贝中断、磁盘写满时文件会被截短，这里一行说清楚，而不是等 safetensors 抛一大段 traceback。"""
+    size = f.stat().st_size
+    try:
+        with f.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= size - 8:
+                raise ValueError
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise UserError(
+            f"权重文件 {display_path(f)} 已损坏（文件不完整，可能是拷贝中断或磁盘写满）。"
+            "请重新运行产生它的脚本，或重新下载 / 拷贝这个文件夹。", EXIT_MISSING) from None
 
 
 def load_tokenizer(folder: Path, padding_side: str = "right"):
@@ -130,32 +160,6 @@ def _check_vocab(model, tokenizer, folder: Path) -> None:
             "模型和分词器不是同一系列。请确认各阶段用的是同一个基座模型。",
             EXIT_MISSING,
         )
-
-
-# ---------------------------------------------------------------- 阶段产物
-
-
-def read_stage(folder: Path, expected: str, hint: str) -> dict:
-    """读取一个阶段写完的产物；不存在或没写完时，告诉用户先运行哪个脚本。"""
-    if not folder.is_dir():
-        raise UserError(f"找不到 {_rel(folder)}。请先运行 {hint}。", EXIT_MISSING)
-    info_file = folder / STAGE_FILE
-    if not info_file.is_file():
-        raise UserError(f"{_rel(folder)} 不完整（缺少 {STAGE_FILE}，可能训练中途被打断）。请重新运行 {hint}。", EXIT_MISSING)
-    info = json.loads(info_file.read_text(encoding="utf-8"))
-    if info.get("stage") != expected:
-        raise UserError(
-            f"{_rel(folder)} 是 {info.get('stage')} 阶段的产物，这里需要 {expected} 阶段的。请检查路径，或运行 {hint}。",
-            EXIT_MISSING,
-        )
-    return info
-
-
-def _rel(p: Path) -> str:
-    try:
-        return str(p.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(p)
 
 
 def check_same_family(tokenizer, named_models: dict) -> None:

@@ -35,6 +35,14 @@ def output_path(p: str | os.PathLike) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+def display_path(p: str | os.PathLike) -> str:
+    """给用户看的路径：仓库里的写成相对仓库根目录（checkpoint/sft），仓库外的原样。"""
+    try:
+        return str(Path(p).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
 def main_process_first():
     """accelerate launch 多进程时让主进程先做（下载到同一个文件夹、修复上次被杀留下的输出），其余进程等它做完再读结果。
     单进程时什么也不做，也不初始化分布式。"""
@@ -57,14 +65,13 @@ def _help(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 
 
-@dataclass
-class CommonArgs:
-    """所有脚本共用的项目选项。"""
+MODEL_HELP = "基座模型：本地文件夹，或模型 ID（先从 ModelScope 下载到 checkpoint/base/，失败再试 Hugging Face）"
 
-    model_name_or_path: str = _help(
-        "基座模型：本地文件夹，或模型 ID（先从 ModelScope 下载到 checkpoint/base/，失败再试 Hugging Face）",
-        default=DEFAULT_MODEL,
-    )
+
+@dataclass
+class DataArgs:
+    """所有脚本共用的项目选项（基座模型除外：PPO 的基座选项来自 TRL 的 ModelConfig）。"""
+
     dataset: str = _help(
         "偏好数据集：本地 .jsonl/.json/.csv/.parquet 文件，或数据集 ID（ModelScope 优先，Hugging Face 兜底）；"
         "列为 question、chosen、rejected（可选 system）",
@@ -82,6 +89,11 @@ class CommonArgs:
     def __post_init__(self):
         if not 0 < self.test_size < 1:
             raise UserError(f"--test_size 必须在 (0,1) 之间，现在是 {self.test_size}。", EXIT_BAD_INPUT)
+
+
+@dataclass
+class CommonArgs(DataArgs):
+    model_name_or_path: str = _help(MODEL_HELP, default=DEFAULT_MODEL)
 
 
 class Parser(TrlParser):
@@ -106,21 +118,22 @@ def parse(dataclass_types: list, defaults: dict | None = None, args: list[str] |
     if defaults:
         parser.set_defaults_with_config(**defaults)
     try:
-        return parser.parse_args_and_config(args)
+        # 让 TRL 把不认识的配方键和命令行选项分开交回来，而不是去匹配它的报错文字
+        *parsed, from_recipe, from_flags = parser.parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True)
     except UserError:
         raise
-    except ValueError as e:  # 未知选项、配方里的未知键、TRL Config 的取值检查
-        msg = str(e)
-        if "not used by the HfArgumentParser" in msg:
-            unknown = msg.split(":", 1)[-1].strip()
-            raise UserError(f"未知选项 {unknown}。用 --help 查看所有选项（注意拼写和下划线）。") from None
-        if "Unknown arguments from config file" in msg:
-            raise UserError(f"配方文件里有本脚本不认识的键：{msg.split(':', 1)[-1].split('.')[0].strip()}。") from None
-        raise UserError(f"选项取值有误：{msg.splitlines()[0]}") from None
+    except ValueError as e:  # TRL Config 自己的取值检查（__post_init__）
+        raise UserError(f"选项取值有误：{str(e).splitlines()[0]}") from None
     except Exception as e:  # yaml 语法错误等
         if type(e).__module__.startswith("yaml"):
             raise UserError(f"配方文件不是合法的 YAML：{str(e).splitlines()[0]}。") from None
         raise
+    if from_recipe:
+        raise UserError(f"配方文件里有本脚本不认识的键：{', '.join(map(str, from_recipe))}。")
+    if from_flags:
+        raise UserError(f"未知选项 {from_flags}。用 --help 查看所有选项（注意拼写和下划线）。")
+    return tuple(parsed)
 
 
 def precision_defaults(allow_fp16: bool = True) -> dict:

@@ -1,16 +1,20 @@
-"""训练阶段共用的 Trainer 回调：数值发散即停、Ctrl-C 优雅停止并保存可续训的进度。"""
+"""训练阶段共用的 Trainer 回调与收尾：数值发散即停、Ctrl-C / SIGTERM 停在一步结束并存出可续训的检查点、
+每个阶段自己一组 TensorBoard 曲线、stage.json 里记下花费。"""
 
 from __future__ import annotations
 
 import math
+import shlex
 import signal
 import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
 
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, NonFiniteError, UserError
-from .models import _rel
+from .options import display_path, input_path
+from .outputs import StagingDir, tensorboard_dir, trainer_work_dir, write_stage_info
 
 # 这些日志键一旦不是有限数，就说明训练已经发散
 WATCHED_KEYS = ("loss", "eval_loss", "grad_norm", "objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg")
@@ -19,6 +23,7 @@ NAN_HINT = {
     "rm": "多半是学习率过高或 fp16 溢出：减小 --learning_rate，或在支持的 GPU 上用 --bf16 true。",
     "ppo": "多半是学习率过高或奖励尺度太大：减小 --learning_rate，提高 --kl_coef；PPO 不要用 fp16。",
 }
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM（平台关机 / kill）"}
 
 
 class FiniteGuard(TrainerCallback):
@@ -33,89 +38,153 @@ class FiniteGuard(TrainerCallback):
                 raise NonFiniteError(key, state.global_step, NAN_HINT.get(self.stage, ""))
 
 
+class StageTensorBoard(TensorBoardCallback):
+    """transformers 的 TensorBoard 回调，只改两点：
+    - 标签以阶段名开头（sft/loss、rm/loss、rm/eval/accuracy、ppo/objective/scores），`tensorboard --logdir tensorboard`
+      里每个阶段一组卡片，SFT 的 loss（~12）和 RM 的 loss（~0.7）不再挤在同一根纵轴上；
+    - 训练结束时不关掉写入器（只 flush）：之后的 trainer.evaluate() 接着写同一个事件文件，而不是新开一个。"""
+
+    def __init__(self, stage: str, logdir: Path):
+        super().__init__()
+        self.stage, self.logging_dir = stage, str(logdir)
+
+    def tag(self, key: str) -> str:
+        return f"{self.stage}/" + (f"eval/{key[5:]}" if key.startswith("eval_") else key)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self.tb_writer is None:
+            self._init_summary_writer(args)
+        for key, value in (logs or {}).items():
+            if isinstance(value, (int, float)):
+                self.tb_writer.add_scalar(self.tag(key), value, state.global_step)
+        self.tb_writer.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.tb_writer is not None:
+            self.tb_writer.flush()
+
+
+def use_stage_tensorboard(trainer, stage: str, logdir: Path) -> None:
+    """report_to 里有 tensorboard 时，把 Trainer 自带的回调换成 StageTensorBoard（Trainer 自己的 add/remove_callback）。"""
+    if "tensorboard" in (trainer.args.report_to or []):
+        trainer.remove_callback(TensorBoardCallback)
+        trainer.add_callback(StageTensorBoard(stage, logdir))
+
+
 class StopRequested(Exception):
-    """Ctrl-C 之后，在一步（PPO 是一次更新）结束时跳出训练循环。"""
+    """Ctrl-C / SIGTERM 之后，可续训的检查点已经存好：跳出训练循环。"""
 
 
 class GracefulStop(TrainerCallback):
-    """第一次 Ctrl-C：当前这一步结束后停止；第二次 Ctrl-C：立即退出。
+    """第一次 Ctrl-C 或 SIGTERM：这一步（PPO 是这一次更新）结束后存一个可续训的检查点，然后抛出 StopRequested；
+    第二次 Ctrl-C：立即退出。云平台关机、余额用完时发的是 SIGTERM，和 Ctrl-C 一样对待。
 
-    Trainer（SFT / RM）：保存一个可续训的检查点后正常结束 train()。
-    PPO（raise_on_stop=True）：TRL 1.12 的 PPO 循环不看 should_training_stop，而 should_save 会连优化器状态一起存，
-    所以改为抛出 StopRequested，由脚本自己保存已训练的策略。
-
-    多进程（accelerate launch）：Ctrl-C 只到启动器（torchrun 让每个子进程自成一个会话），由它转发给各子进程，
-    到达的时刻各不相同；各进程在同一步停下（见 on_step_end）。
+    多进程（accelerate launch）：信号只到启动器，由它转发给各子进程，到达的时刻各不相同；用 accelerate 的
+    set_trigger / check_trigger（各进程做一次 all-reduce）让所有进程在同一步一起停、一起存，否则先停的进程去存
+    检查点，别的进程还在等下一步的梯度同步，两边互相等到启动器超时。要先 `bind(trainer)`。
     """
 
-    def __init__(self, raise_on_stop: bool = False):
-        self.requested = False
-        self.raise_on_stop = raise_on_stop
-        self._previous = None
+    def __init__(self):
+        self.requested = None  # 收到的信号名
+        self.accelerator = None
+        self._previous = {}
         self._main = True
 
+    def bind(self, trainer) -> GracefulStop:
+        self.accelerator = trainer.accelerator
+        return self
+
     def _handler(self, signum, frame):
-        if self.requested:  # 第二次：不再等待
+        if self.requested and signum == signal.SIGINT:  # 第二次 Ctrl-C：不再等待
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested = self.requested or SIGNAL_NAMES[signum]
+        self.accelerator.set_trigger()
         if self._main:
-            print("\n[中断] 收到 Ctrl-C：这一步结束后保存并停止（再按一次立即退出）。", flush=True)
-
-    def _agreed(self, args) -> bool:
-        """多进程时任何一个进程收到 Ctrl-C 都算：各进程一起在这一步停下。否则先停的进程去存检查点，
-        别的进程还在等下一步的梯度同步，两边互相等到启动器超时杀掉。"""
-        if args.world_size == 1:
-            return self.requested
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.tensor([int(self.requested)], device=args.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            print(f"\n[中断] 收到 {self.requested}：这一步结束后保存可续训的检查点并停止（再按一次 Ctrl-C 立即退出）。",
+                  flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._main = state.is_world_process_zero
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # 不在主线程（极少见）：保持默认行为
-            self._previous = None
+        for sig in SIGNAL_NAMES:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # 不在主线程（极少见）：保持默认行为
+                pass
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._agreed(args):
-            self.requested = True
-            if self.raise_on_stop:
-                self.on_train_end(args, state, control)
-                raise StopRequested
+        if self.accelerator.check_trigger():  # 所有进程都调用：一次 all-reduce
+            self.requested = self.requested or "其他进程的停止信号"
             control.should_save = True
             control.should_training_stop = True
         return control
 
+    def on_save(self, args, state, control, **kwargs):
+        if self.requested:  # 检查点已经写完（Trainer 先 _save_checkpoint 再 on_save）
+            self.restore()
+            raise StopRequested
+
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        self.restore()
+
+    def restore(self):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
-def fit(trainer, stop: GracefulStop, resume: str | bool | None, script: str) -> None:
-    """先说出全局批量，再 trainer.train()；被 Ctrl-C 停下时说明进度存在哪里、怎样续训，并以中断退出码结束。"""
-    if isinstance(resume, str) and resume.lower() in ("true", "false"):
-        resume = resume.lower() == "true"
-    if resume is True and not _has_checkpoint(Path(trainer.args.output_dir)):
-        raise UserError(f"{_rel(Path(trainer.args.output_dir))} 里没有可续训的检查点。去掉 --resume_from_checkpoint 重新训练。")
+def resume_arg(value: str | bool | None, work: Path) -> str | None:
+    """--resume_from_checkpoint：文件夹原样用；true = <结果>-trainer-checkpoints/ 里最新的一个；没有就说清楚。"""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value is None or value is False or str(value).lower() == "false":
+        return None
+    if str(value).lower() == "true":
+        last = get_last_checkpoint(str(work)) if work.is_dir() else None
+        if last is None:
+            raise UserError(f"{display_path(work)} 里没有可续训的检查点。去掉 --resume_from_checkpoint 重新训练。")
+        return last
+    path = input_path(value)
+    if not path.is_dir():
+        raise UserError(f"--resume_from_checkpoint {value} 不存在。用 true 表示 {display_path(work)} 里最新的一个。")
+    return str(path)
+
+
+def resume_command(checkpoint: Path, world_size: int) -> str:
+    """原样的命令行，把 --resume_from_checkpoint 换成刚存的检查点：复制粘贴就能接着训练。"""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--resume_from_checkpoint":
+            skip = True
+        elif not a.startswith("--resume_from_checkpoint="):
+            argv.append(a)
+    script = Path(sys.argv[0]).name
+    launcher = f"accelerate launch --num_processes {world_size}（同样的 --config_file）" if world_size > 1 else "python"
+    return f"{launcher} {shlex.join([script, *argv, '--resume_from_checkpoint', display_path(checkpoint)])}"
+
+
+def interrupted(trainer, stop: GracefulStop) -> UserError:
+    """停下之后：主进程说出进度存在哪、怎样续训（一次）；其他进程安静地以中断退出码结束。"""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not trainer.is_world_process_zero():
+        sys.exit(EXIT_INTERRUPTED)
+    last = Path(get_last_checkpoint(trainer.args.output_dir))
+    return UserError(f"收到 {stop.requested}，训练已停下，之前完成的结果未被改动；进度保存在 {display_path(last)}。"
+                     f"继续训练：{resume_command(last, trainer.args.world_size)}", EXIT_INTERRUPTED)
+
+
+def fit(trainer, stop: GracefulStop, resume: str | bool | None) -> None:
+    """先说出全局批量，再 trainer.train()；被 Ctrl-C / SIGTERM 停下时说明进度存在哪里、怎样续训，并以中断退出码结束。"""
+    resume = resume_arg(resume, Path(trainer.args.output_dir))
     announce_global_batch(trainer)
-    trainer.train(resume_from_checkpoint=resume or None)
-    if stop.requested:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        if not trainer.is_world_process_zero():
-            sys.exit(EXIT_INTERRUPTED)  # 续训提示由主进程说一次
-
-        last = get_last_checkpoint(trainer.args.output_dir)
-        raise UserError(
-            f"训练已中断，之前完成的结果未被改动；进度保存在 {_rel(Path(last))}。"
-            f"继续训练：python {script} …（同样的选项） --resume_from_checkpoint {_rel(Path(last))}",
-            EXIT_INTERRUPTED,
-        )
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except StopRequested:
+        raise interrupted(trainer, stop) from None
 
 
 def announce_global_batch(trainer) -> None:
@@ -146,22 +215,11 @@ def launch_info(args) -> dict:
             "zero_stage": plugin.zero_stage if plugin is not None else None}
 
 
-def _has_checkpoint(folder: Path) -> bool:
-    return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
-
-
-def trainer_work_dir(final: Path) -> Path:
-    """Trainer 的中间检查点（可续训）放在结果旁边的独立文件夹，训练成功后删除以省磁盘。"""
-    return final.parent / f"{final.name}-trainer-checkpoints"
-
-
 def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
     """Trainer 的中间检查点写到 <结果>-trainer-checkpoints/，曲线写到 tensorboard/<阶段>/<时间>/。
 
     多进程时其他进程不显示 datasets 的进度条（Trainer 自己的进度条和日志本来就只在主进程）。
     """
-    from .outputs import tensorboard_dir
-
     if cfg.process_index != 0:
         import datasets
 
@@ -170,12 +228,10 @@ def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
     return tensorboard_dir(stage), GracefulStop()
 
 
-def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, **info) -> None:
+def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost, **info) -> None:
     """所有进程一起导出权重（ZeRO-3 要先把分片的参数收集起来，只在主进程调用会卡住或崩溃），
     文件只由主进程写：临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。"""
     import shutil
-
-    from .outputs import StagingDir, write_stage_info
 
     export = Path(trainer.args.output_dir) / "export"  # 每个进程算出的是同一个路径
     if trainer.is_world_process_zero():
@@ -183,10 +239,26 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, **in
     trainer.save_model(str(export))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
     if not trainer.is_world_process_zero():
         return
+    record = cost.record(**trainer_throughput(trainer))
     with StagingDir(final) as tmp:
         for f in export.iterdir():
             f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
         tokenizer.save_pretrained(str(tmp))
-        write_stage_info(tmp, stage, options, launch=launch_info(trainer.args), **info)
+        write_stage_info(tmp, stage, options, launch=launch_info(trainer.args), cost=record, **info)
     shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
-    print(f"[完成] {stage} 已保存到 {_rel(final)}；曲线：tensorboard --logdir tensorboard")
+    print(f"[完成] {stage} 已保存到 {display_path(final)}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard")
+
+
+def trainer_throughput(trainer) -> dict:
+    """Trainer 自己记下的训练用时与样本数 -> 每秒多少 token（SFT）/ 多少样本（RM 的一个样本是一对）。"""
+    history = trainer.state.log_history
+    runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
+    out = {}
+    if runtime:
+        tokens = max((h.get("num_tokens", 0) for h in history), default=0)
+        if tokens:
+            out["tokens_per_s"] = tokens / runtime
+        samples = next((h["train_samples_per_second"] for h in reversed(history) if "train_samples_per_second" in h), None)
+        if samples:
+            out["samples_per_s"] = samples
+    return out
