@@ -3,52 +3,89 @@
 
     python train_ppo.py                                   # 默认：读 checkpoint/sft 和 checkpoint/rm，写到 checkpoint/ppo
     python train_ppo.py --response_length 128 --local_rollout_forward_batch_size 4   # 显存更小的卡
+    python train_ppo.py --resume_from_checkpoint true     # 被 Ctrl-C / 关机打断后，从最新的检查点接着训练
     python train_ppo.py --config configs/tiny/ppo.yaml    # 离线小模型演示
-    torchrun --nproc_per_node 2 train_ppo.py ...          # 多卡（或 accelerate launch --config_file configs/accelerate/ddp.yaml）
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 train_ppo.py   # 多卡
 
 产物：checkpoint/ppo（LoRA 适配器 + 分词器 + stage.json）与 checkpoint/ppo/merged（合并后的完整模型）；
-曲线：tensorboard/ppo/<时间>/，看 objective/scores 是否上升、objective/kl 是否失控、rollout/distinct_ratio 是否塌缩。
+训练中每 --save_steps 次更新存一个可续训的检查点到 checkpoint/ppo-trainer-checkpoints/，成功后删除。
+曲线：tensorboard/ppo/<时间>/，看 ppo/objective/scores 是否上升、ppo/objective/kl 是否失控、ppo/rollout/distinct_ratio 是否塌缩。
 """
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from qwen_rlhf import data, errors, models, options, outputs, ppo, training  # noqa: I001  先于 trl.experimental 导入（见 __init__）
-from qwen_rlhf.errors import EXIT_MISSING, UserError
+from qwen_rlhf.cost import Cost
+from qwen_rlhf.errors import UserError
+from trl import ModelConfig, get_peft_config
 from trl.experimental.ppo import PPOConfig
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
 @dataclass
-class PPOArgs(options.CommonArgs):
-    lora_r: int = field(default=32, metadata={"help": "LoRA 的秩 r"})
-    lora_alpha: int = field(default=8, metadata={"help": "LoRA 的 alpha（缩放 = alpha / r）"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA 的 dropout（PPO 训练时 TRL 会关掉所有 dropout）"})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(LORA_TARGETS), metadata={"help": "加 LoRA 的线性层名"}
-    )
-    critic_init: str = field(
-        default="base", metadata={"help": "critic 的初始化：base = 基座 + 新打分头（原仓库做法）；rm = 从奖励模型开始",
-                                  "choices": ["base", "rm"]}
-    )
-    max_prompt_length: int = field(default=256, metadata={"help": "提示超过这么多 token 的问题不参与 PPO（会打印数量）"})
-    save_critic: bool = field(default=False, metadata={"help": "同时把训练后的 critic 保存到 <output_dir>/critic"})
+class PPOModelArgs(ModelConfig):
+    """TRL 自己的 ModelConfig（LoRA 字段交给 trl.get_peft_config，和 TRL 的 ppo.py 一样），换成本仓库的默认值和中文说明。"""
+
+    model_name_or_path: str = _help(options.MODEL_HELP + "；critic 从它初始化", default=options.DEFAULT_MODEL)
+    model_revision: str = _help("（本仓库不支持，保持默认）", default="main")
+    dtype: str | None = _help("（本仓库不支持，保持默认：精度由 --bf16 决定）", default="float32")
+    attn_implementation: str | None = _help("（本仓库不支持，保持默认）", default=None)
+    use_peft: bool = _help("actor 用 LoRA 训练（参考模型 = 关掉适配器的同一模型）；本仓库只支持 true", default=True)
+    lora_r: int = _help("LoRA 的秩 r", default=32)
+    lora_alpha: int = _help("LoRA 的 alpha（缩放 = alpha / r）", default=8)
+    lora_dropout: float = _help("LoRA 的 dropout（PPO 训练时 TRL 会关掉所有 dropout）", default=0.05)
+    lora_target_modules: list[str] | None = _help("加 LoRA 的线性层名", default_factory=lambda: list(LORA_TARGETS))
+    lora_target_parameters: list[str] | None = _help("（本仓库不支持，保持默认）", default=None)
+    lora_modules_to_save: list[str] | None = _help("额外整层训练的模块名（一般不用）", default=None)
+    lora_task_type: str = _help("（本仓库只支持 CAUSAL_LM）", default="CAUSAL_LM")
+    use_rslora: bool = _help("Rank-Stabilized LoRA：缩放改为 alpha / sqrt(r)", default=False)
+    use_dora: bool = _help("DoRA（权重分解的 LoRA，更慢）", default=False)
+    load_in_8bit: bool = _help("（本仓库不支持，保持默认）", default=False)
+    load_in_4bit: bool = _help("（本仓库不支持，保持默认）", default=False)
+    bnb_4bit_quant_type: str = _help("（本仓库不支持，保持默认）", default="nf4")
+    use_bnb_nested_quant: bool = _help("（本仓库不支持，保持默认）", default=False)
+    bnb_4bit_quant_storage: str | None = _help("（本仓库不支持，保持默认）", default=None)
+
+
+UNSUPPORTED = [f.name for f in fields(PPOModelArgs) if "本仓库不支持" in f.metadata["help"] or "只支持" in f.metadata["help"]]
+
+
+@dataclass
+class PPOArgs(options.DataArgs):
+    critic_init: str = _help("critic 的初始化：base = 基座 + 新打分头（原仓库做法）；rm = 从奖励模型开始", default="base")
+    max_prompt_length: int = _help("提示超过这么多 token 的问题不参与 PPO（会打印数量）", default=256)
+    save_critic: bool = _help("同时把训练后的 critic 保存到 <output_dir>/critic", default=False)
 
 
 # 复现原仓库：单卡 2 × 累积 4（minibatch 1 个，避开 TRL 的累积 × minibatch 计数错误），rollout 前向批量 8，
-# 2 个 PPO epoch，lr 5e-6，vf_coef 0.5，cliprange 0.1 / 0.5，1000 个 episode，回复最长 200，kl 0.05
+# 2 个 PPO epoch，lr 5e-6，vf_coef 0.5，cliprange 0.1 / 0.5，1000 个 episode，回复最长 200，kl 0.05。
+# 1000 个 episode = 125 次更新：每 25 次存一个可续训的检查点（Qwen3-0.6B 约 7 GB，见 README），只留最新的一个。
 DEFAULTS = dict(
     output_dir="checkpoint/ppo", sft_model_path="checkpoint/sft", reward_model_path="checkpoint/rm",
     per_device_train_batch_size=2, gradient_accumulation_steps=4, num_mini_batches=1,
     local_rollout_forward_batch_size=8, num_ppo_epochs=2, learning_rate=5e-6, vf_coef=0.5, cliprange=0.1,
     cliprange_value=0.5, total_episodes=1000, response_length=200, kl_coef=0.05, stop_token="eos",
-    missing_eos_penalty=1.0, report_to=["tensorboard"], logging_steps=1, save_strategy="no",
-    num_sample_generations=0,
+    missing_eos_penalty=1.0, report_to=["tensorboard"], logging_steps=1, save_strategy="steps", save_steps=25,
+    save_total_limit=1, num_sample_generations=0,
 )
+# 续训时可以和原来不同的选项（只影响保存、日志和显示）；其余任何一个不同都拒绝续训
+RESUME_FREE = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "traceback", "save_steps",
+               "save_total_limit", "save_strategy", "logging_steps", "report_to", "save_critic", "disable_tqdm"}
 
 
-def check_options(args: PPOArgs, cfg: PPOConfig) -> None:
+def parse_options(argv: list[str] | None = None) -> tuple[PPOArgs, PPOConfig, PPOModelArgs]:
+    """命令行 > --config 配方 > DEFAULTS > TRL 默认值（显存估算 python -m qwen_rlhf.memory 也从这里读默认值）。"""
+    return options.parse([PPOArgs, PPOConfig, PPOModelArgs], {**DEFAULTS, **options.precision_defaults(allow_fp16=False)},
+                         argv)
+
+
+def check_options(args: PPOArgs, cfg: PPOConfig, model_args: PPOModelArgs) -> None:
     """在加载任何模型之前检查会让 TRL 报错、卡死或悄悄算错的组合。"""
     if cfg.fp16:
         raise UserError("PPO 不支持 fp16（容易出现 NaN）：去掉 --fp16，GPU 支持时用 --bf16 true，否则用 fp32。")
@@ -62,33 +99,68 @@ def check_options(args: PPOArgs, cfg: PPOConfig) -> None:
         raise UserError(f"每卡 rollout 批量 {local_batch} 不能被 --num_mini_batches {cfg.num_mini_batches} 整除。")
     if args.max_prompt_length <= 0:
         raise UserError(f"--max_prompt_length 必须为正数，现在是 {args.max_prompt_length}。")
+    if args.critic_init not in ("base", "rm"):
+        raise UserError(f"--critic_init 只能是 base 或 rm，现在是 {args.critic_init}。")
+    changed = [f"--{f.name}" for f in fields(PPOModelArgs)
+               if f.name in UNSUPPORTED and getattr(model_args, f.name) != PPOModelArgs.__dataclass_fields__[f.name].default]
+    if changed:
+        raise UserError(f"{'、'.join(changed)} 在本仓库的 PPO 里不支持，请去掉。")
+
+
+def run_info(args, cfg, model_args, split, sft_info, rm_info, world: int) -> dict:
+    """写进每个检查点的"这是哪一次运行"：续训时逐项核对，不同就拒绝（免得把两次不同的训练拼在一起）。"""
+    import json
+
+    opts = {k: v for o in (args, cfg, model_args) for k, v in options.to_jsonable(o).items() if k not in RESUME_FREE}
+    return {"options": json.loads(json.dumps(opts, default=str)), "split_fingerprint": split.fingerprint,
+            "sft": [sft_info.get("created"), str(options.input_path(cfg.sft_model_path))],
+            "rm": [rm_info.get("created"), str(options.input_path(cfg.reward_model_path))], "num_processes": world}
+
+
+def check_resumable(checkpoint, info: dict) -> dict:
+    """续训前（加载模型之前）核对检查点：同样的选项、数据划分、SFT / RM、进程数。返回检查点里的记录。"""
+    import json
+
+    file = checkpoint / ppo.RESUME_FILE
+    if not file.is_file():
+        raise UserError(f"{options.display_path(checkpoint)} 不是 train_ppo.py 写的可续训检查点（缺少 {ppo.RESUME_FILE}）。")
+    saved = json.loads(file.read_text(encoding="utf-8"))
+    diffs = [f"--{k}: {saved['options'].get(k)} → {v}" for k, v in info["options"].items() if saved["options"].get(k) != v]
+    names = {"split_fingerprint": "数据或划分（--dataset / --split_seed / --test_size）", "sft": "SFT 模型",
+             "rm": "奖励模型", "num_processes": "进程数"}
+    diffs += [f"{names[k]}不同" for k in names if saved.get(k) != info[k]]
+    if diffs:
+        raise UserError(f"检查点 {options.display_path(checkpoint)} 来自另一次不同的训练（{'；'.join(diffs[:3])}），不能接着训练。"
+                        "请用原来的选项，或去掉 --resume_from_checkpoint 重新开始。")
+    return saved
 
 
 def main():
     # ---------------------------------------------------------------- 选项
-    args, cfg = options.parse([PPOArgs, PPOConfig], {**DEFAULTS, **options.precision_defaults(allow_fp16=False)})
-    check_options(args, cfg)
+    cost = Cost()
+    args, cfg, model_args = parse_options()
+    check_options(args, cfg, model_args)
     training.refuse_zero3_for_ppo(cfg)
     final = options.output_path(cfg.output_dir)
+    work = outputs.trainer_work_dir(final)
     outputs.check_writable(final, args.overwrite_output_dir)
     sft_path, rm_path = options.input_path(cfg.sft_model_path), options.input_path(cfg.reward_model_path)
-    sft_info = models.read_stage(sft_path, "sft", "python train_sft.py")
-    rm_info = models.read_stage(rm_path, "rm", "python train_rm.py")
+    sft_info = outputs.check_kind(sft_path, ("sft",), "--sft_model_path")
+    rm_info = outputs.check_kind(rm_path, ("rm",), "--reward_model_path")
 
     # ---------------------------------------------------------------- 数据
     from accelerate import PartialState
 
     rows = data.load_rows(args.dataset, args.strict)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
-    for name, info in (("SFT", sft_info), ("RM", rm_info)):
-        if info.get("split_fingerprint") != split.fingerprint:
-            raise UserError(
-                f"{name} 训练时用的数据或划分和这次不同（--dataset 的内容 / --split_seed / --test_size 不一致），"
-                "留出的问题可能被训练过。请用与前两步相同的选项运行。", EXIT_MISSING)
+    world = PartialState().num_processes
+    info = run_info(args, cfg, model_args, split, sft_info, rm_info, world)
+    resume = training.resume_arg(cfg.resume_from_checkpoint, work)
+    saved = check_resumable(options.input_path(resume), info) if resume else None  # 先于划分检查：说清楚是哪一项不同
+    outputs.check_same_split({"SFT": sft_info, "RM": rm_info}, split.fingerprint, "train_ppo.py")
     tokenizer = models.load_tokenizer(sft_path, padding_side="left")  # PPO 在提示后面直接生成：必须左填充
     examples = [data.ppo_example(tokenizer, r, args.system_prompt) for r in data.unique_questions(split.train)]
     examples = data.drop_long(examples, ("input_ids",), args.max_prompt_length, "PPO 提示")
-    world = PartialState().num_processes
     rollout_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
     if len(examples) < rollout_batch:
         raise UserError(f"PPO 训练问题只有 {len(examples)} 个，少于一个 rollout 批量 {rollout_batch}"
@@ -97,9 +169,12 @@ def main():
     data.say(f"[数据] PPO 使用 {len(examples)} 个训练问题；全局 rollout 批量 {rollout_batch}，共 {cfg.total_episodes} 个 episode。")
 
     # ---------------------------------------------------------------- 模型
-    from peft import LoraConfig
+    from transformers import set_seed
 
-    base = models.resolve_model_source(args.model_name_or_path)
+    # Trainer 会在建模型前 set_seed，TRL 1.12 的 PPOTrainer 不会：LoRA 的随机初始化、critic 新打分头、minibatch 的
+    # 打乱（numpy）于是每次都不同，同样的 --seed 跑两次结果也不同，续训更无从"和没中断一样"。
+    set_seed(cfg.seed)
+    base = models.resolve_model_source(model_args.model_name_or_path)
     policy = models.load_causal_lm(sft_path, tokenizer, args.allow_pickle)
     reward = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=ppo.rollout_dtype(cfg.bf16))
     critic = models.load_score_model(rm_path if args.critic_init == "rm" else base, tokenizer, args.allow_pickle)
@@ -107,46 +182,49 @@ def main():
     if cfg.gradient_checkpointing:
         ppo.enable_gradient_checkpointing(policy, critic, kwargs=cfg.gradient_checkpointing_kwargs)
     ppo.set_mixed_precision(cfg.bf16)
-    peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                             target_modules=args.lora_target_modules, task_type="CAUSAL_LM")
 
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
 
-    tb = outputs.tensorboard_dir("ppo")
-    cfg.output_dir = str(final.parent / f".{final.name}.trainer")  # TRL 会建这个目录；save_strategy=no 时里面是空的
+    tb = options.input_path(saved["tensorboard"]) if saved else outputs.tensorboard_dir("ppo")  # 续训：接着原来的曲线画
+    info["tensorboard"] = str(tb)
+    cfg.output_dir = str(work)
+    stop = training.GracefulStop()
     trainer = ppo.RLHFPPOTrainer(
         args=cfg, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward,
-        value_model=critic, train_dataset=Dataset.from_list(examples), peft_config=peft_config,
-        callbacks=[training.FiniteGuard("ppo"), training.GracefulStop(raise_on_stop=True)],
+        value_model=critic, train_dataset=Dataset.from_list(examples), peft_config=get_peft_config(model_args),
+        callbacks=[training.FiniteGuard("ppo"), stop], run_info=info, stop=stop,
     )
-    interrupted = False
+    stop.bind(trainer)
+    training.use_stage_tensorboard(trainer, "ppo", tb)
+    if resume:
+        trainer.resume(options.input_path(resume))
     try:
         trainer.train()
     except training.StopRequested:
-        interrupted = True
-    finally:
-        shutil.rmtree(cfg.output_dir, ignore_errors=True)
+        raise training.interrupted(trainer, stop) from None
 
     # ---------------------------------------------------------------- 保存
-    target = final.parent / f"{final.name}-interrupted" if interrupted else final
-    if interrupted:  # 所有进程都要调用：里面的 main_process_first 是一次同步，只有主进程调用会卡住它
-        outputs.check_writable(target, overwrite=True)
     if trainer.is_world_process_zero():
-        with outputs.StagingDir(target) as tmp:
+        done = trainer.state.episode - (saved["episode"] if saved else 0)
+        record = cost.record(episodes_per_s=done / trainer.train_seconds,
+                             rollout_tokens_per_s=trainer.rollout_tokens / max(trainer.rollout_seconds, 1e-9))
+        with outputs.StagingDir(final) as tmp:
             ppo.save_policy(trainer, tmp, sft_path, tokenizer)
             if args.save_critic:
                 trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(str(tmp / "critic"))
             outputs.write_stage_info(
-                tmp, "ppo", {"script": options.to_jsonable(args), "training": cfg.to_dict()},
-                sft_path=str(sft_path.resolve()), sft_path_in_repo=models._rel(sft_path), reward_model=str(rm_path),
-                base_model=str(base), split_fingerprint=split.fingerprint, interrupted=interrupted,
+                tmp, "ppo", {"script": options.to_jsonable(args), "training": cfg.to_dict(),
+                             "model": options.to_jsonable(model_args)},
+                sft_path=str(sft_path.resolve()), sft_path_in_repo=options.display_path(sft_path),
+                reward_model=str(rm_path), base_model=str(base), split_fingerprint=split.fingerprint,
                 optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode, tensorboard=str(tb),
-                launch=training.launch_info(cfg),
+                launch=training.launch_info(cfg), cost=record,
+                resumed={"checkpoint": options.display_path(resume), "at_update": saved["global_step"]} if saved else None,
             )
-        if interrupted:
-            raise ppo.interrupted_error(models._rel(target))
-        print(f"[完成] PPO 适配器已保存到 {models._rel(final)}，合并后的完整模型在 {models._rel(final / 'merged')}。")
+        shutil.rmtree(work, ignore_errors=True)  # 可续训的检查点只在训练没完成时有用
+        print(f"[完成] PPO 适配器已保存到 {options.display_path(final)}，合并后的完整模型在 "
+              f"{options.display_path(final / 'merged')}；{Cost.words(record)}。")
 
 
 if __name__ == "__main__":

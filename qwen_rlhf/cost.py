@@ -22,12 +22,12 @@ class Cost:
             rec.update(gpu=torch.cuda.get_device_name(),
                        cuda_max_allocated_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1),
                        cuda_max_reserved_mb=round(torch.cuda.max_memory_reserved() / 2**20, 1))
-        rec["throughput"] = {k: round(v, 2) for k, v in throughput.items() if v is not None}
+        rec["throughput"] = {k: float(f"{v:.3g}") for k, v in throughput.items() if v is not None}  # 3 位有效数字
         return rec
 
     @staticmethod
     def words(rec: dict) -> str:
-        units = {"tokens_per_s": "token/s", "samples_per_s": "样本/s", "episodes_per_s": "episode/s",
+        units = {"tokens_per_s": "token/s", "pairs_per_s": "对/s", "episodes_per_s": "episode/s",
                  "rollout_tokens_per_s": "rollout token/s", "answers_per_s": "回答/s"}
         memory = (f"峰值显存 {rec['cuda_max_allocated_mb'] / 1024:.1f} GiB（保留 {rec['cuda_max_reserved_mb'] / 1024:.1f} GiB）"
                   if "cuda_max_allocated_mb" in rec else f"峰值内存 {rec['peak_rss_mb'] / 1024:.2f} GiB")

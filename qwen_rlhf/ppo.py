@@ -4,27 +4,51 @@
 - `max_grad_norm` 从不裁剪：包一层 optimizer.step，在真正更新参数前裁剪梯度。
 - 记录每批 rollout 的"不同回复占比"和平均回复长度：看出奖励投机（所有问题都回同一句话）。
 - 开了梯度检查点时，rollout 生成临时切到 eval：训练模式下每层会丢掉 KV cache，生成既慢又错（见 recording_generate）。
+- 可续训的检查点（TRL 的维护者认为 PPO 续训不在范围内，huggingface/trl#2657）：`_save_checkpoint` 存 LoRA 适配器、
+  critic、优化器与学习率调度器、计数器、各进程的随机数状态；`resume()` 读回来，`train()` 只跑剩下的更新，
+  数据按原来的顺序接着取（见 SkipFirst），TensorBoard 接着原来的步数画。
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import shutil
+import time
+from pathlib import Path
 from statistics import mean
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 from trl.experimental.ppo import PPOTrainer
 
-from .errors import EXIT_INTERRUPTED, UserError
+from .errors import UserError
+from .options import display_path
+from .outputs import write_json
+
+RESUME_FILE = "resume.json"  # 检查点里的计数器与"这是哪次运行"的记录
 
 
 class RLHFPPOTrainer(PPOTrainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, run_info: dict, stop, **kwargs):
         super().__init__(*args, **kwargs)
+        self.run_info = run_info  # 写进每个检查点：续训时核对选项、数据和 SFT / RM 是不是同一套
+        self.stop = stop
+        self.resumed: dict | None = None
+        self.rollout_tokens, self.rollout_seconds = 0, 0.0
         unwrapped = self.accelerator.unwrap_model(self.model)
         if unwrapped is not self.model:
             # trl#2375: DDP 包装器上没有 .policy；直接写进 __dict__，不注册为子模块（参数已由 DDP 管理）
             self.model.__dict__["policy"] = unwrapped.policy
             self.model.__dict__["value_model"] = unwrapped.value_model
+        sampler = self.dataloader.get_sampler()  # accelerate 的 DataLoaderShard：BatchSampler 里真正打乱顺序的那个
+        if getattr(sampler, "generator", False) is None:
+            # 单进程时 accelerate 不给打乱顺序的采样器单独的随机数发生器（多进程时给，见 accelerate 的
+            # prepare_data_loader），它就从全局随机数里取：数据顺序和 rollout 采样搅在一起，续训时无法复现。
+            # 和多进程一样给它一个自己的、由 --seed 决定的发生器。
+            sampler.generator = torch.Generator().manual_seed(self.args.seed)
         self.optimizer_steps = 0  # 真正执行的优化器更新次数（测试用它核对梯度累积 × minibatch）
         self.last_grad_norm = float("nan")
         self.optimizer.step = self._clipped_step(self.optimizer.step)
@@ -56,12 +80,15 @@ class RLHFPPOTrainer(PPOTrainer):
             policy = self.accelerator.unwrap_model(self.model).policy
             was_training = policy.training
             policy.eval()
+            started = time.perf_counter()
             try:
                 out = generate(*args, **kwargs)
             finally:
                 policy.train(was_training)
             context = kwargs["input_ids"].shape[1]
             sequences = out.sequences if hasattr(out, "sequences") else out  # TRL 要 return_dict_in_generate
+            self.rollout_seconds += time.perf_counter() - started
+            self.rollout_tokens += sequences[:, context:].numel()  # 真正解码的 token（含停下之后的填充位置）
             for row in sequences[:, context:].tolist():
                 self._responses.append(tuple(row[: row.index(eos) + 1] if eos in row else row))
             return out
@@ -75,20 +102,125 @@ class RLHFPPOTrainer(PPOTrainer):
             self._responses = []
         if self.optimizer_steps:
             logs["policy/grad_norm"] = self.last_grad_norm
+        if self.resumed and "eps" in logs:  # TRL 用"累计 episode / 本次运行的秒数"，续训后要减去之前的 episode
+            logs["eps"] = int((self.state.episode - self.resumed["episode"]) / (time.perf_counter() - self._train_started))
         super().log(logs, *args, **kwargs)
 
+    # ---------------------------------------------------------------- 可续训的检查点
+    def _save_checkpoint(self, model, trial):
+        """每 --save_steps 次更新、以及 Ctrl-C / SIGTERM 时调用（TRL 的循环里 should_save 之后）。
 
-def interrupted_error(folder) -> UserError:
-    return UserError(
-        f"PPO 已中断，之前完成的结果未被改动；已训练的部分保存在 {folder}（PPO 不支持续训，可用 chat.py --model {folder} 试聊）。",
-        EXIT_INTERRUPTED,
-    )
+        写到 checkpoint-N 旁边的临时文件夹，所有进程写完才改名就位：写到一半被杀，上一个检查点仍然可用。
+        正常跑完的最后一次更新不存（马上就要写最终结果）。"""
+        if self.state.global_step >= self.state.max_steps and not self.stop.requested:
+            return
+        if self.is_deepspeed_enabled:  # ZeRO 把优化器状态分在各进程里，这里不处理
+            return
+        work = Path(self.args.output_dir)
+        final, tmp = work / f"checkpoint-{self.state.global_step}", work / f".checkpoint-{self.state.global_step}.tmp"
+        started = time.perf_counter()
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self._save_rng_state(str(tmp))  # transformers 自己的：python / numpy / torch / CUDA，每个进程一个文件
+        if self.accelerator.is_main_process:
+            from safetensors.torch import save_model
+
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            unwrapped.policy.save_pretrained(str(tmp / "adapter"))
+            save_model(unwrapped.value_model, str(tmp / "critic.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            write_json(tmp / RESUME_FILE, {
+                "global_step": self.state.global_step, "episode": self.state.episode,
+                "optimizer_steps": self.optimizer_steps, "max_steps": self.state.max_steps,
+                "num_processes": self.accelerator.num_processes, **self.run_info})
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            tmp.rename(final)
+            rotate_checkpoints(str(work), self.args.save_total_limit)
+            size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+            print(f"[检查点] 第 {self.state.global_step} 次更新：{display_path(final)}（{size / 2**20:.0f} MB，"
+                  f"写入 {time.perf_counter() - started:.1f} 秒）", flush=True)
+
+    def resume(self, checkpoint: Path) -> None:
+        """读回检查点（在 train() 之前）：权重、优化器、调度器立刻读；计数器要等 TRL 的 train() 把它们清零之后
+        （on_train_begin）、随机数状态要等跳过用过的数据之后（SkipFirst）才放回去。"""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file, load_model
+
+        info = json.loads((checkpoint / RESUME_FILE).read_text(encoding="utf-8"))
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        set_peft_model_state_dict(unwrapped.policy, load_file(str(checkpoint / "adapter" / "adapter_model.safetensors")))
+        load_model(unwrapped.value_model, str(checkpoint / "critic.safetensors"))
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        self.optimizer_steps = info["optimizer_steps"]
+        self.resumed = {"checkpoint": str(checkpoint), **info}
+        # 放在最前面：进度条（ProgressCallback）在 on_train_begin 里读 max_steps，要先看到恢复后的值
+        self.callback_handler.callbacks.insert(0, _RestoreState(info))
+
+    def train(self):
+        done = self.resumed["global_step"] if self.resumed else 0
+        total = self.args.num_total_batches
+        self.args.num_total_batches = total - done  # TRL 的循环从 1 数到 num_total_batches：只跑剩下的
+        train_dataloader = self.dataloader
+        restore_rng = (lambda: self._load_rng_state(self.resumed["checkpoint"])) if self.resumed else None
+        self.dataloader = SkipFirst(train_dataloader, done, then=restore_rng)
+        self._train_started = time.perf_counter()
+        try:
+            super().train()
+        finally:
+            self.args.num_total_batches, self.dataloader = total, train_dataloader
+            self.train_seconds = time.perf_counter() - self._train_started
+
+
+class SkipFirst:
+    """续训时跳过已经用过的 done 个 rollout 批次（只取数据，不算模型），之后和没中断时取到完全一样的批次。
+
+    TRL 的 repeat_generator 每个 epoch 重新 iter 一次 DataLoader；打乱顺序来自采样器自己的随机数发生器（由 --seed
+    决定，见 RLHFPPOTrainer.__init__），所以从头数过去得到的顺序与原来的运行一致，跨 epoch 也一样。
+    跳完之后才调用 then（放回检查点里的随机数状态）：torch 的 DataLoader 每次 iter 都会从全局随机数里取一个种子，
+    没中断的运行在检查点之前就取过了，续训时这一次要在放回之前取掉。"""
+
+    def __init__(self, loader, done: int, then=None):
+        self.loader, self.skip, self.then = loader, done, then
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while self.skip > 0:
+            try:
+                next(it)
+                self.skip -= 1
+            except StopIteration:
+                it = iter(self.loader)
+        if self.then is not None:
+            self.then()
+            self.then = None
+        yield from it
+
+    def __len__(self):
+        return len(self.loader)
+
+
+class _RestoreState(TrainerCallback):
+    """TRL 的 train() 把 global_step / episode 清零之后，放回检查点里的值（TensorBoard 接着原来的步数画）。"""
+
+    def __init__(self, info: dict):
+        self.info = info
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.global_step, state.episode, state.max_steps = (self.info["global_step"], self.info["episode"],
+                                                             self.info["max_steps"])
+        if 0 < args.save_steps < 1:  # 按比例给的 save_steps 要按整次运行的更新数算，而不是剩下的
+            state.save_steps = math.ceil(state.max_steps * args.save_steps)
 
 
 def enable_gradient_checkpointing(*models, kwargs: dict | None = None) -> None:
     """PPOTrainer 1.12 从不应用 gradient_checkpointing；在建 trainer 之前对 policy 和 critic 都打开。"""
     for m in models:
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or {"use_reentrant": False})
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or {"use_reentrant": False})
         m.config.use_cache = False
 
 

@@ -172,7 +172,11 @@ def interrupted(trainer, stop: GracefulStop) -> UserError:
 
     if not trainer.is_world_process_zero():
         sys.exit(EXIT_INTERRUPTED)
-    last = Path(get_last_checkpoint(trainer.args.output_dir))
+    last = get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
+    if last is None:  # DeepSpeed 下的 PPO 不写检查点
+        return UserError(f"收到 {stop.requested}，训练已停下，之前完成的结果未被改动；这次运行没有可续训的检查点。",
+                         EXIT_INTERRUPTED)
+    last = Path(last)
     return UserError(f"收到 {stop.requested}，训练已停下，之前完成的结果未被改动；进度保存在 {display_path(last)}。"
                      f"继续训练：{resume_command(last, trainer.args.world_size)}", EXIT_INTERRUPTED)
 
@@ -239,7 +243,7 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
     trainer.save_model(str(export))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
     if not trainer.is_world_process_zero():
         return
-    record = cost.record(**trainer_throughput(trainer))
+    record = cost.record(**trainer_throughput(trainer, stage))
     with StagingDir(final) as tmp:
         for f in export.iterdir():
             f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
@@ -249,16 +253,13 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
     print(f"[完成] {stage} 已保存到 {display_path(final)}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard")
 
 
-def trainer_throughput(trainer) -> dict:
-    """Trainer 自己记下的训练用时与样本数 -> 每秒多少 token（SFT）/ 多少样本（RM 的一个样本是一对）。"""
+def trainer_throughput(trainer, stage: str) -> dict:
+    """Trainer 自己记下的训练用时与数量 -> SFT 每秒多少 token，RM 每秒多少对（RM 的一个样本是一对）。
+    续训时 num_tokens 是累计的、用时只算这一次，所以续训那次的 token/s 偏高。"""
     history = trainer.state.log_history
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
-    out = {}
-    if runtime:
-        tokens = max((h.get("num_tokens", 0) for h in history), default=0)
-        if tokens:
-            out["tokens_per_s"] = tokens / runtime
-        samples = next((h["train_samples_per_second"] for h in reversed(history) if "train_samples_per_second" in h), None)
-        if samples:
-            out["samples_per_s"] = samples
-    return out
+    if not runtime:
+        return {}
+    if stage == "rm":
+        return {"pairs_per_s": next(h["train_samples_per_second"] for h in reversed(history) if "train_runtime" in h)}
+    return {"tokens_per_s": max((h.get("num_tokens", 0) for h in history), default=0) / runtime}

@@ -93,3 +93,26 @@ def pipeline(work, tiny_model):
     assert runs["ppo"].returncode == 0, runs["ppo"].stderr[-3000:]
     out["runs"] = runs
     return out
+
+
+def read_scalars(logdir) -> dict[str, list[float]]:
+    """读回一个 TensorBoard 目录里的全部标量：{tag: [按步排序的值]}。"""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)] for tag in acc.Tags()["scalars"]}
+
+
+def read_steps(logdir, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return sorted(e.step for e in acc.Scalars(tag))
+
+
+def quarter_means(values: list[float]) -> tuple[float, float]:
+    """前四分之一与后四分之一的均值：看曲线整体是升是降，不被单步噪声左右。"""
+    q = max(1, len(values) // 4)
+    return sum(values[:q]) / q, sum(values[-q:]) / q
