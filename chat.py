@@ -2,16 +2,20 @@
 
     python chat.py                                    # 和 PPO 模型聊天（checkpoint/ppo，LoRA 已合并）
     python chat.py --model sft                        # 换一个阶段：base / sft / ppo，或任意本地模型文件夹
+    python chat.py --model sft --sft_model_path checkpoint/sft-v2   # 另一个 SFT 文件夹（与 benchmark.py 同名的选项）
     python chat.py --model base --think               # 原始 Qwen3-0.6B，允许思考（思考过程灰色显示）
     python chat.py --prompt "你是谁？"                 # 只问一句：打印回答后退出
     printf '你好\\n你是谁？\\n' | python chat.py        # 从管道逐行读问题，当作同一段多轮对话，读完退出
     python chat.py --model checkpoint/tiny/ppo        # 离线演示：tiny 配方训练出的 PPO 模型
     python chat.py --model base --model_name_or_path checkpoint/tiny/base   # 离线随机小模型（只会说胡话）
 
-对话中的命令：/help /clear /system <文字> /model /exit。回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），
+对话中的命令：/help /clear /system <文字> /model [base|sft|ppo|文件夹] /exit。回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），
 再按一次 Ctrl-C 退出程序；在提示符处按 Ctrl-D 或输入 /exit 退出。
 """
 
+import contextlib
+import gc
+import os
 import re
 import signal
 import sys
@@ -22,7 +26,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from qwen_rlhf import data, errors, inference, options
 from qwen_rlhf.errors import EXIT_BAD_INPUT, UserError
-from qwen_rlhf.models import _rel
+from qwen_rlhf.options import display_path
 
 MAX_INPUT_CHARS = 8000  # 一次粘贴 100 KB 也不会卡住：只保留开头
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # C0 控制字符（保留 \t 和 \n）和 DEL
@@ -32,6 +36,8 @@ HELP = """命令：
   /clear            清空对话历史（系统提示词保留）
   /system <文字>    设置系统提示词；只输入 /system 显示当前的，/system - 取消
   /model            显示已加载的模型
+  /model <模型>     换模型：base / sft / ppo 或一个本地模型文件夹；换成功后清空对话历史
+                    （之前的回答来自另一个模型），系统提示词保留；换不成时仍用当前模型
   /exit             退出（也可以在提示符处按 Ctrl-D）
 回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），再按一次退出程序。"""
 
@@ -42,7 +48,11 @@ def opt(default, text):
 
 @dataclass
 class ChatArgs:
-    model: str = opt("ppo", "和哪个模型对话：base / sft / ppo（checkpoint/ 下各阶段的产物），或一个本地模型文件夹")
+    model: str = opt("ppo", "和哪个模型对话：base / sft / ppo（即 --model_name_or_path / --sft_model_path / "
+                     "--ppo_model_path），或一个本地模型文件夹；对话中可用 /model 切换")
+    sft_model_path: str = opt("checkpoint/sft", "SFT 模型文件夹（train_sft.py 的产物）；--model sft 用它")
+    ppo_model_path: str = opt("checkpoint/ppo", "PPO 模型文件夹（train_ppo.py 的产物，优先用其中合并好的 merged/）；"
+                              "--model ppo 用它")
     model_name_or_path: str = opt(options.DEFAULT_MODEL, "--model base 时用的基座模型：本地文件夹或模型 ID")
     system_prompt: str | None = opt(None, "初始系统提示词（默认不加）；对话中可用 /system 修改")
     prompt: str | None = opt(None, "只问这一句：打印回答后退出（不进入交互）")
@@ -159,22 +169,83 @@ class CtrlC(StoppingCriteria):
         self.pressed = True
 
 
+@contextlib.contextmanager
+def no_ctrl_echo():
+    """生成时关掉终端的 ECHOCTL（相当于 stty -echoctl）：按 Ctrl-C 时终端不再把 "^C" 回显进回答；结束或出错时恢复。"""
+    try:  # 只在本进程是终端的前台时改：后台进程改终端设置会收到 SIGTTOU 被挂起
+        fd = sys.stdin.fileno()
+        foreground = os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):  # 不是终端、已关闭、不是本进程的控制终端；Windows 没有 tcgetpgrp
+        foreground = False
+    if not foreground:
+        yield
+        return
+    import termios  # 只有类 Unix 系统有；不是终端时根本走不到这里
+
+    saved = termios.tcgetattr(fd)
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHOCTL  # [3] 是 lflag
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
 # ---------------------------------------------------------------- 对话
 
 
+def load(spec: str, args: ChatArgs, device: str, dtype) -> inference.Loaded:
+    """先认出 spec 是不是能对话的模型（RM、半成品在这里就被拒绝，什么都还没加载），再加载到 device。"""
+    name, folder, _ = inference.policy_folder(
+        spec, {"sft": args.sft_model_path, "ppo": args.ppo_model_path}, args.model_name_or_path)
+    if sys.stderr.isatty():  # 加载要几秒：终端上显示一行临时提示，加载完或出错时擦掉，错误仍然只有一行
+        print(f"正在加载模型 {spec} …", end="\r", file=sys.stderr, flush=True)
+    try:
+        loaded = inference.load_policy(name, folder, args.allow_pickle, dtype)
+        loaded.model.to(device)
+    finally:
+        if sys.stderr.isatty():
+            print("\x1b[K", end="", file=sys.stderr, flush=True)
+    return loaded
+
+
 class Chat:
-    def __init__(self, loaded: inference.Loaded, args: ChatArgs, device: str):
-        self.loaded, self.args, self.device = loaded, args, device
-        self.model, self.tok = loaded.model, loaded.tokenizer
+    def __init__(self, loaded: inference.Loaded, args: ChatArgs, device: str, dtype):
+        self.args, self.device, self.dtype = args, device, dtype
+        self.use(loaded)
         self.system = args.system_prompt
         self.prefix = ""  # 交互模式下回答前显示"助手："
         self.history: list[dict] = []  # user / assistant 交替，assistant 只存最终回答
-        self.context = getattr(self.model.config, "max_position_embeddings", None) or 32768
-        if args.max_new_tokens >= self.context:
-            raise UserError(f"--max_new_tokens {args.max_new_tokens} 不小于模型的上下文长度 {self.context}，请调小。",
-                            EXIT_BAD_INPUT)
         self.sampling = (dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k) if args.do_sample
                          else dict(temperature=None, top_p=None, top_k=None))  # None：不用模型自带的采样设置
+
+    def use(self, loaded: inference.Loaded) -> None:
+        """换上 loaded；上下文放不下 --max_new_tokens 时拒绝（不改动当前模型）。"""
+        context = getattr(loaded.model.config, "max_position_embeddings", None) or 32768
+        if self.args.max_new_tokens >= context:
+            raise UserError(f"--max_new_tokens {self.args.max_new_tokens} 不小于模型的上下文长度 {context}，请调小。",
+                            EXIT_BAD_INPUT)
+        self.loaded, self.model, self.tok, self.context = loaded, loaded.model, loaded.tokenizer, context
+
+    def switch(self, spec: str) -> None:
+        """/model <模型>：新模型完整加载好才换掉旧的，所以任何失败（RM、半成品、坏权重、Ctrl-C）都保留当前模型。
+        换成功后清空历史：之前的回答是另一个模型说的，留着会让新模型接着"它自己没说过的话"往下说。"""
+        current = self.loaded.name
+        try:
+            self.use(load(spec, self.args, self.device, self.dtype))
+        except UserError as e:
+            print(f"（没有切换，仍在用 {current}：{e.message}）")
+            return
+        except KeyboardInterrupt:
+            print(f"\n（已取消切换，仍在用 {current}）")
+            return
+        gc.collect()  # 旧模型已没有引用：立刻释放内存 / 显存
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.history.clear()
+        print(f"（已切换到 {self.loaded.name}（{display_path(self.loaded.folder)}）；对话历史已清空（之前的回答来自另一个模型），"
+              "系统提示词保留）")
 
     def prompt_ids(self, question: str) -> tuple[list[int], bool]:
         """系统提示 + 历史 + 新问题；超出上下文（留出 max_new_tokens）时从最早的一轮开始丢。"""
@@ -199,7 +270,7 @@ class Chat:
         display = Display(self.tok, show_think=self.args.think and not self.args.hide_think, thinking=starts_thinking)
         display.write(self.prefix)
         input_ids = torch.tensor([ids], device=self.device)
-        with CtrlC() as ctrl_c, torch.no_grad():
+        with CtrlC() as ctrl_c, no_ctrl_echo(), torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=display,
                 stopping_criteria=StoppingCriteriaList([ctrl_c]), max_new_tokens=self.args.max_new_tokens,
@@ -234,10 +305,12 @@ class Chat:
         elif name == "/system":
             self.system = None if rest == "-" else rest
             print("（已取消系统提示词）" if self.system is None else "（已设置系统提示词，从下一句开始生效）")
+        elif name == "/model" and rest:
+            self.switch(rest)
         elif name == "/model":
             m = self.model
             params = sum(p.numel() for p in m.parameters())
-            print(f"模型：{self.loaded.name}\n文件夹：{_rel(self.loaded.folder)}\n参数量：{params / 1e6:.1f}M\n"
+            print(f"模型：{self.loaded.name}\n文件夹：{display_path(self.loaded.folder)}\n参数量：{params / 1e6:.1f}M\n"
                   f"设备：{self.device}（{str(m.dtype).replace('torch.', '')}）\n"
                   f"上下文：{self.context} token，回答最多 {self.args.max_new_tokens}；历史 {len(self.history) // 2} 轮")
         elif name in ("/exit", "/quit"):
@@ -278,17 +351,9 @@ def main():
         device, dtype = "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     else:
         device, dtype = "cpu", torch.float32
-    if sys.stderr.isatty():  # 加载要几秒：终端上显示一行临时提示，加载完或出错时擦掉，错误仍然只有一行
-        print(f"正在加载模型 {args.model} …", end="\r", file=sys.stderr, flush=True)
-    try:
-        loaded = inference.load_policy(args.model, args.model_name_or_path, args.allow_pickle, dtype)
-        loaded.model.to(device)
-    finally:
-        if sys.stderr.isatty():
-            print("\x1b[K", end="", file=sys.stderr, flush=True)
+    chat = Chat(load(args.model, args, device, dtype), args, device, dtype)  # 只由 chat 持有：/model 换掉后能释放
     if args.seed is not None:
         set_seed(args.seed)
-    chat = Chat(loaded, args, device)
 
     if args.prompt is not None:  # 一问一答
         question = clean(args.prompt)
@@ -307,7 +372,7 @@ def main():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
         chat.prefix = "助手："
-        print(f"已加载 {loaded.name}（{_rel(loaded.folder)}，{device}）。输入 /help 查看命令，/exit 或 Ctrl-D 退出。")
+        print(f"已加载 {chat.loaded.name}（{display_path(chat.loaded.folder)}，{device}）。输入 /help 查看命令，/exit 或 Ctrl-D 退出。")
         while True:
             try:
                 line = input("你：")

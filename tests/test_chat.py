@@ -1,4 +1,4 @@
-"""chat.py：一问一答、管道多轮、坏输入、缺模型的一行报错，以及在伪终端里的完整交互（命令、Ctrl-C、/exit）。
+"""chat.py：一问一答、管道多轮、坏输入、用不了的模型（缺失、半成品、权重截短、RM）的一行报错，以及在伪终端里的完整交互（命令、换模型、Ctrl-C、/exit）。
 
 随机小模型只会说胡话，所以只检查结构（有没有回答、提示语、退出码），不检查内容。
 """
@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -98,17 +99,30 @@ def test_think_content_is_hidden_or_dimmed_and_never_kept(capsys, monkeypatch):
     assert chat.final_answer("<think>\n没想完") == ""
 
 
-@pytest.mark.parametrize("case", ["no_such_folder", "folder_without_config"])
-def test_missing_model_is_one_chinese_line(tmp_path, case):
-    half_written = tmp_path / "half-written"  # 文件夹在，但没有 config.json（例如训练中途被打断）
-    half_written.mkdir()
-    (half_written / "README.md").write_text("not a model")
-    model = {"no_such_folder": "/nonexistent/folder", "folder_without_config": half_written}[case]
+@pytest.mark.parametrize("case", ["no_such_folder", "folder_without_config", "truncated_weights", "rm_by_name",
+                                  "rm_folder"])
+def test_unusable_model_is_refused_in_one_chinese_line(tmp_path, tiny_model, request, case):
+    model, code, words = {
+        "no_such_folder": ("/nonexistent/folder", EXIT_MISSING, "不存在"),
+        "folder_without_config": (tmp_path / "half-written", EXIT_MISSING, "不完整"),  # 例如训练中途被打断
+        "truncated_weights": (tmp_path / "cut", EXIT_MISSING, "model.safetensors"),  # 拷贝中断、磁盘写满
+        # RM 不是对话模型：按名字、按文件夹都在加载前拒绝（以前会把 RM 当对话模型加载，输出乱码、退出码 0）
+        "rm_by_name": ("rm", EXIT_BAD_INPUT, "奖励模型"),
+        "rm_folder": (None, EXIT_MISSING, "奖励模型"),
+    }[case]
+    if case == "folder_without_config":
+        model.mkdir()
+        (model / "README.md").write_text("not a model")
+    elif case == "truncated_weights":
+        shutil.copytree(tiny_model, model)
+        os.truncate(model / "model.safetensors", (model / "model.safetensors").stat().st_size // 2)
+    elif case == "rm_folder":  # 只有这一格要训练好的 RM（tiny 流水线，整个测试会话只跑一次）
+        model = request.getfixturevalue("pipeline")["rm"]
     r = run_script("chat.py", "--model", model, "--prompt", "你好", tmp=tmp_path, timeout=180)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == EXIT_MISSING, r.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("错误："), r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.returncode == code, r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("错误：") and words in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not r.stdout.strip()
 
 
 @pytest.mark.parametrize("argv", [["--top_p", "1.5"], ["--temperature", "0"], ["--max_new_tokens", "0"]])
@@ -117,12 +131,6 @@ def test_bad_sampling_options_are_rejected(argv):
         options.parse([chat.ChatArgs], args=argv)
     assert e.value.code == EXIT_BAD_INPUT
     options.parse([chat.ChatArgs], args=[*argv, "--do_sample", "false"] if "--max_new_tokens" not in argv else [])
-
-
-def test_defaults_follow_qwen3_non_thinking_recommendations():
-    (args,) = options.parse([chat.ChatArgs], args=[])
-    assert (args.model, args.temperature, args.top_p, args.top_k, args.max_new_tokens) == ("ppo", 0.7, 0.8, 20, 512)
-    assert args.do_sample and not args.think
 
 
 # ---------------------------------------------------------------- 伪终端里的交互
@@ -182,16 +190,18 @@ class Terminal:
 PROMPT = r"你："
 
 
-def test_interactive_session_in_a_pseudo_terminal(tiny_model, tmp_path):
+def test_interactive_session_in_a_pseudo_terminal(tiny_model, pipeline, tmp_path):
     # 上下文 2048，回答上限 1500：不打断的话要生成很久，保证 Ctrl-C 一定落在回答中途
     term = Terminal(["--model", tiny_model, "--max_new_tokens", "1500"], offline_env(tmp_path, LANG="C.UTF-8"))
     try:
         term.expect(r"已加载 .*/help", timeout=120)
         term.expect(PROMPT)
         term.send("你好\r".encode())
-        term.expect(r"助手：\S+\s*\S+")  # 回答逐段出现（还没结束就能看到）
+        answer = term.expect(r"助手：\S+\s*\S+")  # 回答逐段出现（还没结束就能看到）
         term.send(b"\x03")  # 回答中途 Ctrl-C：只打断这一句，不退出
-        term.expect(r"已打断", timeout=60)
+        stop = term.expect(r"已打断", timeout=60)
+        shown = term.text[answer.start():stop.start()]
+        assert "^C" not in shown, shown  # 终端不再把 Ctrl-C 回显进回答（以前是"助手：……^C（已打断…"）
         term.expect(PROMPT)
         time.sleep(1.0)  # 等 readline 接管终端后再按：提示符刚打印出来时按下的 Ctrl-C 可能被终端设置吞掉
         term.send(b"\x03")  # 提示符处的 Ctrl-C：清掉这一行，继续
@@ -201,11 +211,17 @@ def test_interactive_session_in_a_pseudo_terminal(tiny_model, tmp_path):
         term.expect(r"已清空对话历史")
         term.send("/system 你是助手\r".encode())
         term.expect(r"已设置系统提示词")
-        term.send(b"/system\r")
-        term.expect(r"当前系统提示词：你是助手")
+        term.send(f"/model {pipeline['rm']}\r".encode())  # RM 不能对话：拒绝，当前模型不变
+        term.expect(f"没有切换，仍在用 {re.escape(tiny_model.name)}：.*奖励模型")
         term.send(b"/model\r")
-        term.expect(re.escape(str(tiny_model)))
+        term.expect("文件夹：" + re.escape(str(tiny_model)))
         term.expect(r"参数量：[\d.]+M")
+        term.send(f"/model {pipeline['sft']}\r".encode())
+        term.expect(r"已切换到 sft（" + re.escape(str(pipeline["sft"])) + "）；对话历史已清空")
+        term.send(b"/model\r")
+        term.expect("文件夹：" + re.escape(str(pipeline["sft"])))
+        term.send(b"/system\r")  # 换模型后系统提示词保留
+        term.expect(r"当前系统提示词：你是助手")
         term.send(b"/help\r")
         term.expect(r"/clear")
         term.send(b"/exit\r")
