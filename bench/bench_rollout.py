@@ -1,13 +1,18 @@
-"""rollout 生成速度：PPO 的大部分时间花在生成上。比较 KV cache 开 / 关、每次生成的批量，以及
-"train 模式 + 梯度检查点"（TRL 1.12 不打补丁时的路径：每层丢掉 KV cache）。
+"""rollout 生成速度：PPO 的大部分时间花在生成上。比较 KV cache 开 / 关、每次生成的批量、
+生成时 policy 权重的精度（fp32 vs bf16，同样的提示），以及"train 模式 + 梯度检查点"
+（TRL 1.12 不打补丁时的路径：每层丢掉 KV cache）。
 
     .venv/bin/python bench/bench_rollout.py                      # 离线 tiny 模型（临时目录里现建）
     .venv/bin/python bench/bench_rollout.py --model checkpoint/sft --response_length 200   # 真模型（GPU 上）
 
 结果写到 bench/results/rollout.json。只比较同一台机器上的相对快慢；tiny 模型的绝对数字没有意义。
+精度一项：train_ppo.py 的 rollout 用 fp32 权重生成（bf16 只是训练前向的 autocast）。CPU 上 bf16 可能反而更慢
+（多数 CPU 没有 bf16 矩阵乘单元，要先转换）；GPU 上的数字看 bench/gpu_check.py 在 GPU 上的 PPO rollout token/s，
+或在 GPU 上用 --model 跑本脚本。
 """
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -46,7 +51,7 @@ def main():
     tok = models.load_tokenizer(folder, padding_side="left")
     model = models.load_causal_lm(folder, tok).to(device)
     rows = data.load_rows(str(ROOT / "data" / "sample.jsonl"), False).rows[: a.prompts]
-    ids, mask = inference.left_pad([data.ppo_example(tok, r)["input_ids"] for r in rows], tok.pad_token_id)
+    ids, mask = inference.left_pad(tok, [data.ppo_example(tok, r)["input_ids"] for r in rows])
     ids, mask = ids.to(device), mask.to(device)
     # 固定生成满 response_length 个 token，各方案的工作量相同
     gen = dict(max_new_tokens=a.response_length, min_new_tokens=a.response_length, do_sample=False,
@@ -59,6 +64,12 @@ def main():
     for batch in (1, 2, 8, a.prompts):
         cases[f"kv_cache_batch_{batch}"] = timed_generate(model, ids, mask, GenerationConfig(**gen), batch)
     cases["no_kv_cache_batch_8"] = timed_generate(model, ids, mask, GenerationConfig(**gen, use_cache=False), 8)
+    # 同样的提示、同样的批量（PPO 默认的 rollout 前向批量 8），只换权重精度
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    timed_generate(half, ids, mask, GenerationConfig(**gen), 8)  # 预热
+    dtypes = {"fp32": timed_generate(model, ids, mask, GenerationConfig(**gen), 8),  # 紧挨着测，机器负载一样
+              "bf16": timed_generate(half, ids, mask, GenerationConfig(**gen), 8)}
+    del half
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()  # 不打补丁的 TRL 1.12：rollout 在 train 模式下生成，检查点层丢掉缓存（而且输出是错的）
     cases["train_mode_grad_ckpt_batch_8"] = timed_generate(model, ids, mask, GenerationConfig(**gen), 8)
@@ -68,6 +79,7 @@ def main():
         "model": str(folder) if a.model else "tiny (random)",
         "prompts": a.prompts, "response_length": a.response_length,
         "tokens_per_s": {k: round(tokens / v, 1) for k, v in cases.items()},
+        "dtype_tokens_per_s_batch_8": {k: round(tokens / v, 1) for k, v in dtypes.items()},
     }
     common.write_result(result, common.RESULTS / "rollout.json")
 
