@@ -11,5 +11,5 @@ start=$(date +%s)
 "$PY" train_sft.py --config configs/tiny/sft.yaml --overwrite_output_dir true
 "$PY" train_rm.py --config configs/tiny/rm.yaml --overwrite_output_dir true
 "$PY" train_ppo.py --config configs/tiny/ppo.yaml --overwrite_output_dir true
-if [ -f benchmark.py ]; then "$PY" benchmark.py --config configs/tiny/benchmark.yaml; fi
+"$PY" benchmark.py --config configs/tiny/benchmark.yaml
 echo "[演示] 全部完成，用时 $(( $(date +%s) - start )) 秒。和它聊聊：$PY chat.py --model checkpoint/tiny/ppo"

@@ -116,3 +116,18 @@ def quarter_means(values: list[float]) -> tuple[float, float]:
     """前四分之一与后四分之一的均值：看曲线整体是升是降，不被单步噪声左右。"""
     q = max(1, len(values) // 4)
     return sum(values[:q]) / q, sum(values[-q:]) / q
+
+
+SLOW_FIXTURES = {"pipeline", "tiny_model", "uninterrupted"}
+
+
+def pytest_collection_modifyitems(items):
+    """用到迷你模型或整条流水线、或者起子进程跑真实脚本的测试都算 slow：`bash scripts/test.sh -m "not slow"`
+    一分钟内跑完其余的（纯函数、选项解析、报告、数据检查）。"""
+    import inspect
+
+    for item in items:
+        source = inspect.getsource(item.function) if hasattr(item, "function") else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
+                call in source for call in ("run_script(", "chat_run(", "launch(", "subprocess.")):
+            item.add_marker(pytest.mark.slow)

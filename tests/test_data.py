@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-from qwen_rlhf import data, models
+from qwen_rlhf import data, models, tiny
 from qwen_rlhf.errors import UserError
 
 SAMPLE = data.load_rows("data/sample.jsonl").rows
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_model):
-    return models.load_tokenizer(tiny_model)
+def tok():
+    return models.load_tokenizer(tiny.tokenizer_files())  # 真实的 Qwen3 分词器，不必先建模型
 
 
 def write_jsonl(path, rows):
@@ -130,3 +130,15 @@ def test_fingerprint_changes_when_answers_change_even_if_questions_do_not():
     edited = [dict(r) for r in SAMPLE]
     edited[0]["chosen"] = edited[0]["chosen"] + "！"
     assert data.split_rows(edited, 0.1, seed=42).fingerprint != data.split_rows(SAMPLE, 0.1, seed=42).fingerprint
+
+
+@pytest.mark.parametrize("name, text", [
+    ("notepad.jsonl", '{"question": "在吗", "chosen": "滚", "rejected": "在的"}\n{"question": "几点", "chosen": "自己看", "rejected": "三点"}\n'),
+    ("excel.csv", "question,chosen,rejected\n在吗,滚,在的\n几点,自己看,三点\n"),
+    ("array.json", '[{"question": "在吗", "chosen": "滚", "rejected": "在的"}, {"question": "几点", "chosen": "自己看", "rejected": "三点"}]'),
+])
+def test_utf8_with_bom_from_notepad_or_excel_is_read(tmp_path, name, text):
+    f = tmp_path / name
+    f.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # 记事本 / Excel "CSV UTF-8" 存的文件开头是 BOM
+    rows = data.load_rows(str(f)).rows
+    assert [r["question"] for r in rows] == ["在吗", "几点"] and rows[0]["chosen"] == "滚"

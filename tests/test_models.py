@@ -1,4 +1,6 @@
-"""模型来源与安全加载；安全的输出文件夹。"""
+"""模型来源与安全加载；产物的种类；安全的输出文件夹。"""
+
+import shutil
 
 import pytest
 
@@ -66,10 +68,33 @@ def test_refuses_non_empty_output_and_recovers_interrupted_swap(tmp_path):
     assert (final / "x").read_text() == "1"
 
 
-def test_read_stage_names_the_script_to_run(tmp_path):
-    with pytest.raises(UserError, match="请先运行 python train_sft.py") as e:
-        models.read_stage(tmp_path / "sft", "sft", "python train_sft.py")
+def test_every_checkpoint_kind_is_recognised_and_a_wrong_one_names_what_was_expected(pipeline, tmp_path):
+    from qwen_rlhf.outputs import check_kind, kind_of
+
+    assert [kind_of(pipeline[k]) for k in ("sft", "rm", "ppo")] == ["sft", "rm", "ppo"]
+    assert kind_of(pipeline["ppo"] / "merged") == "ppo" and kind_of(pipeline["tmp"] / "tiny-qwen3") == "base"
+    bare_rm = tmp_path / "bare-rm"  # 没有 stage.json 的打分模型：只能当 RM，绝不当对话模型
+    shutil.copytree(pipeline["rm"], bare_rm)
+    (bare_rm / "stage.json").unlink()
+    assert kind_of(bare_rm) == "rm"
+    with pytest.raises(UserError, match="是奖励模型（RM），--sft_model_path 需要SFT 模型") as e:
+        check_kind(pipeline["rm"], ("sft",), "--sft_model_path")
     assert e.value.code == EXIT_MISSING
-    (tmp_path / "sft").mkdir()
+    with pytest.raises(UserError, match="请先运行 python train_sft.py"):
+        check_kind(tmp_path / "nope", ("sft",), "--sft_model_path")
+    (tmp_path / "half").mkdir()
     with pytest.raises(UserError, match="不完整"):
-        models.read_stage(tmp_path / "sft", "sft", "python train_sft.py")
+        check_kind(tmp_path / "half", ("sft",), "--sft_model_path")
+
+
+def test_a_truncated_safetensors_file_is_detected_from_its_header(tiny_model, tmp_path):
+    good = tiny_model / "model.safetensors"
+    models.check_safetensors(good)
+    cut = tmp_path / "model.safetensors"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UserError, match="model.safetensors 已损坏") as e:
+        models.check_safetensors(cut)
+    assert e.value.code == EXIT_MISSING
+    cut.write_bytes(b"\x00" * 4)  # 连文件头都不完整
+    with pytest.raises(UserError, match="已损坏"):
+        models.check_safetensors(cut)

@@ -1,41 +1,17 @@
-"""选项：默认值复现原仓库、配方加载、错误选项给出一行中文提示。"""
+"""选项：配方加载、错误选项给出一行中文提示、PPO 的 LoRA 选项走 TRL 的 ModelConfig、只静音库自己的改名警告。"""
+
+import warnings
 
 import pytest
-from trl import RewardConfig, SFTConfig
-from trl.experimental.ppo import PPOConfig
+from trl import SFTConfig
 
 import train_ppo
-import train_rm
 import train_sft
 from qwen_rlhf import options
 from qwen_rlhf.errors import UserError
 
 CPU = options.precision_defaults()  # 这台机器没有 GPU：fp32
 SFT_DEFAULTS = {**train_sft.DEFAULTS, **CPU}
-
-
-def test_sft_defaults_reproduce_the_original_run():
-    args, cfg = options.parse([train_sft.SFTArgs, SFTConfig], SFT_DEFAULTS, args=[])
-    assert (cfg.learning_rate, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (1e-5, 4, 8)
-    assert (cfg.num_train_epochs, cfg.max_length, cfg.output_dir) == (2, 500, "checkpoint/sft")
-    assert args.model_name_or_path == "Qwen/Qwen3-0.6B" and args.sft_fraction == 0.1
-    assert args.dataset == "jackmokaka/btfChinese-DPO-small"
-
-
-def test_rm_defaults_reproduce_the_original_run():
-    _, cfg = options.parse([train_rm.RMArgs, RewardConfig], {**train_rm.DEFAULTS, **CPU}, args=[])
-    assert (cfg.learning_rate, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (1e-5, 4, 8)
-    assert cfg.center_rewards_coefficient == 0.01 and cfg.max_length == 500
-
-
-def test_ppo_defaults_reproduce_the_original_run():
-    args, cfg = options.parse([train_ppo.PPOArgs, PPOConfig], {**train_ppo.DEFAULTS, **CPU}, args=[])
-    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.num_mini_batches) == (2, 4, 1)
-    assert (cfg.local_rollout_forward_batch_size, cfg.num_ppo_epochs, cfg.learning_rate) == (8, 2, 5e-6)
-    assert (cfg.vf_coef, cfg.cliprange, cfg.cliprange_value, cfg.kl_coef) == (0.5, 0.1, 0.5, 0.05)
-    assert (cfg.total_episodes, cfg.response_length, cfg.stop_token) == (1000, 200, "eos")
-    assert (args.lora_r, args.lora_alpha, args.lora_dropout) == (32, 8, 0.05)
-    assert set(args.lora_target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def test_recipe_overrides_defaults_and_flags_override_recipe():
@@ -75,3 +51,32 @@ def test_relative_output_paths_resolve_from_the_repo_root(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert options.output_path("checkpoint/sft") == options.ROOT / "checkpoint" / "sft"
     assert options.input_path("configs/tiny/sft.yaml") == options.ROOT / "configs" / "tiny" / "sft.yaml"
+
+
+def test_ppo_lora_options_go_through_trl_model_config_and_unsupported_ones_are_refused():
+    from trl import get_peft_config
+
+    args, cfg, model_args = train_ppo.parse_options(["--lora_r", "8", "--use_rslora", "true"])
+    peft = get_peft_config(model_args)
+    assert (peft.r, peft.lora_alpha, peft.use_rslora, peft.task_type) == (8, 8, True, "CAUSAL_LM")
+    train_ppo.check_options(args, cfg, model_args)
+    args, cfg, model_args = train_ppo.parse_options(["--load_in_4bit", "true"])
+    with pytest.raises(UserError, match="--load_in_4bit 在本仓库的 PPO 里不支持"):
+        train_ppo.check_options(args, cfg, model_args)
+
+
+def test_only_the_library_rename_warnings_are_silenced(tiny_model):
+    """transformers 5.23 的 gradient_checkpointing* 改名警告来自 TRL 的 Config 和 PPO 包装器：我们只过滤这几条。
+    库改了措辞时这里会失败（过滤不再生效），提醒我们更新 qwen_rlhf/__init__.py 里的那一行。"""
+    from transformers import AutoModelForCausalLM
+
+    ours = [f for f in warnings.filters if f[1] is not None and "gradient_checkpointing" in f[1].pattern]
+    assert len(ours) == 1 and ours[0][0] == "ignore" and ours[0][2] is FutureWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_sft.parse_options(["--config", "configs/tiny/sft.yaml"])
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+        model.gradient_checkpointing_enable()
+        assert model.is_gradient_checkpointing
+    future = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert len(future) >= 3 and all(ours[0][1].match(m) for m in future), future

@@ -1,6 +1,7 @@
 """用户能造成的失败：一行中文错误、非零退出码、没有 traceback、之前的结果完好。全部跑真实脚本（子进程）。"""
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -123,21 +124,61 @@ def test_refuses_to_overwrite_and_keeps_the_earlier_result(pipeline):
     assert (pipeline["sft"] / "model.safetensors").read_bytes() == before
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path, tiny_model):
+def test_sigterm_saves_a_resumable_checkpoint_and_the_printed_command_finishes(tmp_path, tiny_model):
+    """平台关机（SIGTERM）和 Ctrl-C 一样：这一步结束后存检查点，打印一条续训命令；照着运行就能跑完。"""
+    import shlex
+
     out = tmp_path / "sft"
     args = stage_args("sft", tiny_model, out, "--logging_steps", "1", "--num_train_epochs", "2")
     cmd = [sys.executable, str(ROOT / "train_sft.py"), *map(str, args)]
     proc, lines = run_until(cmd, offline_env(tmp_path), "'loss'")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == errors.EXIT_INTERRUPTED
     text = "".join(lines)
-    assert "--resume_from_checkpoint" in text and "Traceback" not in text
+    line = last_line(text)
+    assert line.startswith("错误：收到 SIGTERM") and "Traceback" not in text, line
     work = tmp_path / "sft-trainer-checkpoints"
-    ckpts = sorted(work.glob("checkpoint-*"))
-    assert ckpts and not out.exists()  # 进度单独保存，不冒充完成的结果
-    r = run_script("train_sft.py", *args, "--resume_from_checkpoint", ckpts[-1], tmp=tmp_path)
+    assert sorted(work.glob("checkpoint-*")) and not out.exists()  # 进度单独保存，不冒充完成的结果
+    command = shlex.split(line.split("继续训练：", 1)[1])
+    r = run_script(command[1], *command[2:], "--max_steps", 3, tmp=tmp_path)  # 再走一两步就结束
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "stage.json").is_file() and not work.exists()
+
+
+def test_checkpoints_of_the_wrong_kind_or_with_damaged_weights_are_refused_in_one_line(pipeline, tmp_path):
+    """把 RM 当基座、把截断的权重当基座：一行中文、退出码 3、不留输出文件夹。"""
+    r = run_script("train_sft.py", *stage_args("sft", pipeline["rm"], tmp_path / "out"), tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_MISSING, "是奖励模型（RM）", "--model_name_or_path 需要基座模型 / SFT 模型")
+    broken = tmp_path / "broken"
+    shutil.copytree(pipeline["tmp"] / "tiny-qwen3", broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])  # 拷贝中断
+    r = run_script("train_rm.py", *stage_args("rm", broken, tmp_path / "out"), tmp=tmp_path)
+    assert_one_line_error(r, errors.EXIT_MISSING, "model.safetensors 已损坏", "重新")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_data_file_saved_with_a_bom_trains(tmp_path, tiny_model):
+    f = tmp_path / "excel.csv"
+    rows = [json.loads(x) for x in (ROOT / "data" / "sample.jsonl").read_text(encoding="utf-8").splitlines()[:60]]
+    f.write_text("question,chosen,rejected\n" + "".join(f'{r["question"]},{r["chosen"]},{r["rejected"]}\n' for r in rows),
+                 encoding="utf-8-sig")
+    r = run_script("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--dataset", f, "--max_steps", 1),
+                   tmp=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "stage.json").read_text())["stage"] == "sft"
+
+
+def test_open_progress_bars_are_closed_before_the_error(capsys):
+    """errors.fail 通过 tqdm 的 _instances 关掉还开着的进度条（tqdm 没有公开接口）；tqdm 改了内部结构时这里会失败。"""
+    from tqdm import tqdm
+
+    bar = tqdm(total=10)
+    bar.update(3)
+    with pytest.raises(SystemExit):
+        errors.fail("坏了", errors.EXIT_BAD_INPUT)
+    assert bar.disable and not list(getattr(tqdm, "_instances", [1]))
+    assert capsys.readouterr().err.strip().endswith("错误：坏了")
 
 
 def _digest(path):
