@@ -175,8 +175,9 @@ def main():
     # 打乱（numpy）于是每次都不同，同样的 --seed 跑两次结果也不同，续训更无从"和没中断一样"。
     set_seed(cfg.seed)
     base = models.resolve_model_source(model_args.model_name_or_path)
-    policy = models.load_causal_lm(sft_path, tokenizer, args.allow_pickle)
-    reward = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=ppo.rollout_dtype(cfg.bf16))
+    frozen = ppo.rollout_dtype(cfg.bf16)  # 只训练 LoRA：SFT 基座（也是参考模型）和 RM 在 bf16 时就用 bf16
+    policy = models.load_causal_lm(sft_path, tokenizer, args.allow_pickle, dtype=frozen)
+    reward = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=frozen)
     critic = models.load_score_model(rm_path if args.critic_init == "rm" else base, tokenizer, args.allow_pickle)
     models.check_same_family(tokenizer, {"SFT": policy, "RM": reward, "critic": critic})
     if cfg.gradient_checkpointing:
