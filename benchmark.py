@@ -1,7 +1,7 @@
 """第 4 步：评测。各阶段模型回答同一批问题（留出测试集 + 原仓库的十个常见问题），RM 给每个回答打分。
 
     python benchmark.py                                  # 默认：sft 和 ppo，50 个留出问题，贪心解码
-    python benchmark.py --models base,sft,ppo --num_samples 200
+    python benchmark.py --models base,sft,ppo --num_questions 200
     python benchmark.py --questions my_questions.txt     # 自己的问题（每行一个，或 jsonl 的 "question" 字段）
     python benchmark.py --do_sample --temperature 0.7 --seed 1   # 采样而不是贪心
     python benchmark.py --config configs/tiny/benchmark.yaml     # 离线小模型演示（CPU，几十秒）
@@ -13,25 +13,28 @@
 
 import gc
 import json
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
 
-from qwen_rlhf import data, errors, inference, models, options, report
+from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, report
+from qwen_rlhf.console import table
+from qwen_rlhf.cost import Cost
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
-
-POLICY_STAGES = {"sft": "python train_sft.py", "ppo": "python train_ppo.py"}
 
 
 @dataclass
 class BenchmarkArgs(options.CommonArgs):
     models: str = field(default="sft,ppo", metadata={
-        "help": "要评测的模型，逗号分隔：base / sft / ppo（对应 --sft_path / --ppo_path）或本地模型文件夹"})
-    sft_path: str = field(default="checkpoint/sft", metadata={"help": "SFT 模型文件夹（第 1 步的产物）"})
-    ppo_path: str = field(default="checkpoint/ppo", metadata={"help": "PPO 模型文件夹（第 3 步的产物，优先用其中的 merged/）"})
-    rm_path: str = field(default="checkpoint/rm", metadata={"help": "奖励模型文件夹（第 2 步的产物），给所有回答打分"})
-    num_samples: int = field(default=50, metadata={"help": "最多用多少个留出测试问题（另加十个常见问题）；0 = 只用常见问题。--questions 的问题不受此限"})
+        "help": "要评测的模型，逗号分隔：base / sft / ppo（对应 --model_name_or_path / --sft_model_path / "
+                "--ppo_model_path）或本地模型文件夹"})
+    sft_model_path: str = field(default="checkpoint/sft", metadata={"help": "SFT 模型文件夹（第 1 步的产物）"})
+    ppo_model_path: str = field(default="checkpoint/ppo", metadata={
+        "help": "PPO 模型文件夹（第 3 步的产物，优先用其中的 merged/）"})
+    reward_model_path: str = field(default="checkpoint/rm", metadata={
+        "help": "奖励模型文件夹（第 2 步的产物），给所有回答打分"})
+    num_questions: int = field(default=50, metadata={
+        "help": "最多用多少个留出测试问题（另加十个常见问题）；0 = 只用常见问题。--questions 的问题不受此限"})
     questions: str | None = field(default=None, metadata={
         "help": "自己的问题文件：每行一个问题，或 .jsonl 每行带 \"question\" 字段；代替留出问题（常见问题仍然包含）"})
     batch_size: int = field(default=16, metadata={"help": "一次生成 / 打分多少个问题（24 GB 显存 16 足够；显存不足就调小）"})
@@ -51,8 +54,8 @@ def check_options(args: BenchmarkArgs) -> list[str]:
     for name in ("batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} 必须是正整数，现在是 {getattr(args, name)}。", EXIT_BAD_INPUT)
-    if args.num_samples < 0:
-        raise UserError(f"--num_samples 不能为负数，现在是 {args.num_samples}。", EXIT_BAD_INPUT)
+    if args.num_questions < 0:
+        raise UserError(f"--num_questions 不能为负数，现在是 {args.num_questions}。", EXIT_BAD_INPUT)
     inference.check_sampling(args.do_sample, args.temperature, args.top_p, args.top_k)
     specs = [s.strip() for s in args.models.split(",") if s.strip()]
     if not specs:
@@ -79,25 +82,15 @@ def pick_device(spec: str) -> str:
     return spec
 
 
-def resolve_models(specs: list[str], args: BenchmarkArgs) -> dict[str, tuple[str, dict | None]]:
-    """--models -> {显示名: (交给 load_policy 的来源, stage.json 或 None)}；只检查文件夹，不加载模型。"""
+def resolve_models(specs: list[str], args: BenchmarkArgs) -> dict[str, tuple]:
+    """--models -> {表格里的名字: (文件夹, stage.json 或 None)}；只检查文件夹是不是能对话的模型，不加载。"""
+    paths = {"sft": args.sft_model_path, "ppo": args.ppo_model_path}
     resolved = {}
     for spec in specs:
-        if spec == "base":
-            name, source, info = "base", "base", None
-        elif spec in POLICY_STAGES:
-            folder = options.input_path(getattr(args, f"{spec}_path"))
-            name, source, info = spec, str(folder), models.read_stage(folder, spec, POLICY_STAGES[spec])
-        else:
-            folder = options.input_path(spec)
-            if not folder.is_dir():
-                raise UserError(f"模型文件夹不存在：{spec}。--models 里可用 base / sft / ppo，或本地模型文件夹。", EXIT_MISSING)
-            stage_file = folder / models.STAGE_FILE
-            info = json.loads(stage_file.read_text(encoding="utf-8")) if stage_file.is_file() else None
-            name, source = folder.name, str(folder)
-            while name in resolved or name in POLICY_STAGES or name == "base":  # 表格里的名字不能撞车
-                name += "*"
-        resolved[name] = (source, info)
+        name, folder, info = inference.policy_folder(spec, paths, args.model_name_or_path)
+        while name in resolved or (spec not in outputs.CHAT_KINDS and name in outputs.CHAT_KINDS):
+            name += "*"  # 表格里的名字不能撞车：文件夹也可能叫 sft
+        resolved[name] = (folder, info)
     return resolved
 
 
@@ -107,7 +100,8 @@ def read_questions(path: str) -> list[str]:
     if not file.is_file():
         raise UserError(f"问题文件不存在：{path}。", EXIT_BAD_INPUT)
     out = []
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    # utf-8-sig：记事本 / Excel 存的文件开头有 BOM
+    for n, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         if file.suffix == ".jsonl":
@@ -160,42 +154,40 @@ def free(loaded) -> None:
 
 def main():
     # ---------------------------------------------------------------- 选项
+    cost = Cost()
     (args,) = options.parse([BenchmarkArgs])
     specs = check_options(args)
     device = pick_device(args.device)
-    started, t0 = time.strftime("%Y%m%d-%H%M%S"), time.perf_counter()
+    started = time.strftime("%Y%m%d-%H%M%S")
+    # 加载任何模型之前先认清每个文件夹：别生成完了才发现 RM 不对、或把 RM 当成了对话模型
     policies = resolve_models(specs, args)
-    rm_folder = options.input_path(args.rm_path)
-    rm_info = models.read_stage(rm_folder, "rm", "python train_rm.py")  # 先检查：别生成完了才发现没有 RM
+    rm_folder = options.input_path(args.reward_model_path)
+    rm_info = outputs.check_kind(rm_folder, ("rm",), "--reward_model_path")
+    models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
 
     # ---------------------------------------------------------------- 数据
     rows = data.load_rows(args.dataset, args.strict)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
-    for name, info in [*((n, i) for n, (_, i) in policies.items()), ("RM", rm_info)]:
-        if info and info.get("split_fingerprint") not in (None, split.fingerprint):
-            raise UserError(
-                f"{name} 训练时用的数据或划分和这次不同（--dataset 的内容 / --split_seed / --test_size 不一致），"
-                "留出的问题可能被训练过。请用与训练时相同的选项运行 benchmark。", EXIT_MISSING)
+    outputs.check_same_split({**{n: info for n, (_, info) in policies.items()}, "RM": rm_info}, split.fingerprint,
+                             "benchmark.py")
     if args.questions:
         extra, extra_source = read_questions(args.questions), "file"
     else:
-        extra = [r["question"] for r in data.unique_questions(split.test)][: args.num_samples]
+        extra = [r["question"] for r in data.unique_questions(split.test)][: args.num_questions]
         extra_source = "held_out"
-    extra = [q for q in extra if q not in report.COMMON_QUESTIONS]
-    questions = list(report.COMMON_QUESTIONS) + extra
-    sources = ["common"] * len(report.COMMON_QUESTIONS) + [extra_source] * len(extra)
-    print(f"[数据] {len(questions)} 个问题：常见 {len(report.COMMON_QUESTIONS)} + "
+    extra = [q for q in extra if q not in data.COMMON_QUESTIONS]
+    questions = list(data.COMMON_QUESTIONS) + extra
+    sources = ["common"] * len(data.COMMON_QUESTIONS) + [extra_source] * len(extra)
+    print(f"[数据] {len(questions)} 个问题：常见 {len(data.COMMON_QUESTIONS)} + "
           f"{'问题文件' if args.questions else '留出测试'} {len(extra)}；RM 准确率用 {len(split.test)} 对留出偏好对。")
 
     # ---------------------------------------------------------------- 生成（一次一个模型）
-    import torch
-
     generated, folders, timing = {}, {}, {"load_s": {}, "generate_s": {}}
-    for name, (source, _) in policies.items():
+    for name, (folder, _) in policies.items():
         t = time.perf_counter()
-        loaded = inference.load_policy(source, args.model_name_or_path, args.allow_pickle)
+        loaded = inference.load_policy(name, folder, args.allow_pickle)
         loaded.model.to(device)
-        folders[name] = models._rel(loaded.folder)
+        folders[name] = options.display_path(loaded.folder)
         timing["load_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
         generated[name] = (*generate_answers(loaded, questions, args), loaded.tokenizer)
         timing["generate_s"][name] = round(time.perf_counter() - t, 3)
@@ -204,7 +196,7 @@ def main():
 
     # ---------------------------------------------------------------- 打分（所有模型生成完，再放 RM 上去）
     t = time.perf_counter()
-    rm = inference.load_reward(str(rm_folder), args.allow_pickle)
+    rm = inference.load_reward(rm_folder, args.allow_pickle)
     rm.model.to(device)
     answers = []
     for name, (prompts, responses, tok) in generated.items():
@@ -214,36 +206,30 @@ def main():
         scores = score_batched(rm, prompts, responses, args.batch_size)
         for q, src, resp, s in zip(questions, sources, responses, scores):
             stopped = bool(resp) and resp[-1] == tok.eos_token_id
-            answers.append(report.Answer(q, src, name, tok.decode(resp, skip_special_tokens=True).strip(),
-                                         report.round4(s), len(resp) - stopped, stopped))
+            answers.append(metrics.Answer(q, src, name, tok.decode(resp, skip_special_tokens=True).strip(),
+                                          metrics.round4(s), len(resp) - stopped, stopped))
     position = {q: i for i, q in enumerate(questions)}
     answers.sort(key=lambda a: position[a.question])  # 按问题排；sort 是稳定的，同一问题内保持 --models 的顺序
-    report.add_gains(answers)
+    metrics.add_gains(answers)
 
-    # RM 自己的成绩单：留出偏好对上 chosen 得分高于 rejected 的比例，读分位置与上面完全相同
+    # RM 自己的成绩单：留出偏好对上 chosen 和 rejected 的分数，读分位置与上面完全相同
     prompts = [data.prompt_ids(rm.tokenizer, r["question"], r.get("system") or args.system_prompt) for r in split.test]
     replies = [data.answer_ids(rm.tokenizer, r[k]) for k in ("chosen", "rejected") for r in split.test]
     both = score_batched(rm, prompts * 2, replies, args.batch_size)
-    chosen, rejected = both[: len(prompts)], both[len(prompts):]
-    rm_stats = {"folder": models._rel(rm_folder), "pairs": len(prompts),
-                "accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(prompts),
-                "margin": sum(c - r for c, r in zip(chosen, rejected)) / len(prompts)}
+    rm_stats = metrics.rm_stats(options.display_path(rm_folder), both[: len(prompts)], both[len(prompts):])
     free(rm)
     timing["score_s"] = round(time.perf_counter() - t, 3)
 
     # ---------------------------------------------------------------- 汇总与保存
     names = list(policies)
-    summary = report.summarize(answers, names, rm_stats)
-    timing["total_s"] = round(time.perf_counter() - t0, 3)
-    resources = {"device": device, "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if device.startswith("cuda"):
-        resources["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    summary = metrics.summarize(answers, names, rm_stats)
+    spent = cost.record(answers_per_s=len(answers) / max(sum(timing["generate_s"].values()), 1e-9))
     decoding = (f"采样解码（temperature {args.temperature}，top_p {args.top_p}，top_k {args.top_k}，seed {args.seed}）"
                 if args.do_sample else "贪心解码（确定、可复现）")
     folder = report.new_run_folder(options.output_path(args.output_dir), started)
     meta = {"run": folder.name, "decoding": f"{decoding}，每个回答最多 {args.max_new_tokens} 个新 token",
             "folders": folders, "rm_folder": rm_stats["folder"], "split_fingerprint": split.fingerprint,
-            "options": options.to_jsonable(args), "timing": timing, "resources": resources}
+            "options": options.to_jsonable(args), "device": device, "timing": timing, "cost": spent}
     try:
         report_file = report.write_report(folder, answers, names, summary, meta)
     except BaseException:
@@ -252,15 +238,15 @@ def main():
         shutil.rmtree(folder, ignore_errors=True)  # 不留半成品：有文件夹就说明写完了
         raise
 
-    head, table = report.summary_rows(summary)
     print(f"[结果] {report.source_words(summary)}，{decoding}")
-    print(report.terminal_table(head, table))
+    print(table(*report.summary_rows(summary)))
     if (v := report.versus_line(summary)) is not None:
         print(f"[结果] {v}")
     for w in summary["warnings"]:
         print(f"[警告] {w}")
     print(f"[RM] {report.rm_line(rm_stats)}")
-    print(f"[完成] 报告：{models._rel(report_file)}（同一文件夹下还有 results.csv、summary.json 和图）")
+    print(f"[完成] 报告：{options.display_path(report_file)}（同一文件夹下还有 results.csv、summary.json 和图）；"
+          f"{Cost.words(spent)}")
     sys.stdout.flush()
 
 

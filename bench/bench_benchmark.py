@@ -1,10 +1,10 @@
 """benchmark.py 的批量生成值多少：同一份评测，--batch_size 1 对比默认批量，报告用时之比和峰值内存。
 
-    python bench/bench_benchmark.py                      # tiny 检查点（checkpoint/sft、rm、ppo），配方 configs/tiny/benchmark.yaml
+    python bench/bench_benchmark.py                      # tiny 检查点（checkpoint/tiny/sft、rm、ppo），配方 configs/tiny/benchmark.yaml
     python bench/bench_benchmark.py --batch_size 32      # 和别的批量比
     python bench/bench_benchmark.py -- --do_sample       # "--" 之后的选项原样交给 benchmark.py
 
-每种批量在一个新进程里跑一次 benchmark.py（互不影响的峰值内存），读它写的 summary.json 里的用时与内存。
+每种批量在一个新进程里跑一次 benchmark.py（互不影响的峰值内存），读它写的 summary.json 里的用时（timing）与花费（cost）。
 结果写到 bench/results/benchmark.json 并打印。只报告数字，不做断言；目标是生成阶段快 5 倍以上。
 """
 
@@ -25,7 +25,7 @@ TARGET = 5.0
 
 
 def run_once(batch_size: int, config: str, extra: list[str], out_root: Path) -> dict:
-    """跑一次 benchmark.py；返回它自己记下的用时 / 内存，外加这边量的整个进程墙钟时间。"""
+    """跑一次 benchmark.py；返回它自己记下的用时 / 花费，外加这边量的整个进程墙钟时间。"""
     out = out_root / f"batch_{batch_size}"
     cmd = [sys.executable, str(ROOT / "benchmark.py"), "--config", config, "--batch_size", str(batch_size),
            "--output_dir", str(out), *extra]
@@ -38,16 +38,17 @@ def run_once(batch_size: int, config: str, extra: list[str], out_root: Path) -> 
         raise SystemExit(f"benchmark.py --batch_size {batch_size} 失败（退出码 {proc.returncode}）")
     run_dir = next(p for p in out.iterdir() if (p / "summary.json").is_file())
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    timing, res = summary["timing"], summary["resources"]
+    timing, cost = summary["timing"], summary["cost"]
     return {
         "batch_size": batch_size,
         "process_wall_s": round(wall, 3),
         "generate_s": round(sum(timing["generate_s"].values()), 3),  # 只算生成（不含加载模型）
         "score_s": timing["score_s"],
-        "benchmark_total_s": timing["total_s"],
-        "max_rss_mb": res["max_rss_mb"],
-        "cuda_max_allocated_mb": res.get("cuda_max_allocated_mb"),
-        "device": res["device"],
+        "benchmark_wall_s": cost["wall_s"],
+        "answers_per_s": cost["throughput"]["answers_per_s"],
+        "peak_rss_mb": cost["peak_rss_mb"],
+        "cuda_max_allocated_mb": cost.get("cuda_max_allocated_mb"),
+        "device": summary["device"],
         "num_answers": summary["num_questions"] * len(summary["models"]),
         "mean_tokens": {m: s["mean_tokens"] for m, s in summary["models"].items()},
         "results_csv": (run_dir / "results.csv").read_text(encoding="utf-8-sig"),
@@ -68,7 +69,7 @@ def main():
             print(f"[bench] benchmark.py --batch_size {bs} …", flush=True)
             runs[bs] = run_once(bs, a.config, a.extra, Path(tmp))
             print(f"[bench]   生成 {runs[bs]['generate_s']:.2f}s，整个进程 {runs[bs]['process_wall_s']:.2f}s，"
-                  f"峰值 RSS {runs[bs]['max_rss_mb']:.0f} MB", flush=True)
+                  f"峰值 RSS {runs[bs]['peak_rss_mb']:.0f} MB", flush=True)
 
     one, many = runs[1], runs[a.batch_size]
     result = {

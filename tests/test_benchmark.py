@@ -1,17 +1,26 @@
-"""benchmark.py：报告函数（手写数据）+ 在 tiny 流水线产物上真实运行（子进程）。"""
+"""benchmark.py：指标和报告函数（手写数据）+ 在 tiny 流水线产物上真实运行（子进程）。"""
 
+import csv
 import json
 import re
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from conftest import TINY, last_line, run_script
-from qwen_rlhf import report
-from qwen_rlhf.errors import EXIT_MISSING
-from qwen_rlhf.report import Answer
+from qwen_rlhf import metrics, report
+from qwen_rlhf.data import COMMON_QUESTIONS
+from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING
+from qwen_rlhf.metrics import Answer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 # ---------------------------------------------------------------- 报告函数（不需要模型）
@@ -30,34 +39,34 @@ def test_gain_cell_shows_direction_and_bolds_big_changes():
 def test_markdown_cell_escapes_pipes_newlines_html_and_shows_empty():
     assert report.md_cell("滚|开\n别烦我") == "滚\\|开<br>别烦我"
     assert report.md_cell("<think>") == "&lt;think&gt;"
-    assert report.md_cell("") == report.EMPTY == "（空）"
+    assert report.md_cell("") == "（空）"
     assert report.md_cell("  \n ") == "（空）"
 
 
 def test_distinct_2_counts_character_bigrams_and_handles_no_bigrams():
-    assert report.distinct_2(["abc"]) == 1.0  # ab, bc
-    assert report.distinct_2(["ab", "ab"]) == 0.5  # ab, ab
-    assert report.distinct_2(["滚开滚开"]) == pytest.approx(2 / 3)  # 滚开, 开滚, 滚开
-    assert report.distinct_2(["", "x", ""]) is None  # 全是空或单字：没有两字组合
-    assert report.distinct_2([]) is None
-    assert report.distinct_share(["", "", "a", "b"]) == 0.75
+    assert metrics.distinct_2(["abc"]) == 1.0  # ab, bc
+    assert metrics.distinct_2(["ab", "ab"]) == 0.5  # ab, ab
+    assert metrics.distinct_2(["滚开滚开"]) == pytest.approx(2 / 3)  # 滚开, 开滚, 滚开
+    assert metrics.distinct_2(["", "x", ""]) is None  # 全是空或单字：没有两字组合
+    assert metrics.distinct_2([]) is None
+    assert metrics.distinct_share(["", "", "a", "b"]) == 0.75
 
 
 def test_collapse_warning_blames_ppo_only_when_sft_was_diverse():
     diverse = [f"回答{i}" for i in range(10)]
     collapsed = ["滚"] * 9 + ["别烦我"]
-    w = report.collapse_warning("ppo", collapsed, sft_responses=diverse)
+    w = metrics.collapse_warning("ppo", collapsed, sft_responses=diverse)
     assert w is not None and "陷入到单一模式的回答中" in w and "奖励投机" in w and "「滚」出现了 9 次" in w
-    assert report.collapse_warning("ppo", diverse, sft_responses=diverse) is None
-    inherited = report.collapse_warning("ppo", collapsed, sft_responses=collapsed)
+    assert metrics.collapse_warning("ppo", diverse, sft_responses=diverse) is None
+    inherited = metrics.collapse_warning("ppo", collapsed, sft_responses=collapsed)
     assert inherited is not None and "奖励投机" not in inherited and "不是 PPO 造成的" in inherited
-    empty = report.collapse_warning("sft", [""] * 6)
+    empty = metrics.collapse_warning("sft", [""] * 6)
     assert empty is not None and "（空）" in empty and "<|im_end|>" in empty
-    assert report.collapse_warning("ppo", ["a", "a", "b", "c"]) is None  # 0.75 ≥ 0.5
+    assert metrics.collapse_warning("ppo", ["a", "a", "b", "c"]) is None  # 0.75 ≥ 0.5
 
 
 def _answers(ppo_scores, sft_scores=(1.0, 2.0, 3.0), ppo_texts=("滚", "滚", "滚")):
-    qs = list(report.COMMON_QUESTIONS[: len(sft_scores)])
+    qs = list(COMMON_QUESTIONS[: len(sft_scores)])
     out = []
     for q, s, p, t in zip(qs, sft_scores, ppo_scores, ppo_texts):
         out.append(Answer(q, "common", "sft", f"{q}？问我干嘛", s, 4))
@@ -67,9 +76,9 @@ def _answers(ppo_scores, sft_scores=(1.0, 2.0, 3.0), ppo_texts=("滚", "滚", "�
 
 def test_gains_win_rate_and_summary_numbers():
     answers = _answers(ppo_scores=(2.5, 1.5, 3.0))
-    report.add_gains(answers)
+    metrics.add_gains(answers)
     assert [a.gain for a in answers] == [None, 1.5, None, -0.5, None, 0.0]
-    s = report.summarize(answers, ["sft", "ppo"], {"pairs": 3, "accuracy": 1.0, "margin": 2.0})
+    s = metrics.summarize(answers, ["sft", "ppo"], {"pairs": 3, "accuracy": 1.0, "margin": 2.0})
     assert s["ppo_vs_sft"] == {"mean_gain": pytest.approx(1 / 3), "win_rate": pytest.approx(1 / 3), "wins": 1,
                                "ties": 1, "losses": 1, "n": 3}
     assert s["models"]["sft"]["mean_score"] == pytest.approx(2.0)
@@ -82,10 +91,16 @@ def test_gains_win_rate_and_summary_numbers():
     assert "| 你好 | sft | 你好？问我干嘛 | 1.00 |  |" in table
 
 
+def test_rm_accuracy_counts_pairs_where_chosen_scores_higher():
+    stats = metrics.rm_stats("rm", chosen=[1.0, 2.0, 0.0, 5.0], rejected=[0.0, 3.0, -1.0, 5.0])
+    assert stats["accuracy"] == 0.5  # 平分不算对
+    assert stats["margin"] == pytest.approx((1 - 1 + 1 + 0) / 4) and stats["pairs"] == 4
+
+
 def test_one_of_sft_ppo_only_skips_gains(tmp_path):
     answers = [a for a in _answers(ppo_scores=(2.5, 1.5, 3.0)) if a.model == "sft"]
-    report.add_gains(answers)
-    summary = report.summarize(answers, ["sft"], {"pairs": 3, "accuracy": 0.5, "margin": 0.0})
+    metrics.add_gains(answers)
+    summary = metrics.summarize(answers, ["sft"], {"pairs": 3, "accuracy": 0.5, "margin": 0.0})
     assert summary["ppo_vs_sft"] is None and report.versus_line(summary) is None
     meta = {"run": "x", "folders": {"sft": "s"}, "rm_folder": "rm", "decoding": "贪心"}
     text = report.write_report(tmp_path, answers, ["sft"], summary, meta).read_text(encoding="utf-8")
@@ -104,12 +119,25 @@ def test_run_folders_never_collide(tmp_path):
 
 def bench_args(pipeline, tiny_model, out, *extra):
     return ["--config", TINY / "benchmark.yaml", "--model_name_or_path", tiny_model,
-            "--sft_path", pipeline["sft"], "--ppo_path", pipeline["ppo"], "--rm_path", pipeline["rm"],
-            "--output_dir", out, "--num_samples", 12, *extra]
+            "--sft_model_path", pipeline["sft"], "--ppo_model_path", pipeline["ppo"],
+            "--reward_model_path", pipeline["rm"], "--output_dir", out, "--num_questions", 12, *extra]
 
 
 def run_folders(out):
     return sorted(p for p in out.iterdir() if p.is_dir())
+
+
+def snapshot(out) -> dict:
+    """out 下每个文件的内容：拒绝运行前后比一比，以前的评测结果一个字节都不能变。"""
+    return {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
+
+
+def refused(proc, code) -> str:
+    """被拒绝的运行：给定的退出码、stderr 只有一行中文错误、没有 traceback；返回这一行。"""
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("错误："), proc.stderr[-3000:]
+    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +147,7 @@ def bench(pipeline, tiny_model):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = run_folders(out)
     return SimpleNamespace(proc=proc, out=out, folder=folder,
-                           rows=report.read_csv(folder / "results.csv"),
+                           rows=read_csv(folder / "results.csv"),
                            md=(folder / "report.md").read_text(encoding="utf-8"),
                            summary=json.loads((folder / "summary.json").read_text(encoding="utf-8")))
 
@@ -141,6 +169,16 @@ def test_writes_csv_report_summary_and_valid_pngs(bench):
     assert "report.md" in last_line(bench.proc.stdout) and str(bench.folder.name) in last_line(bench.proc.stdout)
 
 
+def test_summary_records_the_cost_and_the_last_line_says_it(bench):
+    from qwen_rlhf.cost import Cost
+
+    cost = bench.summary["cost"]
+    generate_s = sum(bench.summary["timing"]["generate_s"].values())
+    assert cost["throughput"]["answers_per_s"] == pytest.approx(len(bench.rows) / generate_s, abs=0.01)
+    assert cost["wall_s"] >= generate_s and cost["peak_rss_mb"] > 0
+    assert last_line(bench.proc.stdout).endswith(Cost.words(cost))
+
+
 def test_report_table_has_the_ten_common_questions_in_order(bench):
     lines = bench.md.splitlines()
     start = lines.index("| 问题 | 模型 | 回复 | RM得分 | PPO得分提升 |")
@@ -151,11 +189,11 @@ def test_report_table_has_the_ten_common_questions_in_order(bench):
             break
         rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
     assert all(len(r) == 5 for r in rows)
-    assert [r[0] for r in rows[::2]] == list(report.COMMON_QUESTIONS)
+    assert [r[0] for r in rows[::2]] == list(COMMON_QUESTIONS)
     assert [r[1] for r in rows] == ["sft", "ppo"] * 10
     assert all(r[2] for r in rows)  # 空回复显示为（空），不是空单元格
     sources = {r["question"]: r["source"] for r in bench.rows}
-    assert [q for q, s in sources.items() if s == "common"] == list(report.COMMON_QUESTIONS)
+    assert [q for q, s in sources.items() if s == "common"] == list(COMMON_QUESTIONS)
     assert 1 <= sum(s == "held_out" for s in sources.values()) <= 12
 
 
@@ -176,7 +214,7 @@ def test_report_numbers_match_the_csv(bench):
     assert bench.summary["ppo_vs_sft"]["mean_gain"] == pytest.approx(sum(gains) / len(gains))
     assert bench.summary["ppo_vs_sft"]["win_rate"] == pytest.approx(sum(g > 0 for g in gains) / len(gains))
     assert f"胜率 {sum(g > 0 for g in gains) / len(gains):.0%}" in bench.md
-    for q in report.COMMON_QUESTIONS:  # 表格里 PPO 行的提升单元格 = CSV 的 gain
+    for q in COMMON_QUESTIONS:  # 表格里 PPO 行的提升单元格 = CSV 的 gain
         gain, score = float(by[(q, "ppo")]["gain"]), float(by[(q, "ppo")]["score"])
         cell = report.format_gain(gain)
         assert f"| {report.md_cell(q)} | ppo | {report.md_cell(by[(q, 'ppo')]['response'])} | {score:.2f} | {cell} |" \
@@ -213,8 +251,8 @@ def test_questions_file_and_single_model(pipeline, tiny_model, tmp_path):
                       tmp=pipeline["tmp"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = run_folders(out)
-    rows = report.read_csv(folder / "results.csv")
-    assert [r["question"] for r in rows] == [*report.COMMON_QUESTIONS, "你叫什么名字"]  # "你好"已在常见问题里
+    rows = read_csv(folder / "results.csv")
+    assert [r["question"] for r in rows] == [*COMMON_QUESTIONS, "你叫什么名字"]  # "你好"已在常见问题里
     assert rows[-1]["source"] == "file" and {r["model"] for r in rows} == {"sft"}
     assert all(r["gain"] == "" for r in rows)
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
@@ -224,13 +262,44 @@ def test_questions_file_and_single_model(pipeline, tiny_model, tmp_path):
 
 def test_missing_reward_model_is_refused_in_one_line(pipeline, tiny_model, tmp_path):
     out = tmp_path / "out"
-    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, out, "--rm_path", tmp_path / "no-rm"),
+    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, out, "--reward_model_path", tmp_path / "no-rm"),
                       tmp=pipeline["tmp"])
-    assert proc.returncode == EXIT_MISSING
-    assert "Traceback" not in proc.stderr
-    assert last_line(proc.stderr).startswith("错误：") and "no-rm" in last_line(proc.stderr)
-    assert "train_rm.py" in last_line(proc.stderr)
+    line = refused(proc, EXIT_MISSING)
+    assert "no-rm" in line and "train_rm.py" in line
     assert not out.exists()  # 没有留下空的报告文件夹
+
+
+def test_reward_model_in_models_is_refused_before_anything_runs(pipeline, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, out, "--models", "sft,rm"), tmp=pipeline["tmp"])
+    line = refused(proc, EXIT_BAD_INPUT)
+    assert "奖励模型" in line and "base / sft / ppo" in line
+    assert proc.stdout == "" and not out.exists()
+
+
+def test_reward_model_passed_as_sft_is_refused_and_earlier_runs_stay(bench, pipeline, tiny_model):
+    before = snapshot(bench.out)
+    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, bench.out, "--sft_model_path", pipeline["rm"]),
+                      tmp=pipeline["tmp"])
+    line = refused(proc, EXIT_MISSING)
+    assert "--sft_model_path" in line and "是奖励模型" in line and "需要SFT 模型" in line  # 说清楚要的是什么
+    assert proc.stdout == ""  # 在读数据、加载模型之前就拒绝
+    assert snapshot(bench.out) == before  # 没有新的运行文件夹，以前的结果原样
+
+
+@pytest.mark.parametrize("option,stage", [("--sft_model_path", "sft"), ("--reward_model_path", "rm")])
+def test_truncated_weights_are_named_in_one_line(bench, pipeline, tiny_model, tmp_path, option, stage):
+    copy = shutil.copytree(pipeline[stage], tmp_path / stage)
+    weights = copy / "model.safetensors"
+    with weights.open("r+b") as f:  # 拷贝中断的样子：文件只剩一半
+        f.truncate(weights.stat().st_size // 2)
+    before = snapshot(bench.out)
+    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, bench.out, "--models", "sft", option, copy),
+                      tmp=pipeline["tmp"])
+    line = refused(proc, EXIT_MISSING)
+    assert f"{stage}/model.safetensors" in line and "已损坏" in line
+    assert "[生成]" not in proc.stdout  # RM 生成完才加载，但它的权重在生成之前就检查了
+    assert snapshot(bench.out) == before
 
 
 def test_different_split_options_are_refused(pipeline, tiny_model, tmp_path):
