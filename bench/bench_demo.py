@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
+from qwen_rlhf import outputs  # noqa: E402
 
 
 def run(script: str, *args, env) -> dict:
@@ -75,7 +76,7 @@ def main():
                               "--output_dir", work / "benchmark", env=env)
     total = round(time.time() - t0, 1)
 
-    info = {s: json.loads((work / s / "stage.json").read_text()) for s in ("sft", "rm", "ppo")}
+    info = {s: outputs.stage_info(work / s) for s in ("sft", "rm", "ppo")}
     summary = json.loads(next((work / "benchmark").glob("*/summary.json")).read_text())
     for s in info:
         stages[s]["throughput"] = info[s].get("cost", {}).get("throughput")

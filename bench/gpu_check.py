@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
-from qwen_rlhf import console, memory, tiny  # noqa: E402  都不 import torch：父进程不占显存
+from qwen_rlhf import console, memory, outputs, tiny  # noqa: E402  父进程不做 CUDA 运算（import torch 本身不占显存）
 
 SIZES = {"full": ("qwen3-0.6b", tiny.QWEN3_0_6B), "tiny": ("tiny", tiny.TINY)}
 PPO_UPDATES = 8
@@ -181,10 +181,10 @@ def estimate(stage: str, argv: list, config: dict, precision: str) -> float | No
 
 def cost_of(stage: str, out: Path) -> dict | None:
     """脚本自己记下的花费：训练阶段在 stage.json，评测在 <output_dir>/<时间>/summary.json。"""
-    files = sorted(out.glob("*/summary.json")) if stage == "benchmark" else [out / "stage.json"]
-    if not files or not files[-1].is_file():
-        return None
-    return json.loads(files[-1].read_text(encoding="utf-8")).get("cost")
+    if stage != "benchmark":
+        return (outputs.stage_info(out) or {}).get("cost")
+    files = sorted(out.glob("*/summary.json"))
+    return json.loads(files[-1].read_text(encoding="utf-8")).get("cost") if files else None
 
 
 def stage_record(stage: str, argv: list[str], proc: dict, out: Path) -> dict:

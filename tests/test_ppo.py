@@ -61,6 +61,7 @@ def test_ppo_curves_are_logged_once_per_update(pipeline):
     for tag in TB_TAGS:
         assert len(scalars[f"ppo/{tag}"]) == updates, tag  # README 里写的名字就是 TensorBoard 里看到的名字
     assert all(0 < r <= 1 for r in scalars["ppo/rollout/distinct_ratio"])
+    assert "FutureWarning" not in pipeline["runs"]["ppo"].stderr  # 终端里只有我们的行和进度条
 
 
 def test_tiny_ppo_raises_the_mean_rm_score(pipeline):
