@@ -131,3 +131,12 @@ def pytest_collection_modifyitems(items):
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
                 call in source for call in ("run_script(", "chat_run(", "launch(", "subprocess.")):
             item.add_marker(pytest.mark.slow)
+
+
+def read_by_step(logdir, tag: str) -> dict[int, float]:
+    """{步数: 值}；同一步写过两次时（被 SIGKILL 的运行已经画了那一步，续训又画一次）以后写的为准，和 TensorBoard 显示的一样。"""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {e.step: e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.wall_time)}

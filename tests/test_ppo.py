@@ -13,7 +13,8 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, last_line, offline_env, quarter_means, read_scalars, read_steps, run_script, run_until, stage_args
+from conftest import (ROOT, last_line, offline_env, quarter_means, read_by_step, read_scalars, read_steps, run_script,
+                      run_until, stage_args)
 from qwen_rlhf import data, inference, models, ppo, training
 
 TB_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "policy/entropy_avg", "loss/policy_avg",
@@ -207,15 +208,16 @@ def uninterrupted(pipeline):
 
 
 def assert_same_as_uninterrupted(resumed, whole):
-    """同样的 episode 数和优化器步数、每次更新的学习率相同、曲线步数连续不重复，最终的适配器和 critic 逐位相同
-    （CPU 上同样的线程数下 PyTorch 的运算是确定的，所以可以要求 bitwise 相等）。"""
+    """同样的 episode 数和优化器步数、每次更新的学习率和分数曲线相同（续训接着原来的步数画），最终的适配器和 critic
+    逐位相同（CPU 上同样的线程数下 PyTorch 的运算是确定的，所以可以要求 bitwise 相等）。"""
     from safetensors.torch import load_file
 
     a, b = stage_info(whole), stage_info(resumed)
     assert (b["episodes"], b["optimizer_steps"]) == (a["episodes"], a["optimizer_steps"]) == (48, 6 * 2 * 2)
     assert b["resumed"] and b["resumed"]["at_update"] >= 1
-    assert read_scalars(b["tensorboard"])["ppo/lr"] == read_scalars(a["tensorboard"])["ppo/lr"]
-    assert read_steps(b["tensorboard"], "ppo/objective/scores") == list(range(1, 7))
+    for tag in ("ppo/lr", "ppo/objective/scores"):
+        assert read_by_step(b["tensorboard"], tag) == read_by_step(a["tensorboard"], tag), tag
+    assert sorted(read_by_step(b["tensorboard"], "ppo/lr")) == list(range(1, 7))
     for name in ("adapter_model.safetensors", "critic/model.safetensors"):
         wa, wb = load_file(str(whole / name)), load_file(str(resumed / name))
         assert wa.keys() == wb.keys()
@@ -238,6 +240,7 @@ def test_sigterm_saves_a_checkpoint_and_the_printed_command_resumes_to_the_same_
     r = run([sys.executable, ROOT / "train_ppo.py", *command[2:]], pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_as_uninterrupted(out, uninterrupted)
+    assert read_steps(stage_info(out)["tensorboard"], "ppo/objective/scores") == list(range(1, 7))  # 每步只画一次
     assert not (pipeline["tmp"] / "ppo-term-trainer-checkpoints").exists()
 
 
