@@ -24,7 +24,6 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 from trl.experimental.ppo import PPOTrainer
 
-from .errors import UserError
 from .options import display_path
 from .outputs import write_json
 
