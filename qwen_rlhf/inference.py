@@ -29,8 +29,8 @@ def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[st
     paths：{"sft": --sft_model_path, "ppo": --ppo_model_path}，chat.py 和 benchmark.py 用同样的选项名。
     """
     if spec == "base":
-        folder = resolve_model_source(base_model)
-        return "base", folder, check_kind(folder, ("base",), "--model_name_or_path")
+        folder = resolve_model_source(base_model)  # 本地文件夹的种类已在这里检查过（基座或 SFT）
+        return "base", folder, stage_info(folder)
     if spec in paths:
         folder = input_path(paths[spec])
         return spec, folder, check_kind(folder, (spec,), f"--{spec}_model_path")
