@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -168,9 +169,13 @@ class RLHFPPOTrainer(PPOTrainer):
         restore_rng = (lambda: self._load_rng_state(self.resumed["checkpoint"])) if self.resumed else None
         self.dataloader = SkipFirst(train_dataloader, done, then=restore_rng)
         self._train_started = time.perf_counter()
+        # TRL 1.12 每次更新调用两次 gc.collect()；import 和加载留下几十万个对象，每次全量回收约 0.2 秒。
+        # freeze 把已有的对象移出回收范围（它们本来也活到结束），之后新建的对象照常回收
+        gc.freeze()
         try:
             super().train()
         finally:
+            gc.unfreeze()
             self.args.num_total_batches, self.dataloader = total, train_dataloader
             self.train_seconds = time.perf_counter() - self._train_started
 
