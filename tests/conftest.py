@@ -1,9 +1,14 @@
 """测试共用：在临时目录里跑真实脚本（子进程），离线、CPU、小模型。"""
 
+import io
+import logging
 import os
+import runpy
 import subprocess
 import sys
 import threading
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -38,6 +43,38 @@ def run_script(script: str, *args, tmp: Path, timeout: int = 1200, env: dict | N
     cmd = [sys.executable, str(ROOT / script), *map(str, args)]
     return subprocess.run(cmd, cwd=cwd or ROOT, env=env or offline_env(tmp), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_inline(script: str, *args, tmp: Path, stdin: bytes = b"", cwd=None) -> subprocess.CompletedProcess:
+    """和 run_script 一样运行脚本的 `__main__`（同样的 errors.run、退出码、stdout / stderr），但在测试进程里（runpy），
+    省掉每个子进程 5–7 秒的 import。只用于不训练、不等信号的运行（被拒绝的选项、数据和产物，评测，管道里的对话）；
+    训练、信号、进程退出码本身的测试用 run_script。stdin 按字节给，像管道一样。"""
+    argv = [str(ROOT / script), *map(str, args)]
+    # 真正的文本流（脚本会 reconfigure 它们），write_through：直接落到底下的字节缓冲里
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True) for _ in range(2))
+    code = 0
+    extra = {k: v for k, v in offline_env(tmp).items() if os.environ.get(k) != v}
+    # 库的 logging 处理器在创建时记住了当时的 stderr：也换成 err，子进程里能看到的警告这里一样看得到
+    handlers = [h for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+                for h in getattr(logger, "handlers", []) if type(h) is logging.StreamHandler
+                and h.stream in (sys.stderr, sys.__stderr__)]
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(out), redirect_stderr(err):
+        for h in handlers:
+            mp.setattr(h, "stream", err)
+        mp.setattr(sys, "argv", argv)
+        mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        mp.chdir(cwd or ROOT)
+        mp.delenv("QWEN_RLHF_DEBUG", raising=False)
+        for key, value in extra.items():
+            mp.setenv(key, value)
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException:  # noqa: BLE001  和 python 一样：未处理的异常打印 traceback、退出码 1
+            traceback.print_exc(file=err)
+            code = 1
+    return subprocess.CompletedProcess(argv, code, *(f.buffer.getvalue().decode() for f in (out, err)))
 
 
 def run_until(cmd, env, marker, timeout=300, new_session=False):

@@ -1,4 +1,4 @@
-"""benchmark.py：指标和报告函数（手写数据）+ 在 tiny 流水线产物上真实运行（子进程）。"""
+"""benchmark.py：指标和报告函数（手写数据）+ 在 tiny 流水线产物上真实运行（子进程；被拒绝的运行用 run_inline 在测试进程里）。"""
 
 import csv
 import json
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import TINY, last_line, run_script
+from conftest import TINY, last_line, run_inline, run_script
 from qwen_rlhf import metrics, report
 from qwen_rlhf.data import COMMON_QUESTIONS
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING
@@ -235,7 +235,7 @@ def test_rm_accuracy_is_printed_as_a_share(bench):
 
 
 def test_two_runs_give_identical_results_in_new_folders(bench, pipeline, tiny_model):
-    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, bench.out), tmp=pipeline["tmp"])
+    proc = run_inline("benchmark.py", *bench_args(pipeline, tiny_model, bench.out), tmp=pipeline["tmp"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     folders = run_folders(bench.out)
     assert len(folders) == 2 and bench.folder in folders  # 第一次的结果没有被覆盖
@@ -247,7 +247,7 @@ def test_questions_file_and_single_model(pipeline, tiny_model, tmp_path):
     qfile = tmp_path / "q.jsonl"
     qfile.write_text('{"question": "你叫什么名字"}\n\n{"question": "你好"}\n', encoding="utf-8")
     out = tmp_path / "out"
-    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, out, "--models", "sft", "--questions", qfile),
+    proc = run_inline("benchmark.py", *bench_args(pipeline, tiny_model, out, "--models", "sft", "--questions", qfile),
                       tmp=pipeline["tmp"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = run_folders(out)
@@ -262,7 +262,7 @@ def test_questions_file_and_single_model(pipeline, tiny_model, tmp_path):
 
 def test_missing_reward_model_is_refused_in_one_line(pipeline, tiny_model, tmp_path):
     out = tmp_path / "out"
-    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, out, "--reward_model_path", tmp_path / "no-rm"),
+    proc = run_inline("benchmark.py", *bench_args(pipeline, tiny_model, out, "--reward_model_path", tmp_path / "no-rm"),
                       tmp=pipeline["tmp"])
     line = refused(proc, EXIT_MISSING)
     assert "no-rm" in line and "train_rm.py" in line
@@ -271,7 +271,7 @@ def test_missing_reward_model_is_refused_in_one_line(pipeline, tiny_model, tmp_p
 
 def test_reward_model_in_models_is_refused_before_anything_runs(pipeline, tiny_model, tmp_path):
     out = tmp_path / "out"
-    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, out, "--models", "sft,rm"), tmp=pipeline["tmp"])
+    proc = run_inline("benchmark.py", *bench_args(pipeline, tiny_model, out, "--models", "sft,rm"), tmp=pipeline["tmp"])
     line = refused(proc, EXIT_BAD_INPUT)
     assert "奖励模型" in line and "base / sft / ppo" in line
     assert proc.stdout == "" and not out.exists()
@@ -279,7 +279,7 @@ def test_reward_model_in_models_is_refused_before_anything_runs(pipeline, tiny_m
 
 def test_reward_model_passed_as_sft_is_refused_and_earlier_runs_stay(bench, pipeline, tiny_model):
     before = snapshot(bench.out)
-    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, bench.out, "--sft_model_path", pipeline["rm"]),
+    proc = run_inline("benchmark.py", *bench_args(pipeline, tiny_model, bench.out, "--sft_model_path", pipeline["rm"]),
                       tmp=pipeline["tmp"])
     line = refused(proc, EXIT_MISSING)
     assert "--sft_model_path" in line and "是奖励模型" in line and "需要SFT 模型" in line  # 说清楚要的是什么
@@ -294,7 +294,7 @@ def test_truncated_weights_are_named_in_one_line(bench, pipeline, tiny_model, tm
     with weights.open("r+b") as f:  # 拷贝中断的样子：文件只剩一半
         f.truncate(weights.stat().st_size // 2)
     before = snapshot(bench.out)
-    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, bench.out, "--models", "sft", option, copy),
+    proc = run_inline("benchmark.py", *bench_args(pipeline, tiny_model, bench.out, "--models", "sft", option, copy),
                       tmp=pipeline["tmp"])
     line = refused(proc, EXIT_MISSING)
     assert f"{stage}/model.safetensors" in line and "已损坏" in line
@@ -303,7 +303,7 @@ def test_truncated_weights_are_named_in_one_line(bench, pipeline, tiny_model, tm
 
 
 def test_different_split_options_are_refused(pipeline, tiny_model, tmp_path):
-    proc = run_script("benchmark.py", *bench_args(pipeline, tiny_model, tmp_path / "out", "--test_size", 0.2),
+    proc = run_inline("benchmark.py", *bench_args(pipeline, tiny_model, tmp_path / "out", "--test_size", 0.2),
                       tmp=pipeline["tmp"])
     assert proc.returncode == EXIT_MISSING and "Traceback" not in proc.stderr
     assert "划分" in last_line(proc.stderr) and "--test_size" in last_line(proc.stderr)

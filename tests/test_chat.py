@@ -12,13 +12,12 @@ import select
 import shutil
 import signal
 import struct
-import subprocess
 import sys
 import termios
 import time
 
 import pytest
-from conftest import ROOT, offline_env, run_script
+from conftest import ROOT, offline_env, run_inline
 
 import chat
 from qwen_rlhf import options
@@ -27,11 +26,9 @@ from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 FAST = ["--max_new_tokens", "12", "--seed", "0"]
 
 
-def chat_run(tmp_path, *args, stdin: bytes | None = None):
-    """运行 chat.py；stdin 按字节给（None 时给空输入，等于管道模式下立刻读到结尾）。"""
-    cmd = [sys.executable, str(ROOT / "chat.py"), *map(str, args)]
-    return subprocess.run(cmd, cwd=ROOT, env=offline_env(tmp_path), input=stdin or b"", capture_output=True,
-                          timeout=180)
+def chat_run(tmp_path, *args, stdin: bytes = b""):
+    """在管道里运行 chat.py（stdin 按字节给；空输入等于立刻读到结尾）。"""
+    return run_inline("chat.py", *args, tmp=tmp_path, stdin=stdin)
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +38,18 @@ def single(tiny_model, tmp_path_factory):
 
 
 def test_prompt_mode_prints_one_answer_and_exits(single):
-    out = single.stdout.decode()
-    assert single.returncode == 0, single.stderr.decode()[-2000:]
+    out = single.stdout
+    assert single.returncode == 0, single.stderr[-2000:]
     assert out.strip(), "没有输出回答"
     assert "<think>" not in out and "</think>" not in out
-    assert "Traceback" not in single.stderr.decode()
+    assert "Traceback" not in single.stderr
 
 
 def test_pipe_mode_answers_every_line_in_one_conversation(tiny_model, tmp_path, single):
     r = chat_run(tmp_path, "--model", tiny_model, *FAST, stdin="你好\n\n你是谁？\n".encode())
-    out = r.stdout.decode()
-    assert r.returncode == 0, r.stderr.decode()[-2000:]
-    first = single.stdout.decode()
+    out = r.stdout
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = single.stdout
     # 同一个种子：第一块和 --prompt 的回答相同，后面空一行；空行输入被忽略；第二个问题另有一块回答
     assert out.startswith(first + "\n"), out
     assert out[len(first):].strip(), "第二个问题没有回答"
@@ -65,13 +62,13 @@ def test_pipe_mode_survives_bad_bytes_control_chars_and_huge_lines(tiny_model, t
              + b"x" * 100_000 + b"\n"  # 100 KB：截到 8000 字后能放下 -> 回答
              + "最后一句\n".encode())
     r = chat_run(tmp_path, "--model", tiny_model, "--max_new_tokens", "4", "--seed", "0", stdin=stdin)
-    err = r.stderr.decode()
+    err = r.stderr
     assert r.returncode == 0, err[-2000:]
     assert "Traceback" not in err
     assert err.count("只保留前 8000 个") == 2, err
     assert "已跳过" in err, err
-    blocks = [b for b in r.stdout.decode().split("\n\n") if b.strip()]
-    assert len(blocks) >= 2, r.stdout.decode()  # 跳过的那句之后对话照常继续（随机模型偶尔会输出空行，只要求至少两块）
+    blocks = [b for b in r.stdout.split("\n\n") if b.strip()]
+    assert len(blocks) >= 2, r.stdout  # 跳过的那句之后对话照常继续（随机模型偶尔会输出空行，只要求至少两块）
 
 
 def test_clean_strips_controls_and_truncates(capsys):
@@ -118,7 +115,7 @@ def test_unusable_model_is_refused_in_one_chinese_line(tmp_path, tiny_model, req
         os.truncate(model / "model.safetensors", (model / "model.safetensors").stat().st_size // 2)
     elif case == "rm_folder":  # 只有这一格要训练好的 RM（tiny 流水线，整个测试会话只跑一次）
         model = request.getfixturevalue("pipeline")["rm"]
-    r = run_script("chat.py", "--model", model, "--prompt", "你好", tmp=tmp_path, timeout=180)
+    r = run_inline("chat.py", "--model", model, "--prompt", "你好", tmp=tmp_path)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == code, r.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("错误：") and words in lines[0], r.stderr

@@ -1,14 +1,14 @@
-"""用户能造成的失败：一行中文错误、非零退出码、没有 traceback、之前的结果完好。全部跑真实脚本（子进程）。"""
+"""用户能造成的失败：一行中文错误、非零退出码、没有 traceback、之前的结果完好。全部跑真实脚本：训练开始前就被拒绝的
+在测试进程里跑 `__main__`（run_inline，省掉 import），训练、信号、下载和进程退出码本身在子进程里。"""
 
 import json
 import shutil
-import signal
 import sys
 import time
 
 import pytest
 
-from conftest import ROOT, TINY, last_line, offline_env, run_script, run_until, stage_args
+from conftest import ROOT, TINY, last_line, offline_env, run_inline, run_script, run_until, stage_args
 from qwen_rlhf import errors, outputs
 
 
@@ -40,7 +40,7 @@ GOOD = '{"question": "在吗", "chosen": "滚", "rejected": "在的"}\n'
 )
 def test_bad_data_files_are_refused_before_loading_a_model(tmp_path, tiny_model, name, content, needles):
     f = write(tmp_path / name, content)
-    r = run_script("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--dataset", f), tmp=tmp_path)
+    r = run_inline("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--dataset", f), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, *needles)
     assert not (tmp_path / "out").exists()
 
@@ -48,9 +48,9 @@ def test_bad_data_files_are_refused_before_loading_a_model(tmp_path, tiny_model,
 def test_wrong_encoding_and_missing_file(tmp_path, tiny_model):
     f = tmp_path / "gbk.jsonl"
     f.write_bytes('{"question": "你好吗", "chosen": "滚", "rejected": "好"}\n'.encode("gbk"))
-    r = run_script("train_rm.py", *stage_args("rm", tiny_model, tmp_path / "out", "--dataset", f), tmp=tmp_path)
+    r = run_inline("train_rm.py", *stage_args("rm", tiny_model, tmp_path / "out", "--dataset", f), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, "不是 UTF-8 编码")
-    r = run_script("train_rm.py", *stage_args("rm", tiny_model, tmp_path / "out", "--dataset", "no/such.jsonl"),
+    r = run_inline("train_rm.py", *stage_args("rm", tiny_model, tmp_path / "out", "--dataset", "no/such.jsonl"),
                    tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, "数据文件不存在")
 
@@ -59,7 +59,7 @@ def test_strict_mode_turns_skips_into_refusals(tmp_path, tiny_model):
     lines = (ROOT / "data" / "sample.jsonl").read_text(encoding="utf-8").splitlines()[:40]
     f = write(tmp_path / "d.jsonl", "\n".join(lines[:20] + ['{"question": "  ", "chosen": "滚", "rejected": "好"}']
                                               + lines[20:]) + "\n")
-    r = run_script("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--dataset", f, "--strict", "true"),
+    r = run_inline("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--dataset", f, "--strict", "true"),
                    tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, "d.jsonl:21", "--strict")
 
@@ -78,13 +78,13 @@ def test_strict_mode_turns_skips_into_refusals(tmp_path, tiny_model):
 def test_bad_options_fail_in_seconds_with_one_line(tmp_path, tiny_model, script, extra, needles):
     recipe = {"train_sft.py": "sft", "train_rm.py": "rm", "train_ppo.py": "ppo"}[script]
     t0 = time.time()
-    r = run_script(script, *stage_args(recipe, tiny_model, tmp_path / "out", *extra), tmp=tmp_path)
+    r = run_inline(script, *stage_args(recipe, tiny_model, tmp_path / "out", *extra), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, *needles)
     assert time.time() - t0 < 60  # 在加载任何模型之前就报错
 
 
 def test_recipe_that_does_not_exist(tmp_path):
-    r = run_script("train_sft.py", "--config", "configs/tiny/nope.yaml", tmp=tmp_path)
+    r = run_inline("train_sft.py", "--config", "configs/tiny/nope.yaml", tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, "配方文件不存在")
 
 
@@ -104,7 +104,7 @@ def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path, tiny_model):
         if f.suffix != ".safetensors":
             (folder / f.name).write_bytes(f.read_bytes())
     torch.save(load_file(str(tiny_model / "model.safetensors")), folder / "pytorch_model.bin")
-    r = run_script("train_sft.py", *stage_args("sft", folder, tmp_path / "out"), tmp=tmp_path)
+    r = run_inline("train_sft.py", *stage_args("sft", folder, tmp_path / "out"), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, "--allow_pickle true")
 
 
@@ -118,42 +118,21 @@ def test_nan_loss_stops_with_step_and_saves_nothing(tmp_path, tiny_model):
 
 def test_refuses_to_overwrite_and_keeps_the_earlier_result(pipeline):
     before = (pipeline["sft"] / "model.safetensors").read_bytes()
-    r = run_script("train_sft.py", *stage_args("sft", pipeline["tmp"] / "tiny-qwen3", pipeline["sft"]),
+    r = run_inline("train_sft.py", *stage_args("sft", pipeline["tmp"] / "tiny-qwen3", pipeline["sft"]),
                    tmp=pipeline["tmp"])
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, "已存在且非空", "--overwrite_output_dir true")
     assert (pipeline["sft"] / "model.safetensors").read_bytes() == before
 
 
-def test_sigterm_saves_a_resumable_checkpoint_and_the_printed_command_finishes(tmp_path, tiny_model):
-    """平台关机（SIGTERM）和 Ctrl-C 一样：这一步结束后存检查点，打印一条续训命令；照着运行就能跑完。"""
-    import shlex
-
-    out = tmp_path / "sft"
-    args = stage_args("sft", tiny_model, out, "--logging_steps", "1", "--num_train_epochs", "2")
-    cmd = [sys.executable, str(ROOT / "train_sft.py"), *map(str, args)]
-    proc, lines = run_until(cmd, offline_env(tmp_path), "'loss'")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(120) == errors.EXIT_INTERRUPTED
-    text = "".join(lines)
-    line = last_line(text)
-    assert line.startswith("错误：收到 SIGTERM") and "Traceback" not in text, line
-    work = tmp_path / "sft-trainer-checkpoints"
-    assert sorted(work.glob("checkpoint-*")) and not out.exists()  # 进度单独保存，不冒充完成的结果
-    command = shlex.split(line.split("继续训练：", 1)[1])
-    r = run_script(command[1], *command[2:], "--max_steps", 3, tmp=tmp_path)  # 再走一两步就结束
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert (out / "stage.json").is_file() and not work.exists()
-
-
 def test_checkpoints_of_the_wrong_kind_or_with_damaged_weights_are_refused_in_one_line(pipeline, tmp_path):
     """把 RM 当基座、把截断的权重当基座：一行中文、退出码 3、不留输出文件夹。"""
-    r = run_script("train_sft.py", *stage_args("sft", pipeline["rm"], tmp_path / "out"), tmp=tmp_path)
+    r = run_inline("train_sft.py", *stage_args("sft", pipeline["rm"], tmp_path / "out"), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_MISSING, "是奖励模型（RM）", "--model_name_or_path 需要基座模型 / SFT 模型")
     broken = tmp_path / "broken"
     shutil.copytree(pipeline["tmp"] / "tiny-qwen3", broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100_000])  # 拷贝中断
-    r = run_script("train_rm.py", *stage_args("rm", broken, tmp_path / "out"), tmp=tmp_path)
+    r = run_inline("train_rm.py", *stage_args("rm", broken, tmp_path / "out"), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_MISSING, "model.safetensors 已损坏", "重新")
     assert not (tmp_path / "out").exists()
 
@@ -199,7 +178,7 @@ def test_sigkill_at_any_moment_leaves_a_complete_loadable_result(pipeline, tmp_p
     before = _digest(out / "model.safetensors")
     cmd = [sys.executable, str(ROOT / "train_rm.py"),
            *map(str, stage_args("rm", pipeline["tmp"] / "tiny-qwen3", out, "--overwrite_output_dir", "true",
-                                "--num_train_epochs", "20"))]
+                                "--num_train_epochs", 20 if moment == "training" else 1))]  # 写结果之前不必久等
     proc, _ = run_until(cmd, offline_env(tmp_path), "[数据]")
     if moment == "training":
         time.sleep(1.0)
