@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
+source scripts/cpu_env.sh
 PY="${VENV:-.venv}/bin/python"
 export TOKENIZERS_PARALLELISM=false
 start=$(date +%s)

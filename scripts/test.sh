@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
+source scripts/cpu_env.sh
 exec "${VENV:-.venv}/bin/python" -m pytest -q tests "$@"

@@ -18,6 +18,9 @@ sys.path.insert(0, str(ROOT))
 
 from qwen_rlhf import tiny  # noqa: E402
 
+# 离线测试里连不上 ModelScope 时不必按 1 + 2 + 4 秒重试列文件（modelscope-hub 在 import 时读它；子进程经 offline_env 继承）
+os.environ["MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS"] = "1"
+
 TINY = ROOT / "configs" / "tiny"
 
 
