@@ -225,32 +225,16 @@ def assert_same_as_uninterrupted(resumed, whole):
             assert torch.equal(wa[k], wb[k]), (name, k, (wa[k] - wb[k]).abs().max())
 
 
-def test_sigterm_saves_a_checkpoint_and_the_printed_command_resumes_to_the_same_result(pipeline, uninterrupted):
-    """云平台关机发 SIGTERM：这次更新结束后存检查点，打印一条续训命令；照着它运行，得到和没中断一样的结果。"""
-    out = pipeline["tmp"] / "ppo-term"
-    proc, lines = run_until(ppo_cmd(pipeline, out, "--save_steps", 100), offline_env(pipeline["tmp"]),
-                            "objective/scores")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(300) == 130
-    line = last_line("".join(lines))
-    assert line.startswith("错误：收到 SIGTERM") and "Traceback" not in "".join(lines), line
-    assert not out.exists() and list((pipeline["tmp"] / "ppo-term-trainer-checkpoints").glob("checkpoint-*"))
-    command = shlex.split(line.split("继续训练：", 1)[1])
-    assert command[:2] == ["python", "train_ppo.py"]
-    r = run([sys.executable, ROOT / "train_ppo.py", *command[2:]], pipeline["tmp"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_as_uninterrupted(out, uninterrupted)
-    assert read_steps(stage_info(out)["tensorboard"], "ppo/objective/scores") == list(range(1, 5))  # 每步只画一次
-    assert not (pipeline["tmp"] / "ppo-term-trainer-checkpoints").exists()
-
-
-def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_and_a_changed_run_is_refused(pipeline,
-                                                                                                 uninterrupted, tmp_path):
-    """每次更新都存：第 2 个检查点正在写的时候 SIGKILL，第 1 个仍然完整可用。续训前换了选项或数据：退出码 2、一行说清楚
-    哪里不同、什么都不写；用原来的选项续训（true = 最新的检查点）得到和没中断一样的结果。"""
-    out = pipeline["tmp"] / "ppo-kill"
-    work = pipeline["tmp"] / "ppo-kill-trainer-checkpoints"
-    proc, _ = run_until(ppo_cmd(pipeline, out, "--save_steps", 1), offline_env(pipeline["tmp"]), "[检查点] 第 1 次更新")
+def test_a_run_killed_then_shut_down_resumes_to_exactly_the_uninterrupted_result(pipeline, uninterrupted, tmp_path):
+    """同一次运行先后被两种方式打断，最后和一口气跑完的结果逐位相同：
+    1. 每次更新都存；第 2 个检查点正在写的时候 SIGKILL（断电、OOM killer）：第 1 个仍然完整可用。
+    2. 续训前换了选项或数据：退出码 2、一行说清楚哪里不同、检查点一个文件都不动。
+    3. 用原来的选项续训（true = 最新的检查点），这次被云平台关机的 SIGTERM 打断：这次更新结束后存检查点，打印一条续训命令。
+    4. 照着那条命令运行：跑完，结果和没中断的一样，检查点文件夹删掉。"""
+    out = pipeline["tmp"] / "ppo-resume"
+    work = pipeline["tmp"] / "ppo-resume-trainer-checkpoints"
+    env = offline_env(pipeline["tmp"])
+    proc, _ = run_until(ppo_cmd(pipeline, out, "--save_steps", 1), env, "[检查点] 第 1 次更新")
     deadline = time.time() + 300
     while not (work / ".checkpoint-2.tmp").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)
@@ -271,9 +255,21 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_and_a_changed
     assert changed.returncode == 2 and "数据或划分" in last_line(changed.stderr), changed.stderr[-2000:]
     assert sorted(p.relative_to(work) for p in work.rglob("*")) == before and not out.exists()  # 什么都没写
 
-    r = run(ppo_cmd(pipeline, out, "--save_steps", 1, "--resume_from_checkpoint", "true"), pipeline["tmp"])
+    proc, lines = run_until(ppo_cmd(pipeline, out, "--save_steps", 1, "--resume_from_checkpoint", "true"), env,
+                            "objective/scores")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(300) == 130
+    line = last_line("".join(lines))
+    assert line.startswith("错误：收到 SIGTERM") and "Traceback" not in "".join(lines), line
+    assert not out.exists()
+    command = shlex.split(line.split("继续训练：", 1)[1])
+    assert command[:2] == ["python", "train_ppo.py"]
+    r = run([sys.executable, ROOT / "train_ppo.py", *command[2:]], pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_as_uninterrupted(out, uninterrupted)
+    steps = read_steps(stage_info(out)["tensorboard"], "ppo/objective/scores")
+    assert [s for s in steps if s != 2] == [1, 3, 4]  # 只有第 2 步可能画两次：被 SIGKILL 的运行画了它、却没存下来
+    assert not work.exists()
 
 
 def test_bf16_frozen_weights_give_the_same_rollout_log_probs_and_rm_scores_as_fp32(pipeline):
