@@ -189,6 +189,8 @@ def fit(trainer, stop: GracefulStop, resume: str | bool | None) -> None:
         trainer.train(resume_from_checkpoint=resume)
     except StopRequested:
         raise interrupted(trainer, stop) from None
+    finally:
+        stop.restore()  # 训练出错（NaN、显存不足）时 on_train_end 不会被调用：信号处理在这里交还
 
 
 def announce_global_batch(trainer) -> None:

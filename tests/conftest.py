@@ -50,8 +50,8 @@ def run_script(script: str, *args, tmp: Path, timeout: int = 1200, env: dict | N
 
 def run_inline(script: str, *args, tmp: Path, stdin: bytes = b"", cwd=None) -> subprocess.CompletedProcess:
     """和 run_script 一样运行脚本的 `__main__`（同样的 errors.run、退出码、stdout / stderr），但在测试进程里（runpy），
-    省掉每个子进程 5–7 秒的 import。只用于不训练、不等信号的运行（被拒绝的选项、数据和产物，评测，管道里的对话）；
-    训练、信号、进程退出码本身的测试用 run_script。stdin 按字节给，像管道一样。"""
+    省掉每个子进程 5–7 秒的 import。测的东西和进程本身有关时用 run_script：信号、SIGKILL、多进程、进程的退出状态、
+    在 import 时读取的环境变量（离线、下载地址）、长时间训练。stdin 按字节给，像管道一样。"""
     argv = [str(ROOT / script), *map(str, args)]
     # 真正的文本流（脚本会 reconfigure 它们），write_through：直接落到底下的字节缓冲里
     out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True) for _ in range(2))

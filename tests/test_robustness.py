@@ -1,8 +1,9 @@
-"""用户能造成的失败：一行中文错误、非零退出码、没有 traceback、之前的结果完好。全部跑真实脚本：训练开始前就被拒绝的
-在测试进程里跑 `__main__`（run_inline，省掉 import），训练、信号、下载和进程退出码本身在子进程里。"""
+"""用户能造成的失败：一行中文错误、非零退出码、没有 traceback、之前的结果完好。全部跑真实脚本：大多在测试进程里跑
+`__main__`（run_inline，省掉 import）；信号、SIGKILL、下载失败在子进程里。"""
 
 import json
 import shutil
+import signal
 import sys
 import time
 
@@ -109,10 +110,12 @@ def test_pickle_only_checkpoint_is_refused_unless_allowed(tmp_path, tiny_model):
 
 
 def test_nan_loss_stops_with_step_and_saves_nothing(tmp_path, tiny_model):
-    r = run_script("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--learning_rate", "1e30",
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    r = run_inline("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--learning_rate", "1e30",
                                                "--max_grad_norm", "0", "--logging_steps", "1", "--num_train_epochs", "1"),
                    tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_NUMERIC, "NaN/inf", "步", "--learning_rate")
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # 出错时也交还了 Ctrl-C / SIGTERM
     assert not (tmp_path / "out").exists()
 
 
@@ -142,7 +145,7 @@ def test_a_data_file_saved_with_a_bom_trains(tmp_path, tiny_model):
     rows = [json.loads(x) for x in (ROOT / "data" / "sample.jsonl").read_text(encoding="utf-8").splitlines()[:60]]
     f.write_text("question,chosen,rejected\n" + "".join(f'{r["question"]},{r["chosen"]},{r["rejected"]}\n' for r in rows),
                  encoding="utf-8-sig")
-    r = run_script("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--dataset", f, "--max_steps", 1),
+    r = run_inline("train_sft.py", *stage_args("sft", tiny_model, tmp_path / "out", "--dataset", f, "--max_steps", 1),
                    tmp=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "stage.json").read_text())["stage"] == "sft"
