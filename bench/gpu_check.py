@@ -15,7 +15,7 @@ chat.py 的一轮对话。GPU 上除了步数和路径全是脚本的默认值�
 gpu_check_<尺寸>_<设备>.json，例如 gpu_check_tiny_cpu.json（--out 可改）。
 - 吞吐和显存读各脚本自己写的 stage.json / summary.json 里的 "cost"，这里不另外测；对话只量子进程的墙钟时间。
 - 用时 = 子进程从启动到退出（含 import、加载和保存模型）；峰值内存 = 子进程的 ru_maxrss。
-- 2 核 CPU（同时有别的任务在跑，负载约 7）上实测：迷你模型 243 秒；真实尺寸 1988 秒，峰值内存 14.4 GiB（PPO）。
+- 2 核 CPU 上实测：迷你模型 62 秒（机器空闲）；真实尺寸 1988 秒（同时有别的任务在跑，负载约 7），峰值内存 14.4 GiB（PPO）。
   结果在 bench/results/gpu_check_tiny_cpu.json 和 gpu_check_qwen3-0.6b_cpu.json。
 - 实测 / 估算：GPU 上实测取"已保留"，CPU 上取峰值内存。估算总是含 1 GiB 的 CUDA 上下文与分配器余量；
   CPU 上的峰值内存里则有 Python / torch 本身约 0.5 GiB。迷你模型上这两项是大头，比值只说明流程跑通了。
