@@ -30,7 +30,7 @@ def offline_env(tmp: Path, **extra) -> dict:
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         HF_ENDPOINT="http://127.0.0.1:9",  # 万一被访问，立刻连接失败而不是挂起
-        MODELSCOPE_DOMAIN="127.0.0.1:9",
+        MODELSCOPE_ENDPOINT="http://127.0.0.1:9",  # MODELSCOPE_DOMAIN 已改名（modelscope-hub 会警告）
         QWEN_RLHF_TENSORBOARD_ROOT=str(tmp / "tensorboard"),
         HF_DATASETS_CACHE=str(tmp / "hf-cache"),
         TOKENIZERS_PARALLELISM="false",

@@ -18,7 +18,7 @@ def test_local_folder_is_used_without_network(tiny_model, monkeypatch):
 def test_unreachable_hub_gives_one_clear_line_and_leaves_no_empty_folder(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "CHECKPOINT_DIR", tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("MODELSCOPE_DOMAIN", "127.0.0.1:9")
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(UserError) as e:
         models.resolve_model_source("nobody/no-such-model-xyz")
     assert e.value.code == EXIT_NETWORK
