@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 source scripts/cpu_env.sh
+# DeepSpeed 在 CPU 上第一次初始化通信时要现场编译一个 C++ 扩展（deepspeed_shm_comm，这台 2 核机器上约 40 秒，缓存在
+# ~/.cache/torch_extensions）：先编译好（已编译时约 3 秒），免得多进程 DeepSpeed 测试里两个进程一边等它一边计时
+"${VENV:-.venv}/bin/python" -c "from deepspeed.accelerator import get_accelerator as a
+a().create_op_builder('ShareMemCommBuilder').load(verbose=False)" 2>/dev/null || true  # 编译不了时由那几个测试自己报错
 exec "${VENV:-.venv}/bin/python" -m pytest -q tests "$@"
