@@ -1,4 +1,4 @@
-"""测试共用：在临时目录里跑真实脚本（子进程），离线、CPU、小模型。"""
+"""测试共用：在临时目录里跑真实脚本（子进程 run_script，或在测试进程里 run_inline），离线、CPU、小模型。"""
 
 import io
 import logging
@@ -74,7 +74,7 @@ def run_inline(script: str, *args, tmp: Path, stdin: bytes = b"", cwd=None) -> s
             runpy.run_path(argv[0], run_name="__main__")
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else int(e.code is not None)
-        except BaseException:  # noqa: BLE001  和 python 一样：未处理的异常打印 traceback、退出码 1
+        except Exception:  # noqa: BLE001  和 python 一样：未处理的异常打印 traceback、退出码 1（Ctrl-C 照常停下 pytest）
             traceback.print_exc(file=err)
             code = 1
     return subprocess.CompletedProcess(argv, code, *(f.buffer.getvalue().decode() for f in (out, err)))

@@ -6,7 +6,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from conftest import (ROOT, last_line, offline_env, quarter_means, read_by_step, read_scalars, read_steps, run_inline,
-                      run_until, stage_args)
+                      run_script, run_until, stage_args)
 from qwen_rlhf import data, inference, models, ppo, training
 
 TB_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "policy/entropy_avg", "loss/policy_avg",
@@ -193,16 +192,11 @@ def ppo_cmd(pipeline, out, *extra) -> list:
         "--reward_model_path", pipeline["rm"], *SHORT, *extra)]
 
 
-def run(cmd, tmp):
-    return subprocess.run(list(map(str, cmd)), cwd=ROOT, env=offline_env(tmp), capture_output=True, text=True,
-                          timeout=900)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(pipeline):
     """同样的选项一口气跑完：续训的结果要和它一模一样。"""
     out = pipeline["tmp"] / "ppo-whole"
-    r = run(ppo_cmd(pipeline, out), pipeline["tmp"])
+    r = run_script("train_ppo.py", *ppo_cmd(pipeline, out)[2:], tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -264,7 +258,7 @@ def test_a_run_killed_then_shut_down_resumes_to_exactly_the_uninterrupted_result
     assert not out.exists()
     command = shlex.split(line.split("继续训练：", 1)[1])
     assert command[:2] == ["python", "train_ppo.py"]
-    r = run([sys.executable, ROOT / "train_ppo.py", *command[2:]], pipeline["tmp"])
+    r = run_script("train_ppo.py", *command[2:], tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_as_uninterrupted(out, uninterrupted)
     steps = read_steps(stage_info(out)["tensorboard"], "ppo/objective/scores")
