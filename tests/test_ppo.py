@@ -186,17 +186,20 @@ def test_adapter_whose_sft_base_moved_gives_a_clear_error(pipeline, tmp_path):
 SHORT = ["--per_device_train_batch_size", 8, "--total_episodes", 32, "--save_critic", "true"]
 
 
-def ppo_cmd(pipeline, out, *extra) -> list:
-    return [sys.executable, ROOT / "train_ppo.py", *stage_args(
-        "ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path", pipeline["sft"],
-        "--reward_model_path", pipeline["rm"], *SHORT, *extra)]
+def ppo_args(pipeline, out, *extra) -> list:
+    """train_ppo.py 的选项：tiny 配方 + SHORT；交给 run_script / run_inline，或前面加上 PPO 交给 run_until。"""
+    return stage_args("ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path", pipeline["sft"],
+                      "--reward_model_path", pipeline["rm"], *SHORT, *extra)
+
+
+PPO = [sys.executable, ROOT / "train_ppo.py"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(pipeline):
     """同样的选项一口气跑完：续训的结果要和它一模一样。"""
     out = pipeline["tmp"] / "ppo-whole"
-    r = run_script("train_ppo.py", *ppo_cmd(pipeline, out)[2:], tmp=pipeline["tmp"])
+    r = run_script("train_ppo.py", *ppo_args(pipeline, out), tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -228,7 +231,7 @@ def test_a_run_killed_then_shut_down_resumes_to_exactly_the_uninterrupted_result
     out = pipeline["tmp"] / "ppo-resume"
     work = pipeline["tmp"] / "ppo-resume-trainer-checkpoints"
     env = offline_env(pipeline["tmp"])
-    proc, _ = run_until(ppo_cmd(pipeline, out, "--save_steps", 1), env, "[检查点] 第 1 次更新")
+    proc, _ = run_until([*PPO, *ppo_args(pipeline, out, "--save_steps", 1)], env, "[检查点] 第 1 次更新")
     deadline = time.time() + 300
     while not (work / ".checkpoint-2.tmp").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)
@@ -237,19 +240,19 @@ def test_a_run_killed_then_shut_down_resumes_to_exactly_the_uninterrupted_result
     assert (work / "checkpoint-1" / ppo.RESUME_FILE).is_file() and not out.exists()
     before = sorted(p.relative_to(work) for p in work.rglob("*"))
 
-    changed = run_inline("train_ppo.py", *ppo_cmd(pipeline, out, "--resume_from_checkpoint", "true", "--learning_rate",
-                                                  0.01)[2:], tmp=pipeline["tmp"])
+    changed = run_inline("train_ppo.py", *ppo_args(pipeline, out, "--resume_from_checkpoint", "true", "--learning_rate",
+                                                   0.01), tmp=pipeline["tmp"])
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
     assert "--learning_rate" in last_line(changed.stderr) and "不能接着训练" in last_line(changed.stderr)
     other_data = tmp_path / "d.jsonl"
     rows = (ROOT / "data" / "sample.jsonl").read_text(encoding="utf-8").splitlines()
     other_data.write_text("\n".join(rows[:-1]) + "\n", encoding="utf-8")  # 少一行：划分指纹不同
-    changed = run_inline("train_ppo.py", *ppo_cmd(pipeline, out, "--resume_from_checkpoint", "true", "--dataset",
-                                                  other_data)[2:], tmp=pipeline["tmp"])
+    changed = run_inline("train_ppo.py", *ppo_args(pipeline, out, "--resume_from_checkpoint", "true", "--dataset",
+                                                   other_data), tmp=pipeline["tmp"])
     assert changed.returncode == 2 and "数据或划分" in last_line(changed.stderr), changed.stderr[-2000:]
     assert sorted(p.relative_to(work) for p in work.rglob("*")) == before and not out.exists()  # 什么都没写
 
-    proc, lines = run_until(ppo_cmd(pipeline, out, "--save_steps", 1, "--resume_from_checkpoint", "true"), env,
+    proc, lines = run_until([*PPO, *ppo_args(pipeline, out, "--save_steps", 1, "--resume_from_checkpoint", "true")], env,
                             "objective/scores")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(300) == 130
