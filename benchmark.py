@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, report
 from qwen_rlhf.console import table
+from qwen_rlhf.stages import chat_stages
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 
@@ -88,7 +89,7 @@ def resolve_models(specs: list[str], args: BenchmarkArgs) -> dict[str, tuple]:
     resolved = {}
     for spec in specs:
         name, folder, info = inference.policy_folder(spec, paths, args.model_name_or_path)
-        while name in resolved or (spec not in outputs.CHAT_KINDS and name in outputs.CHAT_KINDS):
+        while name in resolved or (spec not in chat_stages() and name in chat_stages()):
             name += "*"  # 表格里的名字不能撞车：文件夹也可能叫 sft
         resolved[name] = (folder, info)
     return resolved

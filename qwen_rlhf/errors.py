@@ -39,19 +39,6 @@ class NonFiniteError(UserError):
         super().__init__(f"第 {step} 步的 {what} 变成了 NaN/inf，训练已停止，未保存任何结果。{hint}", EXIT_NUMERIC)
 
 
-# 显存不足时按阶段给出能降显存的选项
-OOM_HINTS = {
-    "sft": "减小 --per_device_train_batch_size（同时增大 --gradient_accumulation_steps 保持总批量），"
-    "确认 --gradient_checkpointing true，或减小 --max_length",
-    "rm": "减小 --per_device_train_batch_size（同时增大 --gradient_accumulation_steps），"
-    "确认 --gradient_checkpointing true，或减小 --max_length",
-    "ppo": "减小 --per_device_train_batch_size 与 --local_rollout_forward_batch_size，"
-    "确认 --gradient_checkpointing true，或减小 --response_length",
-    "benchmark": "减小 --batch_size 或 --max_new_tokens",
-    "chat": "减小 --max_new_tokens，或用 /clear 清空历史",
-}
-
-
 def debug_enabled(argv: list[str] | None = None) -> bool:
     argv = sys.argv if argv is None else argv
     return os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--traceback" in argv
@@ -70,6 +57,8 @@ def fail(message: str, code: int) -> None:
 
 def run(main: Callable[[], None], stage: str) -> None:
     """运行脚本主函数，把用户能引起的失败变成一行中文错误和对应的退出码。"""
+    from .stages import oom_hint  # stages 经 options 导入本模块：放在这里免得循环导入
+
     debug = debug_enabled()
     try:
         main()
@@ -84,12 +73,12 @@ def run(main: Callable[[], None], stage: str) -> None:
     except MemoryError:
         if debug:
             raise
-        fail(f"内存不足。可以：{OOM_HINTS.get(stage, '减小批量')}。", EXIT_RESOURCE)
+        fail(f"内存不足。可以：{oom_hint(stage)}。", EXIT_RESOURCE)
     except OSError as e:
         if debug or e.errno != errno.ENOSPC:
             raise
         fail(f"磁盘已满（{e.filename or ''}）。之前完成的结果没有被改动；请清理 checkpoint/ 或换一块数据盘后重试。", EXIT_RESOURCE)
     except Exception as e:  # noqa: BLE001  显存不足是 torch 的异常类型，这里按名字识别，免得在此导入 torch
         if not debug and type(e).__name__ == "OutOfMemoryError":
-            fail(f"显存不足（CUDA out of memory）。可以：{OOM_HINTS.get(stage, '减小批量')}。", EXIT_RESOURCE)
+            fail(f"显存不足（CUDA out of memory）。可以：{oom_hint(stage)}。", EXIT_RESOURCE)
         raise

@@ -12,7 +12,8 @@ from pathlib import Path
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 from .models import check_weights, load_causal_lm, load_score_model, load_tokenizer, resolve_model_source
 from .options import ROOT, display_path, input_path
-from .outputs import CHAT_KINDS, KINDS, check_kind, stage_info
+from .outputs import check_kind, stage_info
+from .stages import STAGES, chat_stages
 
 
 @dataclass
@@ -34,11 +35,11 @@ def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[st
     if spec in paths:
         folder = input_path(paths[spec])
         return spec, folder, check_kind(folder, (spec,), f"--{spec}_model_path")
-    if spec in KINDS:  # 例如 rm：不是对话模型
-        raise UserError(f"{KINDS[spec][2]}不能用来生成回答；可用 {' / '.join(CHAT_KINDS)}，或一个本地模型文件夹。",
+    if spec in STAGES:  # 例如 rm：不是对话模型
+        raise UserError(f"{STAGES[spec].label}不能用来生成回答；可用 {' / '.join(chat_stages())}，或一个本地模型文件夹。",
                         EXIT_BAD_INPUT)
     folder = input_path(spec)
-    return folder.name, folder, check_kind(folder, CHAT_KINDS, f"模型 {spec}")
+    return folder.name, folder, check_kind(folder, chat_stages(), f"模型 {spec}")
 
 
 def resolve_adapter_base(folder: Path) -> Path:

@@ -19,17 +19,11 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import EXIT_MISSING, UserError
-from .options import CHECKPOINT_DIR, ROOT, display_path, main_process_first
+from .options import ROOT, display_path, main_process_first
+from .stages import STAGES
 
 STAGE_FILE = "stage.json"  # 每个阶段写完才有的文件：选项 + 划分指纹 + 来源 + 花费
-# 产物的种类 -> (默认文件夹, 产生它的命令, 中文名)。"base" 是没有 stage.json 的普通因果语言模型（下载的 Qwen3）。
-KINDS = {
-    "base": (None, "下载或指定一个基座模型（--model_name_or_path）", "基座模型"),
-    "sft": (CHECKPOINT_DIR / "sft", "python train_sft.py", "SFT 模型"),
-    "rm": (CHECKPOINT_DIR / "rm", "python train_rm.py", "奖励模型（RM）"),
-    "ppo": (CHECKPOINT_DIR / "ppo", "python train_ppo.py", "PPO 模型"),
-}
-CHAT_KINDS = ("base", "sft", "ppo")  # 能对话、能参加评测的模型
+# 产物的种类就是 stages.STAGES 里的阶段名；"base" 是没有 stage.json 的普通因果语言模型（下载的 Qwen3）。
 
 
 def _is_nonempty_dir(p: Path) -> bool:
@@ -147,8 +141,8 @@ def kind_of(folder: Path) -> str | None:
 def check_kind(folder: Path, expected: tuple[str, ...], option: str) -> dict | None:
     """所有读产物的脚本都用这一个检查：folder 必须是 expected 里的一种，否则一行中文说清楚要的是什么。
     返回 stage.json（base 模型没有，返回 None）。"""
-    wanted = " / ".join(KINDS[k][2] for k in expected)
-    scripts = "、".join(KINDS[k][1] for k in expected if k != "base")
+    wanted = " / ".join(STAGES[k].label for k in expected)
+    scripts = "、".join(STAGES[k].command for k in expected if k != "base")
     if not folder.is_dir():
         raise UserError(f"{option} 指向的 {display_path(folder)} 不存在；这里需要{wanted}。"
                         + (f"请先运行 {scripts}。" if scripts else ""), EXIT_MISSING)
@@ -157,7 +151,7 @@ def check_kind(folder: Path, expected: tuple[str, ...], option: str) -> dict | N
         raise UserError(f"{display_path(folder)} 不完整（没有 {STAGE_FILE} 也没有 config.json，可能训练中途被打断或没拷完）；"
                         f"{option} 需要{wanted}。" + (f"请重新运行 {scripts}。" if scripts else ""), EXIT_MISSING)
     if kind not in expected:
-        name = KINDS[kind][2] if kind in KINDS else f"{kind} 阶段的产物"
+        name = STAGES[kind].label if kind in STAGES else f"{kind} 阶段的产物"
         raise UserError(f"{display_path(folder)} 是{name}，{option} 需要{wanted}。请检查路径"
                         + (f"，或先运行 {scripts}。" if scripts else "。"), EXIT_MISSING)
     return stage_info(folder)

@@ -15,14 +15,10 @@ from transformers.integrations import TensorBoardCallback
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, NonFiniteError, UserError
 from .options import display_path, input_path
 from .outputs import StagingDir, tensorboard_dir, trainer_work_dir, write_stage_info
+from .stages import nan_hint
 
 # 这些日志键一旦不是有限数，就说明训练已经发散
 WATCHED_KEYS = ("loss", "eval_loss", "grad_norm", "objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg")
-NAN_HINT = {
-    "sft": "多半是学习率过高或 fp16 溢出：减小 --learning_rate，或在支持的 GPU 上用 --bf16 true。",
-    "rm": "多半是学习率过高或 fp16 溢出：减小 --learning_rate，或在支持的 GPU 上用 --bf16 true。",
-    "ppo": "多半是学习率过高或奖励尺度太大：减小 --learning_rate，提高 --kl_coef；PPO 不要用 fp16。",
-}
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM（平台关机 / kill）"}
 
 
@@ -35,7 +31,7 @@ class FiniteGuard(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key, value in (logs or {}).items():
             if any(key.endswith(w) for w in WATCHED_KEYS) and isinstance(value, float) and not math.isfinite(value):
-                raise NonFiniteError(key, state.global_step, NAN_HINT.get(self.stage, ""))
+                raise NonFiniteError(key, state.global_step, nan_hint(self.stage))
 
 
 class StageTensorBoard(TensorBoardCallback):

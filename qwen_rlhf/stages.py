@@ -1,0 +1,74 @@
+"""阶段登记表：项目里"有哪些阶段"只写在这里，outputs / inference / errors / training / benchmark / chat / memory 都读它。
+
+加一个新阶段 = 一个脚本 + 一个配方（configs/tiny/<阶段>.yaml）+ 这里的一项。
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import CHECKPOINT_DIR
+
+_LR_NAN = "多半是学习率过高或 fp16 溢出：减小 --learning_rate，或在支持的 GPU 上用 --bf16 true。"
+_BATCH_OOM = ("减小 --per_device_train_batch_size（同时增大 --gradient_accumulation_steps 保持总批量），"
+              "确认 --gradient_checkpointing true，或减小 --max_length")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # 文件夹名、stage.json 的 "stage"、TensorBoard 标签前缀、benchmark / chat 里的模型名
+    label: str  # 中文名
+    script: str | None  # 产生它的脚本（base 没有）
+    can_chat: bool  # 能对话、能参加评测（RM 不能）
+    adapter: bool = False  # LoRA 策略：文件夹里是适配器 + merged/（合并好的完整模型）
+    throughput: str | None = None  # stage.json 的 cost 里表示吞吐的键
+    oom_hint: str = "减小批量"
+    nan_hint: str = ""
+
+    @property
+    def folder(self):
+        return CHECKPOINT_DIR / self.name if self.script else None
+
+    @property
+    def command(self) -> str:
+        return f"python {self.script}" if self.script else "下载或指定一个基座模型（--model_name_or_path）"
+
+    @property
+    def path_option(self) -> str:
+        """所有脚本里指向这个阶段产物的同一个选项名。"""
+        return "--model_name_or_path" if self.name == "base" else (
+            "--reward_model_path" if self.name == "rm" else f"--{self.name}_model_path")
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("base", "基座模型", None, can_chat=True),
+    Stage("sft", "SFT 模型", "train_sft.py", can_chat=True, throughput="tokens_per_s", oom_hint=_BATCH_OOM,
+          nan_hint=_LR_NAN),
+    Stage("rm", "奖励模型（RM）", "train_rm.py", can_chat=False, throughput="pairs_per_s", oom_hint=_BATCH_OOM,
+          nan_hint=_LR_NAN),
+    Stage("ppo", "PPO 模型", "train_ppo.py", can_chat=True, adapter=True, throughput="episodes_per_s",
+          oom_hint="减小 --per_device_train_batch_size 与 --local_rollout_forward_batch_size，"
+                   "确认 --gradient_checkpointing true，或减小 --response_length",
+          nan_hint="多半是学习率过高或奖励尺度太大：减小 --learning_rate，提高 --kl_coef；PPO 不要用 fp16。"),
+)}
+
+# 不是训练阶段、但也会显存不足的脚本
+SCRIPT_OOM_HINTS = {"benchmark": "减小 --batch_size 或 --max_new_tokens", "chat": "减小 --max_new_tokens，或用 /clear 清空历史"}
+
+
+def chat_stages() -> tuple[str, ...]:
+    """能对话、能参加评测的阶段（base 在最前）。"""
+    return tuple(name for name, s in STAGES.items() if s.can_chat)
+
+
+def rl_stages() -> tuple[str, ...]:
+    """在 SFT 之上训练的 LoRA 策略（benchmark 拿它们和 SFT 比）。"""
+    return tuple(name for name, s in STAGES.items() if s.adapter)
+
+
+def oom_hint(stage: str) -> str:
+    return STAGES[stage].oom_hint if stage in STAGES else SCRIPT_OOM_HINTS.get(stage, "减小批量")
+
+
+def nan_hint(stage: str) -> str:
+    return STAGES[stage].nan_hint if stage in STAGES else ""
