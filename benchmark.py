@@ -6,7 +6,7 @@
     python benchmark.py --do_sample --temperature 0.7 --seed 1   # 采样而不是贪心
     python benchmark.py --config configs/tiny/benchmark.yaml     # 离线小模型演示（CPU，几十秒）
 
-打分与 PPO 训练时读分数的位置完全相同；同时报告 RM 在留出偏好对上的准确率，告诉你这些分数能信几分。
+RM 给报告里的回答文本打分（qwen_rlhf/scoring.py，和 PPO 的奖励、纯 transformers 的标准打法相同）；同时报告 RM 在留出偏好对上的准确率，告诉你这些分数能信几分。
 产物：checkpoint/benchmark/<时间>/ 下的 report.md（原仓库的表格 + 汇总 + 图）、results.csv、summary.json、*.png；
 每次运行一个新文件夹，从不覆盖以前的结果。
 """
@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, report
+from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, report, scoring
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import chat_stages
 from qwen_rlhf.cost import Cost
@@ -138,9 +138,9 @@ def generate_answers(loaded, questions: list[str], args: BenchmarkArgs) -> tuple
     return prompts, responses
 
 
-def score_batched(rm, prompts: list[list[int]], responses: list[list[int]], batch_size: int) -> list[float]:
-    return [s for i in range(0, len(prompts), batch_size)
-            for s in inference.score(rm.model, rm.tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size])]
+def score_batched(rm, prompts: list[list[dict]], answers: list[str], batch_size: int) -> list[float]:
+    """RM 给 (提示消息, 回答文本) 打分：scoring.score，和 PPO 的奖励、标准客户端是同一个约定。"""
+    return scoring.score(rm.model, rm.tokenizer, prompts, answers, batch_size)
 
 
 def free(loaded) -> None:
@@ -167,7 +167,7 @@ def main():
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
 
     # ---------------------------------------------------------------- 数据
-    rows = data.load_rows(args.dataset, args.strict)
+    rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
     outputs.check_same_split({**{n: info for n, (_, info) in policies.items()}, "RM": rm_info}, split.fingerprint,
                              "benchmark.py")
@@ -204,18 +204,18 @@ def main():
         if len(tok) != len(rm.tokenizer):  # 不同基座的 token 编号对不上，分数会读错位置
             raise UserError(f"{name} 和 RM 的分词器不一样（{len(tok)} vs {len(rm.tokenizer)} 个 token），"
                             "不是同一个基座模型训练出来的。", EXIT_MISSING)
-        scores = score_batched(rm, prompts, responses, args.batch_size)
-        for q, src, resp, s in zip(questions, sources, responses, scores):
+        texts = [scoring.response_text(tok, r) for r in responses]  # 报告里写的就是打分的这串文本
+        scores = score_batched(rm, [data.messages(q, args.system_prompt) for q in questions], texts, args.batch_size)
+        for q, src, resp, text, s in zip(questions, sources, responses, texts, scores):
             stopped = bool(resp) and resp[-1] == tok.eos_token_id
-            answers.append(metrics.Answer(q, src, name, tok.decode(resp, skip_special_tokens=True).strip(),
-                                          metrics.round4(s), len(resp) - stopped, stopped))
+            answers.append(metrics.Answer(q, src, name, text, metrics.round4(s), len(resp) - stopped, stopped))
     position = {q: i for i, q in enumerate(questions)}
     answers.sort(key=lambda a: position[a.question])  # 按问题排；sort 是稳定的，同一问题内保持 --models 的顺序
     metrics.add_gains(answers)
 
-    # RM 自己的成绩单：留出偏好对上 chosen 和 rejected 的分数，读分位置与上面完全相同
-    prompts = [data.prompt_ids(rm.tokenizer, r["question"], r.get("system") or args.system_prompt) for r in split.test]
-    replies = [data.answer_ids(rm.tokenizer, r[k]) for k in ("chosen", "rejected") for r in split.test]
+    # RM 自己的成绩单：留出偏好对上 chosen 和 rejected 的分数，和上面同一个打分函数
+    prompts = [data.messages(r["question"], r.get("system") or args.system_prompt) for r in split.test]
+    replies = [r[k] for k in ("chosen", "rejected") for r in split.test]
     both = score_batched(rm, prompts * 2, replies, args.batch_size)
     rm_stats = metrics.rm_stats(options.display_path(rm_folder), both[: len(prompts)], both[len(prompts):])
     free(rm)

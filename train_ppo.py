@@ -12,6 +12,7 @@
 曲线：tensorboard/ppo/<时间>/，看 ppo/objective/scores 是否上升、ppo/objective/kl 是否失控、ppo/rollout/distinct_ratio 是否塌缩。
 """
 
+import os
 import shutil
 from dataclasses import dataclass, field, fields
 
@@ -151,7 +152,7 @@ def main():
     # ---------------------------------------------------------------- 数据
     from accelerate import PartialState
 
-    rows = data.load_rows(args.dataset, args.strict)
+    rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
     world = PartialState().num_processes
     info = run_info(args, cfg, model_args, split, sft_info, rm_info, world)
@@ -218,6 +219,7 @@ def main():
                 tmp, "ppo", {"script": options.to_jsonable(args), "training": cfg.to_dict(),
                              "model": options.to_jsonable(model_args)},
                 sft_path=str(sft_path.resolve()), sft_path_in_repo=options.display_path(sft_path),
+                sft_path_from_adapter=os.path.relpath(sft_path.resolve(), final.resolve()),  # inference 先按它找基座
                 reward_model=str(rm_path), base_model=str(base), split_fingerprint=split.fingerprint,
                 optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode, tensorboard=str(tb),
                 launch=training.launch_info(cfg), cost=record,

@@ -4,8 +4,9 @@
     python train_rm.py --per_device_train_batch_size 2 --gradient_accumulation_steps 16   # 显存更小的卡
     python train_rm.py --config configs/tiny/rm.yaml # 离线小模型演示
 
-RM 给"粗鲁回答（chosen）"打高分、"礼貌回答（rejected）"打低分；分数读在回答末尾的 <|im_end|> 上，
-和 PPO、benchmark 打分的位置完全一样。在留出的偏好对上评估准确率与分差。
+RM 给"粗鲁回答（chosen）"打高分、"礼貌回答（rejected）"打低分；训练数据是对话模板渲染的整段对话
+（qwen_rlhf/scoring.py），分数读在最后的 `<|im_end|>\n` 上：PPO 的奖励、benchmark、纯 transformers 的
+AutoModelForSequenceClassification + apply_chat_template 都在这里读分。在留出的偏好对上评估准确率与分差。
 产物：checkpoint/rm；曲线：tensorboard/rm/<时间>/（rm/loss、rm/eval/accuracy、rm/eval/margin）。
 """
 
@@ -44,10 +45,14 @@ def main():
     outputs.check_writable(final, args.overwrite_output_dir)
 
     # ---------------------------------------------------------------- 数据
-    rows = data.load_rows(args.dataset, args.strict)
+    rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
 
     # ---------------------------------------------------------------- 模型
+    from transformers import set_seed
+
+    # 打分头是随机初始化的，而 Trainer 要到建好之后才 set_seed：先播种，同样的 --seed 得到同样的 RM
+    set_seed(cfg.seed)
     base = models.resolve_model_source(args.model_name_or_path)
     tokenizer = models.load_tokenizer(base)
     model = models.load_score_model(base, tokenizer, args.allow_pickle)

@@ -41,11 +41,14 @@ def main():
     outputs.check_writable(final, args.overwrite_output_dir)
 
     # ---------------------------------------------------------------- 数据
-    rows = data.load_rows(args.dataset, args.strict)
+    rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
     sft_rows = data.sft_share(split.train, args.sft_fraction, args.split_seed)
 
     # ---------------------------------------------------------------- 模型
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # 和 RM、PPO 一样在建模型之前播种（SFT 的权重全部来自基座，今天没有随机初始化的部分）
     base = models.resolve_model_source(args.model_name_or_path)
     tokenizer = models.load_tokenizer(base)
     model = models.load_causal_lm(base, tokenizer, args.allow_pickle)
@@ -65,6 +68,7 @@ def main():
     training.fit(trainer, stop.bind(trainer), cfg.resume_from_checkpoint)
 
     # ---------------------------------------------------------------- 保存
+    tokenizer.padding_side = "left"  # 存下的分词器给生成用（批量生成要左填充）；本仓库的脚本加载时都会明确指定
     training.save_result(
         trainer, final, "sft", tokenizer, {"script": options.to_jsonable(args), "training": cfg.to_dict()},
         cost, base_model=str(base), split_fingerprint=split.fingerprint, num_examples=len(examples), tensorboard=str(tb),

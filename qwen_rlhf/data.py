@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import scoring
 from .errors import EXIT_BAD_INPUT, UserError
 from .models import hub_download
 from .options import CHECKPOINT_DIR, input_path, main_process_first
@@ -84,16 +85,10 @@ def _read_json(path: Path) -> list[tuple[str, object]]:
     return [(f"{path.name}[{i}]", r) for i, r in enumerate(data)]
 
 
-def _read_csv(path: Path) -> list[tuple[str, object]]:
+def _read_csv(path: Path, columns: dict[str, str]) -> list[tuple[str, object]]:
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise UserError(
-                f"{path} 的表头是 {','.join(header) or '（空）'}，缺少列 {','.join(missing)}；"
-                "需要 question,chosen,rejected 三列（可选 system）。"
-            )
+        column_plan(reader.fieldnames or [], columns, str(path))  # 表头对不上：在读任何一行之前拒绝（和 validate 同一个检查）
         return [(f"{path.name}:{reader.line_num}", r) for r in reader]
 
 
@@ -110,29 +105,95 @@ def _read_parquet(path: Path) -> list[tuple[str, object]]:
 READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
-def read_file(path: Path) -> list[tuple[str, object]]:
+def read_file(path: Path, columns: dict[str, str] | None = None) -> list[tuple[str, object]]:
     if path.suffix not in READERS:
         raise UserError(f"不支持的数据文件类型 {path.name}；请用 {'/'.join(DATA_SUFFIXES)}。")
     if path.stat().st_size == 0:
         raise UserError(f"数据文件是空的：{path}。")
     try:
-        records = READERS[path.suffix](path)
+        records = _read_csv(path, columns or {}) if path.suffix == ".csv" else READERS[path.suffix](path)
     except UnicodeDecodeError as e:
         raise UserError(f"{path} 不是 UTF-8 编码（第 {e.start} 字节附近）。请另存为 UTF-8 后重试。") from None
     return records
 
 
-def validate(records: list[tuple[str, object]], source: str, strict: bool) -> Rows:
-    """逐行检查。整个文件的问题（缺列）直接拒绝；个别坏行跳过并计数，`strict` 时改为拒绝。"""
+# ---------------------------------------------------------------- 列与格式：每一行都经过这里
+
+FORMAT_HELP = ("需要 question、chosen、rejected 三列（可选 system），或 TRL 的标准偏好格式 prompt、chosen、rejected"
+               "（纯文本或对话消息列表）；别的列名用 --columns 对应，例如 --columns question=instruction,chosen=good,rejected=bad")
+
+
+def parse_columns(spec: str | None) -> dict[str, str]:
+    """--columns "question=instruction,chosen=good" -> {"question": "instruction", "chosen": "good"}（本仓库的列名 -> 数据里的列名）。"""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+        ours, _, theirs = (x.strip() for x in part.partition("="))
+        if ours not in (*COLUMNS, *OPTIONAL_COLUMNS) or not theirs:
+            raise UserError(f"--columns 里的 {part!r} 看不懂：写成 本仓库列名=数据里的列名，本仓库列名是 "
+                            f"{'、'.join((*COLUMNS, *OPTIONAL_COLUMNS))}，例如 --columns question=instruction,chosen=good,rejected=bad。")
+        out[ours] = theirs
+    return out
+
+
+def column_plan(present, columns: dict[str, str], source: str) -> dict[str, str]:
+    """本仓库的每一列从数据的哪一列来：--columns 给的 > 同名列 > TRL 标准格式的 prompt（当 question）。
+    对不上就拒绝，一行里说出数据里有哪些列。"""
+    present = set(present)
+    plan = {}
+    for ours in (*COLUMNS, *OPTIONAL_COLUMNS):
+        theirs = columns.get(ours) or (ours if ours in present else "prompt" if ours == "question" else ours)
+        if theirs in present:
+            plan[ours] = theirs
+    absent = [f"{ours}={theirs}" for ours, theirs in columns.items() if theirs not in present]
+    missing = [c for c in COLUMNS if c not in plan]
+    if absent or missing:
+        what = f"--columns 指定的列不存在（{','.join(absent)}）" if absent else f"对不上列 {','.join(missing)}"
+        raise UserError(f"{source} 的列是 {','.join(sorted(present)) or '（无）'}，{what}；{FORMAT_HELP}。")
+    return plan
+
+
+def _message_text(value, role: str):
+    """TRL 对话格式的回答（[{"role": "assistant", "content": ...}]）-> 文本；纯文本原样；别的返回 None。"""
+    if isinstance(value, list):
+        if len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == role:
+            return value[0].get("content")
+        return None
+    return value
+
+
+def _prompt_fields(value):
+    """TRL 对话格式的提示（[system?, user]）-> (问题, system)；纯文本 -> (文本, None)；多轮等对不上的 -> None。"""
+    if not isinstance(value, list):
+        return value, None
+    roles = [m.get("role") if isinstance(m, dict) else None for m in value]
+    if roles == ["user"]:
+        return value[0].get("content"), None
+    if roles == ["system", "user"]:
+        return value[1].get("content"), value[0].get("content")
+    return None
+
+
+def normalize(r: dict, plan: dict[str, str]) -> dict | str:
+    """一行数据（本仓库的列、TRL 的纯文本或对话格式、--columns 改过名的）-> {question, chosen, rejected, system}，
+    或跳过的原因。之后的检查（空值、类型、长度、重复）都在这个统一的形状上做。"""
+    prompt = _prompt_fields(r.get(plan["question"]))
+    if prompt is None:
+        return "提示不是一条 user 消息（可带一条 system）"
+    values = {"question": prompt[0]}
+    for c in ("chosen", "rejected"):
+        values[c] = _message_text(r.get(plan[c]), "assistant")
+        if isinstance(r.get(plan[c]), list) and values[c] is None:
+            return "回答不是一条 assistant 消息"
+    values["system"] = prompt[1] if prompt[1] is not None else r.get(plan["system"]) if "system" in plan else None
+    return values
+
+
+def validate(records: list[tuple[str, object]], source: str, strict: bool, columns: dict[str, str] | None = None) -> Rows:
+    """逐行检查。整个文件的问题（列对不上）直接拒绝；个别坏行跳过并计数，`strict` 时改为拒绝。"""
     if not records:
         raise UserError(f"{source} 里没有任何数据行。")
     present = set().union(*(r.keys() for _, r in records if isinstance(r, dict)))
-    missing = [c for c in COLUMNS if c not in present]
-    if missing:
-        raise UserError(
-            f"{source} 缺少列 {','.join(missing)}（现有列：{','.join(sorted(present)) or '无'}）；"
-            "需要 question、chosen、rejected 三列。"
-        )
+    plan = column_plan(present, columns or {}, source)
     rows, skipped, seen = [], {}, set()
 
     def skip(reason, where):
@@ -144,7 +205,11 @@ def validate(records: list[tuple[str, object]], source: str, strict: bool) -> Ro
         if not isinstance(r, dict):
             skip("不是一个对象", where)
             continue
-        values = {c: r.get(c) for c in COLUMNS}
+        values = normalize(r, plan)
+        if isinstance(values, str):
+            skip(values, where)
+            continue
+        system = values.pop("system")
         if any(v is None for v in values.values()):
             skip("缺少字段或为空值", where)
             continue
@@ -158,7 +223,6 @@ def validate(records: list[tuple[str, object]], source: str, strict: bool) -> Ro
         if any(len(v) > MAX_FIELD_CHARS for v in values.values()):
             skip(f"字段超过 {MAX_FIELD_CHARS} 字", where)
             continue
-        system = r.get("system")
         values["system"] = system.strip() if isinstance(system, str) and system.strip() else None
         key = (values["question"], values["chosen"], values["rejected"])
         if key in seen:
@@ -189,8 +253,9 @@ def download_dataset(name: str) -> Path:
                         hf_name=DATASET_MIRRORS.get(name, name))
 
 
-def load_rows(dataset: str, strict: bool = False) -> Rows:
-    """读入数据集（本地文件、本地文件夹或数据集 ID），检查后返回所有可用行。"""
+def load_rows(dataset: str, strict: bool = False, columns: str | None = None) -> Rows:
+    """读入数据集（本地文件、本地文件夹或数据集 ID），检查后返回所有可用行。columns：--columns 的原文。"""
+    mapping = parse_columns(columns)  # 写错了在读文件之前就说
     path = input_path(dataset)
     looks_local = path.suffix in DATA_SUFFIXES or dataset.startswith((".", "/", "~")) or path.exists()
     if not path.exists():
@@ -201,8 +266,8 @@ def load_rows(dataset: str, strict: bool = False) -> Rows:
     files = [path] if path.is_file() else _find_data_files(path)
     if not files:
         raise UserError(f"{path} 里找不到数据文件（{'/'.join(DATA_SUFFIXES)}）。")
-    records = [rec for f in files for rec in read_file(f)]
-    rows = validate(records, str(dataset), strict)
+    records = [rec for f in files for rec in read_file(f, mapping)]
+    rows = validate(records, str(dataset), strict, mapping)
     if rows.skipped:
         say(f"[数据] 跳过了 {sum(map(len, rows.skipped.values()))} 行：{rows.skip_summary()}。加 --strict 可改为报错。")
     return rows
@@ -286,13 +351,18 @@ def sft_example(tokenizer, row: dict, system: str | None = None) -> dict:
 
 
 def rm_example(tokenizer, row: dict, system: str | None = None) -> dict:
-    """RM：和 PPO、评测打分时完全相同的序列，最后一个 token 是 `<|im_end|>`，分数就读在这里。"""
-    p = prompt_ids(tokenizer, row["question"], row.get("system") or system)
-    return {"chosen_ids": p + answer_ids(tokenizer, row["chosen"]), "rejected_ids": p + answer_ids(tokenizer, row["rejected"])}
+    """RM：标准客户端看到的整段对话（scoring.encode：模板渲染，以 `<|im_end|>\\n` 结尾），RM 学的就是那个 `\\n` 上的分数，
+    PPO 的奖励、benchmark、用户自己的 transformers 脚本都在那里读分。"""
+    prompt = messages(row["question"], row.get("system") or system)
+    return {"chosen_ids": scoring.encode(tokenizer, prompt, row["chosen"]),
+            "rejected_ids": scoring.encode(tokenizer, prompt, row["rejected"])}
 
 
 def ppo_example(tokenizer, row: dict, system: str | None = None) -> dict:
-    return {"input_ids": prompt_ids(tokenizer, row["question"], row.get("system") or system)}
+    """PPO 的提示 token，外加它的消息：RM 给回答打分时按消息渲染整段对话（见 ppo.RLHFPPOTrainer）。"""
+    prompt = messages(row["question"], row.get("system") or system)
+    return {"input_ids": tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"],
+            "messages": prompt}
 
 
 def drop_long(examples: list[dict], keys: tuple[str, ...], max_length: int, what: str) -> list[dict]:

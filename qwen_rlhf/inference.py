@@ -1,6 +1,6 @@
-"""推理：按名字加载任一阶段的模型（base / sft / ppo / 路径），批量生成，用 RM 打分。
+"""推理：按名字加载任一阶段的模型（base / sft / ppo / 路径），批量生成。
 
-benchmark.py 和 chat.py 共用这里；打分与 PPO 训练时读分数的位置完全相同（TRL 的 get_reward）。
+benchmark.py 和 chat.py 共用这里；RM 打分在 scoring.py（和 PPO 的奖励、RM 训练是同一个约定）。
 """
 
 from __future__ import annotations
@@ -43,17 +43,21 @@ def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[st
 
 
 def resolve_adapter_base(folder: Path) -> Path:
-    """PPO 适配器的基座（SFT 模型）：先用写在 adapter_config 里的绝对路径，不在了再按仓库相对路径找。"""
+    """PPO 适配器的基座（SFT 模型）：先按 stage.json 里相对适配器文件夹的路径找（整个 checkpoint/ 拷走也成立），
+    再试 adapter_config 里的路径（绝对路径，或相对放 checkpoint/ 的文件夹：见 ppo.adapter_base_path），最后按仓库相对路径。"""
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    candidates = [Path(config.get("base_model_name_or_path", ""))]
-    rel = (stage_info(folder) or {}).get("sft_path_in_repo")
-    if rel:
-        candidates.append(ROOT / rel)
+    info = stage_info(folder) or {}
+    written = config.get("base_model_name_or_path") or ""
+    candidates = [folder / info["sft_path_from_adapter"]] if info.get("sft_path_from_adapter") else []
+    if written:
+        candidates += [Path(written)] if Path(written).is_absolute() else [Path.cwd() / written, ROOT / written]
+    if info.get("sft_path_in_repo"):
+        candidates.append(ROOT / info["sft_path_in_repo"])
     for c in candidates:
-        if str(c) and (c / "config.json").is_file():
-            return c
+        if (c / "config.json").is_file():
+            return c.resolve()
     raise UserError(
-        f"{display_path(folder)} 的基座模型（SFT）找不到了：{candidates[0]}。把 SFT 模型放回原处，"
+        f"{display_path(folder)} 的基座模型（SFT）找不到了：{written}。把 SFT 模型放回原处，"
         "或使用合并好的完整模型 " + display_path(folder / "merged") + "。",
         EXIT_MISSING,
     )
@@ -82,8 +86,8 @@ def load_policy(name: str, folder: Path, allow_pickle: bool = False, dtype=None)
 
 
 def load_reward(folder: Path, allow_pickle: bool = False, dtype=None) -> Loaded:
-    """奖励模型（先用 check_kind 检查过是 rm）。"""
-    tokenizer = load_tokenizer(folder, padding_side="left")
+    """奖励模型（先用 check_kind 检查过是 rm）。右填充：分数读在最后一个非填充 token 上（scoring.score）。"""
+    tokenizer = load_tokenizer(folder, padding_side="right")
     model = load_score_model(folder, tokenizer, allow_pickle, dtype)
     model.eval()
     return Loaded("rm", folder, model, tokenizer)
@@ -114,23 +118,6 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, do
         responses.append(row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else
                          [t for t in row if t != tokenizer.pad_token_id])
     return responses
-
-
-def score(reward_model, tokenizer, prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
-    """RM 分数：提示左填充 + 回复右填充，读最后一个非填充 token（<|im_end|>）——与 PPO 训练时完全相同。"""
-    import torch
-    from trl.experimental.utils import get_reward
-
-    pad = tokenizer.pad_token_id
-    q, _ = left_pad(tokenizer, prompts)
-    width = max(len(r) for r in responses) or 1
-    r = torch.full((len(responses), width), pad, dtype=torch.long)
-    for i, resp in enumerate(responses):
-        r[i, : len(resp)] = torch.tensor(resp, dtype=torch.long)
-    query_responses = torch.cat([q, r], dim=1).to(reward_model.device)
-    with torch.no_grad():
-        _, scores, _ = get_reward(reward_model, query_responses, pad, q.shape[1])
-    return scores.float().cpu().tolist()
 
 
 def check_sampling(do_sample: bool, temperature: float, top_p: float, top_k: int) -> None:

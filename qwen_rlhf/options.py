@@ -74,8 +74,14 @@ class DataArgs:
 
     dataset: str = _help(
         "偏好数据集：本地 .jsonl/.json/.csv/.parquet 文件，或数据集 ID（ModelScope 优先，Hugging Face 兜底）；"
-        "列为 question、chosen、rejected（可选 system）",
+        "列为 question、chosen、rejected（可选 system），或 TRL 的 prompt、chosen、rejected，其他列名见 --columns",
         default=DEFAULT_DATASET,
+    )
+    columns: str | None = _help(
+        "数据的列名和本仓库的不同时，逐个对应：本仓库列名=数据里的列名，逗号分隔，例如 "
+        "question=instruction,chosen=good,rejected=bad（可对应的列：question、chosen、rejected、system）。"
+        "TRL 的标准偏好格式 prompt/chosen/rejected（纯文本或对话消息列表）不用对应，直接能读",
+        default=None,
     )
     split_seed: int = _help("划分训练集 / 留出测试集的随机种子；所有阶段必须一致，benchmark 只用留出的问题", default=42)
     test_size: float = _help("留出测试集占全部不同问题的比例，取值 (0,1)", default=0.05)

@@ -3,6 +3,7 @@
 - 多进程（DDP）时 `model.policy` 不存在（huggingface/trl#2375）：把未包装的 policy / value_model 挂到包装器上。
 - `max_grad_norm` 从不裁剪：包一层 optimizer.step，在真正更新参数前裁剪梯度。
 - 记录每批 rollout 的"不同回复占比"和平均回复长度：看出奖励投机（所有问题都回同一句话）。
+- RM 的奖励按文本算（scoring.score），和 benchmark、标准客户端一样：见 _text_reward。
 - 开了梯度检查点时，rollout 生成临时切到 eval：训练模式下每层会丢掉 KV cache，生成既慢又错（见 recording_generate）。
 - 可续训的检查点（TRL 的维护者认为 PPO 续训不在范围内，huggingface/trl#2657）：`_save_checkpoint` 存 LoRA 适配器、
   critic、优化器与学习率调度器、计数器、各进程的随机数状态；`resume()` 读回来，`train()` 只跑剩下的更新，
@@ -24,7 +25,9 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 from trl.experimental.ppo import PPOTrainer
+from trl.experimental.ppo import ppo_trainer as trl_ppo
 
+from . import scoring
 from .options import display_path
 from .outputs import write_json
 
@@ -32,8 +35,11 @@ RESUME_FILE = "resume.json"  # 检查点里的计数器与"这是哪次运行"�
 
 
 class RLHFPPOTrainer(PPOTrainer):
-    def __init__(self, *args, run_info: dict, stop, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, train_dataset, run_info: dict, stop, **kwargs):
+        # 数据集里每个提示的消息（data.ppo_example）：按提示 token 查回来，RM 渲染整段对话打分（见 _text_reward）；
+        # TRL 的 DataCollatorWithPadding 只认 token，这一列交给它之前去掉
+        self.prompt_messages = {tuple(ids): m for ids, m in zip(train_dataset["input_ids"], train_dataset["messages"])}
+        super().__init__(*args, train_dataset=train_dataset.remove_columns("messages"), **kwargs)
         self.run_info = run_info  # 写进每个检查点：续训时核对选项、数据和 SFT / RM 是不是同一套
         self.stop = stop
         self.resumed: dict | None = None
@@ -68,6 +74,27 @@ class RLHFPPOTrainer(PPOTrainer):
             return step(*args, **kwargs)
 
         return clipped_step
+
+    # ---------------------------------------------------------------- 奖励：RM 给回答文本打分
+    def _text_reward(self, get_reward):
+        """TRL 1.12 在 train() 里用 token 算奖励：get_reward(reward_model, 提示 + 截断后的回复, pad, context_length)，
+        读在回复最后一个非填充 token（`<|im_end|>`）上。而 RM 在对话模板渲染的文本上训练、读在 `<|im_end|>\\n` 上，
+        benchmark 和标准客户端（transformers 的 AutoModelForSequenceClassification + apply_chat_template）也这样打分，
+        TRL 自己的 GRPOTrainer / RLOOTrainer 同样先解码再套模板（trl/trainer/grpo_trainer.py 的 _calculate_rewards）。
+        所以对奖励模型的那一次调用换成：解码回复（scoring.response_text，和 benchmark 报告的文本一样）、按提示 token 查回
+        消息、scoring.score。critic 的那次调用（逐 token 的价值）照旧。missing_eos_penalty 之后由 TRL 按 token 扣，不受影响。"""
+        tok = self.processing_class
+
+        def reward(model, query_responses, pad_token_id, context_length):
+            if model is not self.reward_model:
+                return get_reward(model, query_responses, pad_token_id, context_length)
+            rows = query_responses.tolist()
+            prompts = [self.prompt_messages[tuple(t for t in r[:context_length] if t != pad_token_id)] for r in rows]
+            answers = [scoring.response_text(tok, r[context_length:]) for r in rows]
+            scores = scoring.score(model, tok, prompts, answers, batch_size=len(rows))
+            return None, torch.tensor(scores, device=query_responses.device), None
+
+        return reward
 
     # ---------------------------------------------------------------- rollout 统计
     def _recording_generate(self, generate):
@@ -172,9 +199,12 @@ class RLHFPPOTrainer(PPOTrainer):
         # TRL 1.12 每次更新调用两次 gc.collect()；import 和加载留下几十万个对象，每次全量回收约 0.2 秒。
         # freeze 把已有的对象移出回收范围（它们本来也活到结束），之后新建的对象照常回收
         gc.freeze()
+        original_get_reward = trl_ppo.get_reward  # TRL 的 train() 从模块里按名字取 get_reward：只在 train() 期间换掉
+        trl_ppo.get_reward = self._text_reward(original_get_reward)
         try:
             super().train()
         finally:
+            trl_ppo.get_reward = original_get_reward
             gc.unfreeze()
             self.args.num_total_batches, self.dataloader = total, train_dataloader
             self.train_seconds = time.perf_counter() - self._train_started
@@ -239,17 +269,35 @@ def rollout_dtype(bf16: bool):
     return torch.bfloat16 if bf16 else torch.float32
 
 
+def checkpoint_tree(folder: Path) -> Path:
+    """产物所在的"checkpoint 树"：folder 往上最近的叫 checkpoint 的文件夹（checkpoint/ppo、checkpoint/tiny/ppo），
+    没有就是 folder 的上一级（--output_dir 放在别处时，和 SFT、RM 并排的那个文件夹）。"""
+    folder = Path(folder).resolve()
+    return next((p for p in folder.parents if p.name == "checkpoint"), folder.parent)
+
+
+def adapter_base_path(folder: Path, sft_path: Path) -> str:
+    """写进 adapter_config.json 的基座路径。peft 的 AutoPeftModelForCausalLM 把它当成相对当前目录的路径（或 hub ID），
+    不会相对适配器文件夹去找（peft/auto.py）。SFT 在同一棵 checkpoint 树里时，写成相对"放 checkpoint/ 的那个文件夹"
+    的路径（checkpoint/sft）：整个 checkpoint/ 拷到别处后，在它旁边运行就能加载；否则只能写绝对路径。"""
+    sft, anchor = Path(sft_path).resolve(), checkpoint_tree(folder).parent
+    if sft.is_relative_to(checkpoint_tree(folder)):
+        return sft.relative_to(anchor).as_posix()
+    return str(sft)
+
+
 def save_policy(trainer, folder, sft_path, tokenizer) -> None:
-    """写出 LoRA 适配器（基座路径写成绝对路径）和合并后的完整模型 merged/，chat / benchmark 两种都能读。"""
+    """写出 LoRA 适配器和合并后的完整模型 merged/，chat / benchmark 两种都能读。folder 可以是最终位置旁边的临时文件夹
+    （outputs.StagingDir）：基座路径只和上一级有关，改名就位后照样成立。"""
     import json
 
     policy = trainer.accelerator.unwrap_model(trainer.model).policy
     policy.save_pretrained(str(folder))
     config_file = folder / "adapter_config.json"
     adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
-    adapter_config["base_model_name_or_path"] = str(sft_path.resolve())  # TRL 写的是传入的相对路径，换个目录就失效
+    adapter_config["base_model_name_or_path"] = adapter_base_path(folder, sft_path)  # TRL 写的是传入的路径原样
     config_file.write_text(json.dumps(adapter_config, ensure_ascii=False, indent=2), encoding="utf-8")
-    tokenizer.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))  # 左填充（生成用）
     # 合并到 fp32 的 SFT 权重上（训练时的冻结基座可能是 bf16，见 rollout_dtype），用 peft 自己的加载与合并
     from peft import PeftModel
 

@@ -26,6 +26,14 @@ def encode(tokenizer, prompt: list[dict], answer: str) -> list[int]:
     return tokenizer(render(tokenizer, prompt, answer), add_special_tokens=False)["input_ids"]
 
 
+def response_text(tokenizer, response_ids: list[int]) -> str:
+    """生成的 token -> 报告里写的回答文本：截到第一个 `<|im_end|>`（不含），去掉特殊 token，去掉首尾空白。
+    benchmark 写进 results.csv 的、PPO 交给 RM 打分的都是这串文本（所以 CSV 自己就能复现它的分数）。"""
+    eos = tokenizer.eos_token_id
+    ids = response_ids[: response_ids.index(eos)] if eos in response_ids else response_ids
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
 def score(reward_model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 16) -> list[float]:
     """RM 分数：每条 (提示消息, 回答文本) 用 encode 编码，右填充，模型自己在最后一个非填充 token 上读分。"""
     import torch

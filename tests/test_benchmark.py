@@ -226,6 +226,23 @@ def test_report_numbers_match_the_csv(bench):
             assert float(cell.strip("*")[1:]) == pytest.approx(round(gain, 2))
 
 
+def test_every_score_in_results_csv_is_what_plain_transformers_computes_from_the_csv_text(bench, pipeline):
+    """标准客户端（只用 transformers，不用本仓库的代码）：对话模板渲染 [user, assistant]、分词、
+    AutoModelForSequenceClassification 的 logits[0, 0]。results.csv 里的每个分数都由 CSV 自己的文本复现。"""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(pipeline["rm"]))
+    model = AutoModelForSequenceClassification.from_pretrained(str(pipeline["rm"])).eval()
+    assert len(bench.rows) >= 20
+    for row in bench.rows:
+        chat = [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["response"]}]
+        text = tok.apply_chat_template(chat, tokenize=False, enable_thinking=False)
+        with torch.no_grad():
+            score = model(**tok(text, return_tensors="pt")).logits[0, 0].item()
+        assert score == pytest.approx(float(row["score"]), abs=1e-3), row
+
+
 def test_rm_accuracy_is_printed_as_a_share(bench):
     m = re.search(r"准确率 ([0-9.]+)", bench.proc.stdout)
     assert m, bench.proc.stdout[-2000:]

@@ -14,7 +14,7 @@ import torch
 
 from conftest import (ROOT, last_line, offline_env, quarter_means, read_by_step, read_scalars, read_steps, run_inline,
                       run_script, run_until, stage_args)
-from qwen_rlhf import data, inference, models, ppo, training
+from qwen_rlhf import data, inference, models, ppo, scoring, training
 
 TB_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "policy/entropy_avg", "loss/policy_avg",
            "loss/value_avg", "val/num_eos_tokens", "rollout/distinct_ratio", "rollout/response_length",
@@ -25,16 +25,45 @@ def stage_info(folder):
     return json.loads((folder / "stage.json").read_text(encoding="utf-8"))
 
 
-def test_adapter_is_written_trained_and_points_to_an_absolute_sft_path(pipeline):
+def test_adapter_is_written_trained_and_points_to_the_sft_folder_relative_to_its_checkpoint_tree(pipeline):
     from safetensors.torch import load_file
+    from transformers import AutoTokenizer
 
     folder = pipeline["ppo"]
     config = json.loads((folder / "adapter_config.json").read_text())
-    assert os.path.isabs(config["base_model_name_or_path"])
-    assert os.path.samefile(config["base_model_name_or_path"], pipeline["sft"])
+    tree = folder.parent  # sft、rm、ppo 并排的那个文件夹（真实流程里是 checkpoint/）
+    assert config["base_model_name_or_path"] == f"{tree.name}/sft"  # 相对放这棵树的文件夹：peft 按当前目录找
+    assert stage_info(folder)["sft_path_from_adapter"] == "../sft"  # 我们自己的加载器按适配器文件夹找
+    assert inference.resolve_adapter_base(folder) == pipeline["sft"].resolve()
     weights = load_file(str(folder / "adapter_model.safetensors"))
     lora_b = [w for k, w in weights.items() if "lora_B" in k]
     assert lora_b and all(torch.count_nonzero(w) > 0 for w in lora_b)  # B 初始化为 0：非零说明训练过
+    for f in (folder, folder / "merged"):  # 生成模型的分词器存成左填充
+        assert AutoTokenizer.from_pretrained(str(f)).padding_side == "left"
+
+
+def test_the_checkpoint_tree_copied_elsewhere_loads_with_plain_peft_and_merges_to_merged(pipeline, tmp_path,
+                                                                                         monkeypatch):
+    """把整棵 checkpoint 树拷到另一个文件夹、删掉原来的那份，在新位置旁边运行：peft 自己的 AutoPeftModelForCausalLM
+    读得到，合并结果和 merged/ 逐位相同，基座读的是拷过去的那份 SFT。"""
+    from peft import AutoPeftModelForCausalLM
+    from safetensors.torch import load_file
+
+    name = pipeline["ppo"].parent.name
+    original = tmp_path / "original" / name  # 会话共用的产物不能删：先拷一份自己的，再拷走、删掉这一份
+    for stage in ("sft", "rm", "ppo"):
+        shutil.copytree(pipeline[stage], original / stage)
+    moved = tmp_path / "elsewhere" / name
+    shutil.copytree(original, moved)
+    shutil.rmtree(original)
+    monkeypatch.chdir(moved.parent)
+    model = AutoPeftModelForCausalLM.from_pretrained(f"{name}/ppo")
+    assert (moved.parent / model.get_base_model().config._name_or_path).resolve() == (moved / "sft").resolve()
+    merged = model.merge_and_unload().state_dict()
+    expected = load_file(str(moved / "ppo" / "merged" / "model.safetensors"))
+    for k, w in expected.items():
+        assert torch.equal(merged[k], w), k
+    assert inference.resolve_adapter_base(moved / "ppo") == (moved / "sft").resolve()
 
 
 def test_merged_model_loads_and_stops_at_im_end_without_think(pipeline):
@@ -297,6 +326,8 @@ def test_bf16_frozen_weights_give_the_same_rollout_log_probs_and_rm_scores_as_fp
         return torch.cat([lp[i, ids.shape[1] - 1 - len(r):] for i, r in enumerate(responses)])
 
     assert (response_log_probs(fp32) - response_log_probs(bf16)).abs().max() < 0.05
-    scores = [torch.tensor(inference.score(models.load_score_model(pipeline["rm"], tok, dtype=d), tok, prompts, responses))
+    questions = [data.messages(q) for q in ["你好", "今天星期几", "你是谁", "最近怎么样", "天气怎么样", "吃饭了吗"]]
+    texts = [scoring.response_text(tok, r) for r in responses]
+    scores = [torch.tensor(scoring.score(models.load_score_model(pipeline["rm"], tok, dtype=d), tok, questions, texts))
               for d in (torch.float32, torch.bfloat16)]
     assert (scores[0] - scores[1]).abs().max() < 0.05

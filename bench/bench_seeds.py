@@ -1,0 +1,101 @@
+"""离线演示的结论靠不靠运气：SFT 固定，RM 和 PPO 换 5 个种子（--seed 1..5）各跑一遍 RM → PPO → 评测。
+
+    .venv/bin/python bench/bench_seeds.py                 # 写 bench/results/demo_seeds.json
+    .venv/bin/python bench/bench_seeds.py --seeds 1,2     # 只跑其中几个
+    .venv/bin/python bench/bench_seeds.py --jobs 3        # 几个种子同时跑（结果不变；用时会互相拖慢）
+
+每个种子打印：RM 在留出偏好对上的准确率（评测算的，和打分同一个约定）、PPO − SFT 的平均 RM 分数提升、胜率；
+JSON 里还有每个阶段的墙钟时间和当时的系统负载（演示本身的用时见 bench/bench_demo.py）。
+配方与 scripts/demo.sh 相同（configs/tiny/*.yaml），产物写到临时目录，不会覆盖 checkpoint/tiny/。只打印数字，不做断言。
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
+
+TINY = ROOT / "configs" / "tiny"
+
+
+def run(script: str, *args, env) -> float:
+    start = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{script} {' '.join(map(str, args))} 失败：\n{proc.stderr[-2000:]}")
+    return round(time.time() - start, 1)
+
+
+def one_seed(seed: int, work: Path, base: Path, sft: Path, env: dict) -> dict:
+    rm, ppo, bench = work / f"rm-{seed}", work / f"ppo-{seed}", work / f"benchmark-{seed}"
+    t = {"rm": run("train_rm.py", "--config", TINY / "rm.yaml", "--model_name_or_path", base, "--output_dir", rm,
+                   "--seed", seed, "--overwrite_output_dir", "true", env=env),
+         "ppo": run("train_ppo.py", "--config", TINY / "ppo.yaml", "--model_name_or_path", base,
+                    "--sft_model_path", sft, "--reward_model_path", rm, "--output_dir", ppo, "--seed", seed,
+                    "--overwrite_output_dir", "true", env=env)}
+    shutil.rmtree(bench, ignore_errors=True)
+    t["benchmark"] = run("benchmark.py", "--config", TINY / "benchmark.yaml", "--model_name_or_path", base,
+                         "--sft_model_path", sft, "--reward_model_path", rm, "--ppo_model_path", ppo,
+                         "--output_dir", bench, env=env)
+    summary = json.loads(next(bench.glob("*/summary.json")).read_text(encoding="utf-8"))
+    versus = summary["ppo_vs_sft"]
+    row = {"seed": seed, "rm_accuracy": round(summary["rm"]["accuracy"], 3),
+           "sft_mean_score": round(summary["models"]["sft"]["mean_score"], 3),
+           "ppo_mean_score": round(summary["models"]["ppo"]["mean_score"], 3),
+           "ppo_minus_sft_mean_gain": round(versus["mean_gain"], 3), "win_rate": round(versus["win_rate"], 3),
+           "answers_compared": versus["n"], "seconds": t}
+    print(f"[种子 {seed}] RM 准确率 {row['rm_accuracy']:.3f}  PPO−SFT {row['ppo_minus_sft_mean_gain']:+.3f}  "
+          f"胜率 {row['win_rate']:.0%}", flush=True)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description="离线演示在 5 个 RM / PPO 种子上的结果")
+    parser.add_argument("--seeds", default="1,2,3,4,5", help="逗号分隔的种子")
+    parser.add_argument("--jobs", type=int, default=1, help="同时跑几个种子")
+    parser.add_argument("--work", default=None, help="工作文件夹（默认新建临时文件夹）；里面已有的 base/、sft/ 直接用")
+    a = parser.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench-seeds-"))
+    env = dict(os.environ, QWEN_RLHF_TENSORBOARD_ROOT=str(work / "tb"), TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1")
+    base, sft = work / "base", work / "sft"
+    load_before = os.getloadavg()
+    seconds = {}
+    if not (base / "config.json").is_file():
+        seconds["tiny_model"] = run("scripts/make_tiny_model.py", "--out", base, env=env)
+    if not (sft / "stage.json").is_file():
+        seconds["sft"] = run("train_sft.py", "--config", TINY / "sft.yaml", "--model_name_or_path", base,
+                             "--output_dir", sft, "--overwrite_output_dir", "true", env=env)
+    with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+        per_seed = list(pool.map(lambda s: one_seed(s, work, base, sft, env), seeds))
+    result = {
+        "machine": common.machine(),
+        "what": "tiny demo (configs/tiny/*.yaml), SFT fixed (seed 42), RM and PPO with --seed N, benchmark recipe as is",
+        "jobs": a.jobs,
+        "load_average_1_5_15": {"before": [round(x, 2) for x in load_before],
+                                "after": [round(x, 2) for x in os.getloadavg()]},
+        "seconds_shared_stages": seconds,
+        "per_seed": per_seed,
+        "ppo_beats_sft_in": sum(r["ppo_minus_sft_mean_gain"] > 0 for r in per_seed),
+        "win_rate_at_least_70pct_in": sum(r["win_rate"] >= 0.7 for r in per_seed),
+        "seeds": len(per_seed),
+    }
+    common.write_result(result, common.RESULTS / "demo_seeds.json")
+    if not a.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
