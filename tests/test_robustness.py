@@ -35,7 +35,7 @@ GOOD = '{"question": "在吗", "chosen": "滚", "rejected": "在的"}\n'
     [
         ("empty.jsonl", "", ["数据文件是空的"]),
         ("broken.jsonl", GOOD + "{oops\n", ["broken.jsonl:2", "不是合法的 JSON"]),
-        ("cols.csv", "q,a\n在吗,滚\n", ["缺少列", "question,chosen,rejected"]),
+        ("cols.csv", "q,a\n在吗,滚\n", ["的列是 a,q", "对不上列 question,chosen,rejected", "--columns"]),
         ("nulls.jsonl", '{"question": null, "chosen": "滚", "rejected": "好"}\n', ["没有一行可用的数据"]),
     ],
 )
