@@ -5,14 +5,13 @@ benchmark.py 和 chat.py 共用这里；打分与 PPO 训练时读分数的位�
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 from .models import check_weights, load_causal_lm, load_score_model, load_tokenizer, resolve_model_source
 from .options import ROOT, display_path, input_path
-from .outputs import check_kind, stage_info
+from .outputs import check_kind, read_json, stage_info
 from .stages import STAGES, chat_stages
 
 
@@ -44,7 +43,8 @@ def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[st
 
 def resolve_adapter_base(folder: Path) -> Path:
     """PPO 适配器的基座（SFT 模型）：先用写在 adapter_config 里的绝对路径，不在了再按仓库相对路径找。"""
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_json(folder / "adapter_config.json", f"请重新运行 python train_ppo.py，或改用合并好的完整模型 "
+                       f"{display_path(folder / 'merged')}")
     candidates = [Path(config.get("base_model_name_or_path", ""))]
     rel = (stage_info(folder) or {}).get("sft_path_in_repo")
     if rel:
