@@ -76,7 +76,9 @@ def main():
     import json
 
     runs = json.loads(runs_file.read_text(encoding="utf-8")) if runs_file.is_file() else []
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    # BENCH_COMMIT：在仓库的一份拷贝里跑时（好让原仓库接着改），写明拷贝的是哪个提交
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                              capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip())
     result = {

@@ -131,14 +131,26 @@ class GracefulStop(TrainerCallback):
         self._previous = {}
 
 
-def resume_arg(value: str | bool | None, work: Path) -> str | None:
-    """--resume_from_checkpoint：文件夹原样用；true = <结果>-trainer-checkpoints/ 里最新的一个；没有就说清楚。"""
-    from transformers.trainer_utils import get_last_checkpoint
+COMPLETE_MARKERS = ("trainer_state.json", "resume.json")  # Trainer / 我们的 PPO 检查点最后写的文件
 
+
+def last_complete_checkpoint(work: Path) -> str | None:
+    """work 里步数最大的、写完了的 checkpoint-N。Trainer 直接写进 checkpoint-N/（不经临时文件夹），写到一半被杀的
+    那个没有最后写的 trainer_state.json：跳过它，用上一个（transformers 的 get_last_checkpoint 只看名字）。"""
+    import re
+
+    found = [(int(m.group(1)), p) for p in (work.iterdir() if work.is_dir() else [])
+             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()
+             and any((p / f).is_file() for f in COMPLETE_MARKERS)]
+    return str(max(found)[1]) if found else None
+
+
+def resume_arg(value: str | bool | None, work: Path) -> str | None:
+    """--resume_from_checkpoint：文件夹原样用；true = <结果>-trainer-checkpoints/ 里最新的、写完了的一个；没有就说清楚。"""
     if value is None or value is False or str(value).lower() == "false":
         return None
     if str(value).lower() == "true":
-        last = get_last_checkpoint(str(work)) if work.is_dir() else None
+        last = last_complete_checkpoint(work)
         if last is None:
             raise UserError(f"{display_path(work)} 里没有可续训的检查点。去掉 --resume_from_checkpoint 重新训练。")
         return last
