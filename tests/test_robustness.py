@@ -194,7 +194,8 @@ def test_sigkill_at_any_moment_leaves_a_complete_loadable_result(pipeline, tmp_p
         assert _digest(out / "model.safetensors") == before
     AutoModelForSequenceClassification.from_pretrained(str(out))  # 无论旧的还是新的，都是完整可读的
     assert json.loads((out / "stage.json").read_text())["stage"] == "rm"
-    outputs.check_writable(out, overwrite=True)  # 下次运行前清掉被杀进程留下的临时文件夹
+    outputs.check_writable(out, overwrite=True)  # 下次运行前清掉被杀进程留下的临时文件夹（被杀进程的锁已随它消失）
+    outputs.release_locks()
     assert not list(tmp_path.glob(".rm.tmp-*")) and not list(tmp_path.glob(".rm.old"))
 
 
