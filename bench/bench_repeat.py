@@ -3,7 +3,7 @@
     python bench/bench_repeat.py                    # 默认：两个进程的 PPO SIGTERM + 续训、两个进程的 SFT Ctrl-C，各 10 次
     python bench/bench_repeat.py --times 3 --tests ppo
 
-同一个 pytest 会话里把每个测试项重复 N 次（流水线 fixture 只建一次），每次的结果（通过 / 失败、用时、失败的最后几行）
+同一个 pytest 会话里把每个测试项重复 N 次（流水线 fixture 只建一次，而且只训练几步），每次的结果（通过 / 失败、用时、失败的最后几行）
 写进 bench/results/repeat_distributed.json。机器上同时在跑别的任务时用时会变长，结果里记下当时的负载。
 """
 
@@ -68,7 +68,8 @@ def main():
     plugin_dir.mkdir(parents=True, exist_ok=True)
     (plugin_dir / "repeat_plugin.py").write_text(PLUGIN, encoding="utf-8")
     runs_file = plugin_dir / "runs.json"
-    env = dict(os.environ, REPEAT_TIMES=str(a.times), REPEAT_OUT=str(runs_file),
+    # 流水线只做几步（QWEN_RLHF_SHORT_PIPELINE，见 tests/conftest.py）：这两个测试只拿它的产物比文件名和形状
+    env = dict(os.environ, REPEAT_TIMES=str(a.times), REPEAT_OUT=str(runs_file), QWEN_RLHF_SHORT_PIPELINE="1",
                PYTHONPATH=os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")]))
     load_before = os.getloadavg()
     started = time.monotonic()
