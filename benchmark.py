@@ -227,17 +227,13 @@ def main():
     spent = cost.record(answers_per_s=len(answers) / max(sum(timing["generate_s"].values()), 1e-9))
     decoding = (f"采样解码（temperature {args.temperature}，top_p {args.top_p}，top_k {args.top_k}，seed {args.seed}）"
                 if args.do_sample else "贪心解码（确定、可复现）")
-    folder = report.new_run_folder(options.output_path(args.output_dir), started)
+    with outputs.writing(options.output_path(args.output_dir)):  # 只读 / 没有权限 / 磁盘满：一行中文
+        folder = report.new_run_folder(options.output_path(args.output_dir), started)
     meta = {"run": folder.name, "decoding": f"{decoding}，每个回答最多 {args.max_new_tokens} 个新 token",
             "folders": folders, "rm_folder": rm_stats["folder"], "split_fingerprint": split.fingerprint,
             "options": options.to_jsonable(args), "device": device, "timing": timing, "cost": spent}
-    try:
+    with outputs.writing(folder, folder):  # 任何失败都删掉这个文件夹，不留半成品：有文件夹就说明写完了
         report_file = report.write_report(folder, answers, names, summary, meta)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)  # 不留半成品：有文件夹就说明写完了
-        raise
 
     print(f"[结果] {report.source_words(summary)}，{decoding}")
     print(table(*report.summary_rows(summary)))

@@ -93,7 +93,8 @@ def check_options(args: PPOArgs, cfg: PPOConfig, model_args: PPOModelArgs) -> No
     if cfg.response_length <= 0:
         raise UserError(f"--response_length 必须为正数，现在是 {cfg.response_length}。")
     if cfg.gradient_accumulation_steps > 1 and cfg.num_mini_batches > 1:
-        # TRL 1.12 在这种组合下少算优化器步数（见 shared notes：累积 2 × minibatch 2 只更新 2 次而不是 4 次）
+        # TRL 1.12 在这种组合下少做优化器更新（累积 2 × minibatch 2 只更新 2 次而不是 4 次）：它的 train() 把
+        # accelerator.accumulate 套在 minibatch 循环里面（trl/experimental/ppo/ppo_trainer.py），两者的计数互相错开
         raise UserError("--gradient_accumulation_steps 大于 1 时 --num_mini_batches 必须为 1（TRL 1.12 会少做优化器更新）。")
     local_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     if local_batch % cfg.num_mini_batches:
@@ -120,12 +121,10 @@ def run_info(args, cfg, model_args, split, sft_info, rm_info, world: int) -> dic
 
 def check_resumable(checkpoint, info: dict) -> dict:
     """续训前（加载模型之前）核对检查点：同样的选项、数据划分、SFT / RM、进程数。返回检查点里的记录。"""
-    import json
-
     file = checkpoint / ppo.RESUME_FILE
     if not file.is_file():
         raise UserError(f"{options.display_path(checkpoint)} 不是 train_ppo.py 写的可续训检查点（缺少 {ppo.RESUME_FILE}）。")
-    saved = json.loads(file.read_text(encoding="utf-8"))
+    saved = outputs.read_json(file, ppo.RESUME_DAMAGED)
     diffs = [f"--{k}: {saved['options'].get(k)} → {v}" for k, v in info["options"].items() if saved["options"].get(k) != v]
     names = {"split_fingerprint": "数据或划分（--dataset / --split_seed / --test_size）", "sft": "SFT 模型",
              "rm": "奖励模型", "num_processes": "进程数"}
@@ -142,6 +141,7 @@ def main():
     args, cfg, model_args = parse_options()
     check_options(args, cfg, model_args)
     training.refuse_zero3_for_ppo(cfg)
+    training.warn_zero_ppo_not_resumable(cfg)
     final = options.output_path(cfg.output_dir)
     work = outputs.trainer_work_dir(final)
     outputs.check_writable(final, args.overwrite_output_dir)
@@ -161,7 +161,8 @@ def main():
     outputs.check_same_split({"SFT": sft_info, "RM": rm_info}, split.fingerprint, "train_ppo.py")
     tokenizer = models.load_tokenizer(sft_path, padding_side="left")  # PPO 在提示后面直接生成：必须左填充
     examples = [data.ppo_example(tokenizer, r, args.system_prompt) for r in data.unique_questions(split.train)]
-    examples = data.drop_long(examples, ("input_ids",), args.max_prompt_length, "PPO 提示")
+    examples = data.drop_long(examples, ("input_ids",), args.max_prompt_length, "PPO 提示",
+                              "--max_prompt_length")
     rollout_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
     if len(examples) < rollout_batch:
         raise UserError(f"PPO 训练问题只有 {len(examples)} 个，少于一个 rollout 批量 {rollout_batch}"
@@ -227,7 +228,8 @@ def main():
             )
         shutil.rmtree(work, ignore_errors=True)  # 可续训的检查点只在训练没完成时有用
         print(f"[完成] PPO 适配器已保存到 {options.display_path(final)}，合并后的完整模型在 "
-              f"{options.display_path(final / 'merged')}；{Cost.words(record)}。")
+              f"{options.display_path(final / 'merged')}；{Cost.words(record)}。", flush=True)
+    training.end_processes(trainer.accelerator)  # 其余进程等主进程写完再一起退出
 
 
 if __name__ == "__main__":

@@ -365,11 +365,12 @@ def ppo_example(tokenizer, row: dict, system: str | None = None) -> dict:
             "messages": prompt}
 
 
-def drop_long(examples: list[dict], keys: tuple[str, ...], max_length: int, what: str) -> list[dict]:
-    """去掉超过 max_length 的样本，并把数量说出来（TRL 会悄悄丢弃）。"""
+def drop_long(examples: list[dict], keys: tuple[str, ...], max_length: int, what: str,
+              option: str = "--max_length") -> list[dict]:
+    """去掉超过 max_length 的样本，并把数量说出来（TRL 会悄悄丢弃）。option：调这个上限的选项（PPO 是 --max_prompt_length）。"""
     kept = [e for e in examples if all(len(e[k]) <= max_length for k in keys)]
     if len(kept) < len(examples):
         say(f"[数据] {what}：{len(examples) - len(kept)} 条超过 {max_length} 个 token，已丢弃（共 {len(examples)} 条）。")
     if not kept:
-        raise UserError(f"{what}：所有样本都超过 {max_length} 个 token。请调大 --max_length。", EXIT_BAD_INPUT)
+        raise UserError(f"{what}：所有样本都超过 {max_length} 个 token。请调大 {option}。", EXIT_BAD_INPUT)
     return kept

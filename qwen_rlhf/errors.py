@@ -55,6 +55,47 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+# torch.save 写不下去时（磁盘满）抛的 RuntimeError 不带 errno，只有它的 C++ 写入器的原话
+TORCH_WRITE = -1
+TORCH_WRITE_TEXTS = ("PytorchStreamWriter failed writing", "inline_container.cc")
+
+# 写文件失败的原因：errno -> (说法, 退出码, 做法)。safetensors 抛自己的 SafetensorError、torch.save 抛 RuntimeError，
+# 都不是 OSError，只在文字里带着系统的说法（"No space left on device (os error 28)"）：两种都认。
+WRITE_FAILURES = {
+    errno.ENOSPC: ("磁盘已满", EXIT_RESOURCE, "请清理 checkpoint/ 或换一块数据盘后重试"),
+    errno.EDQUOT: ("磁盘配额已用完", EXIT_RESOURCE, "请清理 checkpoint/、申请更大的配额或换一块数据盘后重试"),
+    errno.EROFS: ("磁盘是只读的", EXIT_BAD_INPUT, "请换一个可写的输出文件夹"),
+    errno.EACCES: ("没有写入权限", EXIT_BAD_INPUT, "请换一个可写的输出文件夹，或改文件夹的权限"),
+    errno.ENOENT: ("要写入的文件夹不见了（被删除或移走）", EXIT_BAD_INPUT, "请确认输出文件夹所在的文件夹还在，然后重试"),
+    TORCH_WRITE: ("磁盘写入中断（多半是磁盘已满或配额已用完）", EXIT_RESOURCE, "请清理 checkpoint/ 或换一块数据盘后重试"),
+}
+# 只会在写时出现的原因：任何地方抛出都按写失败报告（权限 / 不存在在读文件时也会出现，只在 outputs.writing() 里认）
+ANYWHERE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, TORCH_WRITE)
+
+
+def os_error_code(e: BaseException) -> int | None:
+    """异常背后的系统错误码：OSError 的 errno，或 Rust / C++ 库写在文字里的 "(os error N)" / 系统原话。"""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno
+    text = str(e)
+    for code in WRITE_FAILURES:
+        if code > 0 and (f"(os error {code})" in text or os.strerror(code) in text):
+            return code
+    if isinstance(e, RuntimeError) and any(t in text for t in TORCH_WRITE_TEXTS):
+        return TORCH_WRITE
+    return None
+
+
+def write_error(e: BaseException, where: str | None, codes=tuple(WRITE_FAILURES), cleaned: bool = True) -> UserError | None:
+    """写文件时的失败 -> 一行中文（写哪里失败、之前的结果没动、该做什么）；不是写失败返回 None。"""
+    code = os_error_code(e)
+    if code not in codes:
+        return None
+    what, exit_code, todo = WRITE_FAILURES[code]
+    return UserError(f"{what}{f'，写 {where} 失败' if where else ''}；{'没写完的文件已删除，' if cleaned else ''}"
+                     f"之前完成的结果没有被改动。{todo}。", exit_code)
+
+
 def run(main: Callable[[], None], stage: str) -> None:
     """运行脚本主函数，把用户能引起的失败变成一行中文错误和对应的退出码。"""
     from .stages import oom_hint  # stages 经 options 导入本模块：放在这里免得循环导入
@@ -74,11 +115,15 @@ def run(main: Callable[[], None], stage: str) -> None:
         if debug:
             raise
         fail(f"内存不足。可以：{oom_hint(stage)}。", EXIT_RESOURCE)
-    except OSError as e:
-        if debug or e.errno != errno.ENOSPC:
-            raise
-        fail(f"磁盘已满（{e.filename or ''}）。之前完成的结果没有被改动；请清理 checkpoint/ 或换一块数据盘后重试。", EXIT_RESOURCE)
     except Exception as e:  # noqa: BLE001  显存不足是 torch 的异常类型，这里按名字识别，免得在此导入 torch
         if not debug and type(e).__name__ == "OutOfMemoryError":
             fail(f"显存不足（CUDA out of memory）。可以：{oom_hint(stage)}。", EXIT_RESOURCE)
+        # 训练中途写检查点（Trainer 自己写）时磁盘满：不论哪个库抛出
+        err = write_error(e, getattr(e, "filename", None), ANYWHERE, cleaned=False)
+        if not debug and err is not None:
+            fail(err.message, err.code)
         raise
+    finally:
+        outputs = sys.modules.get(f"{__package__}.outputs")
+        if outputs is not None:  # 输出文件夹的锁：脚本在测试进程里运行（run_inline）时也要交还
+            outputs.release_locks()

@@ -5,14 +5,13 @@ benchmark.py 和 chat.py 共用这里；RM 打分在 scoring.py（和 PPO 的奖
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 from .models import check_weights, load_causal_lm, load_score_model, load_tokenizer, resolve_model_source
 from .options import ROOT, display_path, input_path
-from .outputs import check_kind, stage_info
+from .outputs import check_kind, read_json, stage_info
 from .stages import STAGES, chat_stages
 
 
@@ -45,7 +44,8 @@ def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[st
 def resolve_adapter_base(folder: Path) -> Path:
     """PPO 适配器的基座（SFT 模型）：先按 stage.json 里相对适配器文件夹的路径找（整个 checkpoint/ 拷走也成立），
     再试 adapter_config 里的路径（绝对路径，或相对放 checkpoint/ 的文件夹：见 ppo.adapter_base_path），最后按仓库相对路径。"""
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_json(folder / "adapter_config.json", f"请重新运行 python train_ppo.py，或改用合并好的完整模型 "
+                       f"{display_path(folder / 'merged')}")
     info = stage_info(folder) or {}
     written = config.get("base_model_name_or_path") or ""
     candidates = [folder / info["sft_path_from_adapter"]] if info.get("sft_path_from_adapter") else []

@@ -99,10 +99,22 @@ def check_safetensors(f: Path) -> None:
             "请重新运行产生它的脚本，或重新下载 / 拷贝这个文件夹。", EXIT_MISSING) from None
 
 
+def missing_tokenizer_files(folder: Path) -> list[str]:
+    """分词器需要的文件里缺了哪些：tokenizer_config.json，加上 tokenizer.json（或老格式的 vocab.json + merges.txt）。
+    缺了它们 transformers 不一定报错，可能按 config.json 拼出一个别的分词器，再被当成"不是 Qwen3"。"""
+    missing = [] if (folder / "tokenizer_config.json").is_file() else ["tokenizer_config.json"]
+    if not (folder / "tokenizer.json").is_file() and not all((folder / f).is_file() for f in ("vocab.json", "merges.txt")):
+        missing.append("tokenizer.json")
+    return missing
+
+
 def load_tokenizer(folder: Path, padding_side: str = "right"):
     """Qwen3 分词器：eos = <|im_end|>，pad = <|endoftext|>；生成时在左边填充。"""
     from transformers import AutoTokenizer
 
+    if missing := missing_tokenizer_files(Path(folder)):
+        raise UserError(f"{display_path(folder)} 里缺少分词器文件 {'、'.join(missing)}（可能没拷完）。请把它们拷回这个文件夹"
+                        "（和模型同一来源），或重新运行产生它的脚本。", EXIT_MISSING)
     tok = AutoTokenizer.from_pretrained(str(folder), padding_side=padding_side, trust_remote_code=False)
     if EOS_TOKEN not in tok.get_vocab():
         raise UserError(f"{folder} 的分词器里没有 {EOS_TOKEN}：这不是 Qwen3 系列的分词器。", EXIT_BAD_INPUT)

@@ -1,16 +1,19 @@
 """阶段产物：安全的输出文件夹，以及每个产物里的 stage.json（写、读、认出是哪个阶段的产物）。
 
 输出怎样落盘（一次说清楚，别处只调用）：
-1. 训练前 `check_writable(final)`：修复上次被杀留下的东西，拒绝覆盖已完成的结果（除非 --overwrite_output_dir）。
+1. 训练前 `check_writable(final)`：拿到输出文件夹的锁（`.<结果>.lock`，同一时刻只有一次运行能写它，持有到进程结束），
+   修复上次被杀留下的东西，拒绝覆盖已完成的结果（除非 --overwrite_output_dir）。
 2. 训练中 Trainer 的可续训检查点写在结果旁边的 `<结果>-trainer-checkpoints/checkpoint-N/`（`trainer_work_dir`），
    从不写进结果文件夹本身；Ctrl-C / SIGTERM 后从这里续训。
-3. 训练完先导出到 `<结果>-trainer-checkpoints/export/`，再 `StagingDir` 搬进同级的临时文件夹 `.<结果>.tmp-<pid>`，
+3. 训练完先导出到 `<结果>-trainer-checkpoints/export-<pid>/`，再 `StagingDir` 搬进同级的临时文件夹 `.<结果>.tmp-<pid>`，
    最后写 stage.json（"完成证明"），两次改名就位：旧结果 → `.<结果>.old`，临时文件夹 → 结果。
 4. 成功后删掉 `<结果>-trainer-checkpoints/`。任何一步被杀，下次 `recover()` 都能回到"旧结果完好"或"新结果完整"。
+写的任何一步失败（磁盘满、配额、只读、文件夹被删，不论哪个库抛出）：`writing()` 删掉这次写了一半的东西，报一行中文。
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +21,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .errors import EXIT_MISSING, UserError
+from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError, write_error
 from .options import ROOT, display_path, main_process_first
 from .stages import STAGES
 
@@ -42,7 +45,8 @@ def recover(final: Path) -> None:
         print(f"[输出] 发现上次替换 {display_path(final)} 时被中断，已恢复原来的结果。")
     elif old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
-    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+    # 临时文件夹和导出文件夹都以写它的进程号结尾；进程已不在就是被杀留下的
+    for tmp in [*final.parent.glob(f".{final.name}.tmp-*"), *trainer_work_dir(final).glob("export-*")]:
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -58,8 +62,55 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_LOCKS: dict[Path, int] = {}  # 本进程持有的输出文件夹锁：文件夹 -> 锁文件的描述符
+
+
+def lock_output(final: Path) -> None:
+    """输出文件夹同一时刻只属于一次运行：`.<结果>.lock` 上的 flock（内核的锁，持有它的进程一死就自动释放，
+    被 kill -9 的运行不会挡住下一次）。另一次还活着的运行正持有它时立即拒绝，说出它是谁。
+
+    不用 filelock 包：它每次尝试加锁都以 O_TRUNC 打开锁文件，没拿到锁的一方会清掉持有者写在里面的进程号和开始时间。
+    多进程（accelerate launch）时只由主进程调用：锁属于这次运行，不属于每个进程。"""
+    import fcntl
+
+    final = Path(final)
+    if final in _LOCKS:
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.parent / f".{final.name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise write_error(e, display_path(lock), cleaned=False) or e from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").split()
+        os.close(fd)
+        who = f"进程 {holder[0]}，开始于 {' '.join(holder[1:3])}" if len(holder) >= 3 else "进程信息未知"
+        raise UserError(f"输出文件夹 {display_path(final)} 正被另一次运行写入（{who}），本次没有运行。"
+                        "等它结束，或换一个 --output_dir。", EXIT_BAD_INPUT) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {datetime.now().isoformat(sep=' ', timespec='seconds')}\n".encode(), 0)
+    _LOCKS[final] = fd
+
+
+def release_locks() -> None:
+    """交还本进程持有的输出文件夹锁（errors.run 在脚本结束时调用；进程退出时内核也会交还）。锁文件留着：
+    删掉它会让同时等锁的两次运行各拿到一个不同文件上的锁。"""
+    while _LOCKS:
+        os.close(_LOCKS.popitem()[1])
+
+
+def is_main_process() -> bool:
+    """accelerate launch 多进程时 RANK 0 是主进程；单进程没有 RANK。不初始化分布式。"""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def check_writable(final: Path, overwrite: bool) -> None:
-    """在加载任何模型之前检查，免得训练几十分钟后才发现不能写。"""
+    """在加载任何模型之前检查，免得训练几十分钟后才发现不能写。主进程先拿到输出文件夹的锁（见 lock_output）。"""
+    if is_main_process():
+        lock_output(final)
     with main_process_first():  # 多进程时只让主进程改名 / 删除，免得几个进程同时搬同一个文件夹
         recover(final)
     if final.exists() and not final.is_dir():
@@ -76,30 +127,67 @@ def trainer_work_dir(final: Path) -> Path:
     return final.parent / f"{final.name}-trainer-checkpoints"
 
 
+@contextlib.contextmanager
+def writing(where: Path, *partial: Path):
+    """包住一段写文件的代码：失败（磁盘满、配额、只读、文件夹被删，OSError / safetensors 的 SafetensorError /
+    torch.save 的 RuntimeError 都算）时删掉 partial（这次写了一半的文件夹），报一行中文；别的错误原样抛出。"""
+    try:
+        yield
+    except BaseException as e:
+        for p in partial:
+            shutil.rmtree(p, ignore_errors=True)
+        if isinstance(e, Exception) and (err := write_error(e, display_path(where))) is not None:
+            raise err from None
+        raise
+
+
 class StagingDir:
-    """`with StagingDir(final) as tmp:` 在 tmp 里写；只有 with 块正常结束才替换 final。"""
+    """`with StagingDir(final) as tmp:` 在 tmp 里写；只有 with 块正常结束才替换 final。写失败时报一行中文
+    （见 writing），临时文件夹删掉，之前的结果不动。"""
 
     def __init__(self, final: Path):
         self.final = final
         self.tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
 
     def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
+        with writing(self.final, self.tmp):
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir()
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if issubclass(exc_type, Exception) and (err := write_error(exc, display_path(self.final))) is not None:
+                raise err from None
             return False
-        old = self.final.parent / f".{self.final.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if self.final.exists():
-            self.final.rename(old)  # 两次 rename 之间被杀：下次 recover() 会把 old 放回去
-        self.tmp.rename(self.final)
-        shutil.rmtree(old, ignore_errors=True)
+        with writing(self.final, self.tmp):
+            old = self.final.parent / f".{self.final.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if self.final.exists():
+                self.final.rename(old)  # 两次 rename 之间被杀：下次 recover() 会把 old 放回去
+            try:
+                self.tmp.rename(self.final)
+            except BaseException:
+                if old.exists() and not self.final.exists():
+                    old.rename(self.final)  # 放回原来的结果
+                raise
+            shutil.rmtree(old, ignore_errors=True)
         return False
+
+
+PAUSE_ENV = "QWEN_RLHF_TEST_PAUSE_AT"
+
+
+def pause_point(name: str) -> None:
+    """测试用的钩子：环境变量 QWEN_RLHF_TEST_PAUSE_AT 等于 name 时，在这里打印一行 `[pause] name` 然后停住，
+    直到被杀。测试等到这一行再 SIGKILL，就准确地杀在"写到一半"的那一刻，不用轮询文件夹去抢时间。"""
+    if os.environ.get(PAUSE_ENV) == name:
+        import threading
+
+        print(f"[pause] {name}", flush=True)
+        threading.Event().wait()
 
 
 # ---------------------------------------------------------------- stage.json
@@ -115,11 +203,29 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
 
 
+def read_json(path: Path, what: str) -> dict:
+    """读我们自己（或 transformers / peft）写的元数据文件：stage.json、resume.json、adapter_config.json、config.json……
+    文件坏了（截短、乱码、不是 JSON 对象）时一行中文说出是哪个文件、该怎么办，而不是 JSONDecodeError 的 traceback。
+    what：这个文件是什么、坏了怎么办（"重新运行 python train_sft.py"）。"""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise UserError(f"{display_path(path)} 已损坏（不是完整的 JSON 对象，可能拷贝中断或被手动改坏）；{what}。", EXIT_MISSING)
+    return data
+
+
+def _redo(folder: Path) -> str:
+    """元数据坏了时该做什么：能认出是哪个阶段就说重新运行哪个脚本。"""
+    return f"这个文件夹（{display_path(folder)}）需要重新生成：重新运行产生它的脚本，或重新拷贝它"
+
+
 def stage_info(folder: Path) -> dict | None:
     """folder 的 stage.json；PPO 的 merged/ 读上一级的；没有就是 None。"""
     for f in (folder / STAGE_FILE, folder.parent / STAGE_FILE if folder.name == "merged" else None):
         if f is not None and f.is_file():
-            return json.loads(f.read_text(encoding="utf-8-sig"))
+            return read_json(f, _redo(f.parent))
     return None
 
 
@@ -132,7 +238,7 @@ def kind_of(folder: Path) -> str | None:
     config = folder / "config.json"
     if not config.is_file():
         return None
-    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    architectures = read_json(config, _redo(folder)).get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return "rm"  # 没有 stage.json 的打分模型：只能当 RM 看，绝不能当对话模型
     return "base"

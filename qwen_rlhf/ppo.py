@@ -29,9 +29,10 @@ from trl.experimental.ppo import ppo_trainer as trl_ppo
 
 from . import scoring
 from .options import display_path
-from .outputs import write_json
+from .outputs import pause_point, read_json, write_json, writing
 
 RESUME_FILE = "resume.json"  # 检查点里的计数器与"这是哪次运行"的记录
+RESUME_DAMAGED = "这个检查点不能用了：--resume_from_checkpoint 换一个更早的检查点，或去掉它重新训练"
 
 
 class RLHFPPOTrainer(PPOTrainer):
@@ -141,7 +142,7 @@ class RLHFPPOTrainer(PPOTrainer):
         正常跑完的最后一次更新不存（马上就要写最终结果）。"""
         if self.state.global_step >= self.state.max_steps and not self.stop.requested:
             return
-        if self.is_deepspeed_enabled:  # ZeRO 把优化器状态分在各进程里，这里不处理
+        if self.is_deepspeed_enabled:  # ZeRO 把优化器状态分在各进程里，这里不处理（开始时已说明，见 train_ppo.py）
             return
         work = Path(self.args.output_dir)
         final, tmp = work / f"checkpoint-{self.state.global_step}", work / f".checkpoint-{self.state.global_step}.tmp"
@@ -154,15 +155,17 @@ class RLHFPPOTrainer(PPOTrainer):
         if self.accelerator.is_main_process:
             from safetensors.torch import save_model
 
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            unwrapped.policy.save_pretrained(str(tmp / "adapter"))
-            save_model(unwrapped.value_model, str(tmp / "critic.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
-            write_json(tmp / RESUME_FILE, {
-                "global_step": self.state.global_step, "episode": self.state.episode,
-                "optimizer_steps": self.optimizer_steps, "max_steps": self.state.max_steps,
-                "num_processes": self.accelerator.num_processes, **self.run_info})
+            with writing(final, tmp):  # 磁盘满等：删掉写了一半的 tmp，一行中文；上一个检查点不动
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                unwrapped.policy.save_pretrained(str(tmp / "adapter"))
+                pause_point(f"ppo-checkpoint-{self.state.global_step}")
+                save_model(unwrapped.value_model, str(tmp / "critic.safetensors"))
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+                write_json(tmp / RESUME_FILE, {
+                    "global_step": self.state.global_step, "episode": self.state.episode,
+                    "optimizer_steps": self.optimizer_steps, "max_steps": self.state.max_steps,
+                    "num_processes": self.accelerator.num_processes, **self.run_info})
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             tmp.rename(final)
@@ -177,7 +180,7 @@ class RLHFPPOTrainer(PPOTrainer):
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file, load_model
 
-        info = json.loads((checkpoint / RESUME_FILE).read_text(encoding="utf-8"))
+        info = read_json(checkpoint / RESUME_FILE, RESUME_DAMAGED)
         unwrapped = self.accelerator.unwrap_model(self.model)
         set_peft_model_state_dict(unwrapped.policy, load_file(str(checkpoint / "adapter" / "adapter_model.safetensors")))
         load_model(unwrapped.value_model, str(checkpoint / "critic.safetensors"))
@@ -289,12 +292,10 @@ def adapter_base_path(folder: Path, sft_path: Path) -> str:
 def save_policy(trainer, folder, sft_path, tokenizer) -> None:
     """写出 LoRA 适配器和合并后的完整模型 merged/，chat / benchmark 两种都能读。folder 可以是最终位置旁边的临时文件夹
     （outputs.StagingDir）：基座路径只和上一级有关，改名就位后照样成立。"""
-    import json
-
     policy = trainer.accelerator.unwrap_model(trainer.model).policy
     policy.save_pretrained(str(folder))
     config_file = folder / "adapter_config.json"
-    adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
+    adapter_config = read_json(config_file, "刚写出的适配器配置读不回来：检查磁盘后重新运行 python train_ppo.py")
     adapter_config["base_model_name_or_path"] = adapter_base_path(folder, sft_path)  # TRL 写的是传入的路径原样
     config_file.write_text(json.dumps(adapter_config, ensure_ascii=False, indent=2), encoding="utf-8")
     tokenizer.save_pretrained(str(folder))  # 左填充（生成用）

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import signal
 import sys
@@ -12,9 +13,9 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
-from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, NonFiniteError, UserError
+from .errors import ANYWHERE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
 from .options import display_path, input_path
-from .outputs import StagingDir, tensorboard_dir, trainer_work_dir, write_stage_info
+from .outputs import StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
 from .stages import nan_hint
 
 # 这些日志键一旦不是有限数，就说明训练已经发散
@@ -130,14 +131,26 @@ class GracefulStop(TrainerCallback):
         self._previous = {}
 
 
-def resume_arg(value: str | bool | None, work: Path) -> str | None:
-    """--resume_from_checkpoint：文件夹原样用；true = <结果>-trainer-checkpoints/ 里最新的一个；没有就说清楚。"""
-    from transformers.trainer_utils import get_last_checkpoint
+COMPLETE_MARKERS = ("trainer_state.json", "resume.json")  # Trainer / 我们的 PPO 检查点最后写的文件
 
+
+def last_complete_checkpoint(work: Path) -> str | None:
+    """work 里步数最大的、写完了的 checkpoint-N。Trainer 直接写进 checkpoint-N/（不经临时文件夹），写到一半被杀的
+    那个没有最后写的 trainer_state.json：跳过它，用上一个（transformers 的 get_last_checkpoint 只看名字）。"""
+    import re
+
+    found = [(int(m.group(1)), p) for p in (work.iterdir() if work.is_dir() else [])
+             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()
+             and any((p / f).is_file() for f in COMPLETE_MARKERS)]
+    return str(max(found)[1]) if found else None
+
+
+def resume_arg(value: str | bool | None, work: Path) -> str | None:
+    """--resume_from_checkpoint：文件夹原样用；true = <结果>-trainer-checkpoints/ 里最新的、写完了的一个；没有就说清楚。"""
     if value is None or value is False or str(value).lower() == "false":
         return None
     if str(value).lower() == "true":
-        last = get_last_checkpoint(str(work)) if work.is_dir() else None
+        last = last_complete_checkpoint(work)
         if last is None:
             raise UserError(f"{display_path(work)} 里没有可续训的检查点。去掉 --resume_from_checkpoint 重新训练。")
         return last
@@ -166,6 +179,7 @@ def interrupted(trainer, stop: GracefulStop) -> UserError:
     """停下之后：主进程说出进度存在哪、怎样续训（一次）；其他进程安静地以中断退出码结束。"""
     from transformers.trainer_utils import get_last_checkpoint
 
+    end_processes(trainer.accelerator)  # 检查点已由所有进程一起写完；一起退出，谁也不在别人还在写时先走
     if not trainer.is_world_process_zero():
         sys.exit(EXIT_INTERRUPTED)
     last = get_last_checkpoint(trainer.args.output_dir) if Path(trainer.args.output_dir).is_dir() else None
@@ -185,8 +199,36 @@ def fit(trainer, stop: GracefulStop, resume: str | bool | None) -> None:
         trainer.train(resume_from_checkpoint=resume)
     except StopRequested:
         raise interrupted(trainer, stop) from None
+    except Exception as e:
+        if os_error_code(e) in ANYWHERE:
+            drop_partial_checkpoint(trainer)
+        raise
     finally:
         stop.restore()  # 训练出错（NaN、显存不足）时 on_train_end 不会被调用：信号处理在这里交还
+
+
+def drop_partial_checkpoint(trainer) -> None:
+    """Trainer 直接写 checkpoint-N/（不经临时文件夹），trainer_state.json 最后写：磁盘满时没有它的那个是半成品，
+    删掉，免得 --resume_from_checkpoint true 挑中它。"""
+    import shutil
+
+    if trainer.is_world_process_zero():
+        partial = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+        if partial.is_dir() and not (partial / "trainer_state.json").is_file():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def end_processes(accelerator) -> None:
+    """多进程的收尾：所有进程等主进程写完（最终结果 / 检查点），再一起关掉进程组。
+
+    否则先走的进程在退出时带着还开着的 gloo / NCCL 通信线程中止（"terminate called without an active exception"，
+    SIGABRT），启动器随即停掉正在保存的主进程，整次运行的结果在最后一刻丢失。单进程时什么也不做。"""
+    import torch.distributed as dist
+
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def announce_global_batch(trainer) -> None:
@@ -208,6 +250,16 @@ def refuse_zero3_for_ppo(cfg) -> None:
         raise UserError(
             "PPO 不支持 DeepSpeed ZeRO-3（能跑完，但合并出的模型里嵌入层是空的；0.6B 模型用它也省不了显存）。"
             "请改用 accelerate launch --config_file configs/accelerate/zero2.yaml 或 ddp.yaml。", EXIT_BAD_INPUT)
+
+
+def warn_zero_ppo_not_resumable(cfg) -> None:
+    """ZeRO-2 的 PPO 能训练、能写出最终结果，但不写可续训的检查点（优化器状态分在各进程里，
+    qwen_rlhf/ppo.py 的 _save_checkpoint 只会存完整的优化器）：开始前由主进程说一次。"""
+    plugin = getattr(cfg, "deepspeed_plugin", None)
+    if plugin is not None and cfg.process_index == 0:
+        print(f"[注意] DeepSpeed ZeRO-{plugin.zero_stage} 下的 PPO 不写可续训的检查点：被打断后只能从头训练。"
+              "要能续训，请用 accelerate launch --config_file configs/accelerate/ddp.yaml（0.6B 模型的 PPO 用 DDP 放得下）。",
+              flush=True)
 
 
 def launch_info(args) -> dict:
@@ -235,20 +287,24 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
     文件只由主进程写：临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。"""
     import shutil
 
-    export = Path(trainer.args.output_dir) / "export"  # 每个进程算出的是同一个路径
+    from accelerate.utils import broadcast_object_list
+
+    # 这次运行自己的导出文件夹（主进程的进程号，所有进程用同一个名字）：被杀留下的由 outputs.recover 按进程号清掉
+    export = Path(trainer.args.output_dir) / broadcast_object_list([f"export-{os.getpid()}"])[0]
+    with writing(final, export):
+        trainer.save_model(str(export))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
     if trainer.is_world_process_zero():
-        shutil.rmtree(export, ignore_errors=True)  # 上次被杀留下的文件不能混进这次的结果
-    trainer.save_model(str(export))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
-    if not trainer.is_world_process_zero():
-        return
-    record = cost.record(**trainer_throughput(trainer, stage))
-    with StagingDir(final) as tmp:
-        for f in export.iterdir():
-            f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
-        tokenizer.save_pretrained(str(tmp))
-        write_stage_info(tmp, stage, options, launch=launch_info(trainer.args), cost=record, **info)
-    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
-    print(f"[完成] {stage} 已保存到 {display_path(final)}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard")
+        record = cost.record(**trainer_throughput(trainer, stage))
+        with writing(final, export), StagingDir(final) as tmp:
+            for f in export.iterdir():
+                f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
+            pause_point("staging")
+            tokenizer.save_pretrained(str(tmp))
+            write_stage_info(tmp, stage, options, launch=launch_info(trainer.args), cost=record, **info)
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+        print(f"[完成] {stage} 已保存到 {display_path(final)}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard",
+              flush=True)
+    end_processes(trainer.accelerator)
 
 
 def trainer_throughput(trainer, stage: str) -> dict:

@@ -72,6 +72,8 @@ def test_ppo_on_two_processes_has_the_single_process_shape_and_counts_episodes_p
         tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count(DEEPSPEED_COMM_READY) == (2 if recipe == "zero2" else 0)
+    # ZeRO-2 的 PPO 不写可续训的检查点：开始时主进程说一次
+    assert r.stdout.count("PPO 不写可续训的检查点") == (1 if recipe == "zero2" else 0)
     single, info = stage_info(pipeline["ppo"]), stage_info(out)
     assert file_names(out) == file_names(pipeline["ppo"])
     assert file_names(out / "merged") == file_names(pipeline["ppo"] / "merged")

@@ -7,14 +7,13 @@ import shlex
 import shutil
 import signal
 import sys
-import time
 
 import pytest
 import torch
 
 from conftest import (ROOT, last_line, offline_env, quarter_means, read_by_step, read_scalars, read_steps, run_inline,
                       run_script, run_until, stage_args)
-from qwen_rlhf import data, inference, models, ppo, scoring, training
+from qwen_rlhf import data, inference, models, outputs, ppo, scoring, training
 
 TB_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "policy/entropy_avg", "loss/policy_avg",
            "loss/value_avg", "val/num_eos_tokens", "rollout/distinct_ratio", "rollout/response_length",
@@ -260,10 +259,10 @@ def test_a_run_killed_then_shut_down_resumes_to_exactly_the_uninterrupted_result
     out = pipeline["tmp"] / "ppo-resume"
     work = pipeline["tmp"] / "ppo-resume-trainer-checkpoints"
     env = offline_env(pipeline["tmp"])
-    proc, _ = run_until([*PPO, *ppo_args(pipeline, out, "--save_steps", 1)], env, "[检查点] 第 1 次更新")
-    deadline = time.time() + 300
-    while not (work / ".checkpoint-2.tmp").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
+    # outputs.pause_point：写第 2 个检查点写到一半（适配器写完、critic 和优化器还没写）时停住，等到这一行再 SIGKILL
+    paused = {**env, outputs.PAUSE_ENV: "ppo-checkpoint-2"}
+    proc, _ = run_until([*PPO, *ppo_args(pipeline, out, "--save_steps", 1)], paused, "[pause] ppo-checkpoint-2")
+    assert (work / ".checkpoint-2.tmp" / "adapter").is_dir() and not (work / "checkpoint-2").exists()
     proc.kill()
     proc.wait(60)
     assert (work / "checkpoint-1" / ppo.RESUME_FILE).is_file() and not out.exists()

@@ -5,12 +5,11 @@ import json
 import shutil
 import signal
 import sys
-import time
 
 import pytest
 
 from conftest import ROOT, TINY, last_line, offline_env, run_inline, run_script, run_until, stage_args
-from qwen_rlhf import errors, outputs
+from qwen_rlhf import errors, models, outputs
 
 
 def assert_one_line_error(r, code, *needles):
@@ -76,12 +75,15 @@ def test_strict_mode_turns_skips_into_refusals(tmp_path, tiny_model):
         ("train_ppo.py", ["--fp16", "true"], ["PPO 不支持 fp16"]),
     ],
 )
-def test_bad_options_fail_in_seconds_with_one_line(tmp_path, tiny_model, script, extra, needles):
+def test_bad_options_fail_before_loading_a_model_with_one_line(tmp_path, tiny_model, monkeypatch, script, extra,
+                                                               needles):
     recipe = {"train_sft.py": "sft", "train_rm.py": "rm", "train_ppo.py": "ppo"}[script]
-    t0 = time.time()
+    loaded = []
+    for name in ("load_causal_lm", "load_score_model", "load_tokenizer"):  # 在加载任何模型之前就报错：一个都不许调用
+        monkeypatch.setattr(models, name, lambda *a, name=name, **k: loaded.append(name))
     r = run_inline(script, *stage_args(recipe, tiny_model, tmp_path / "out", *extra), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, *needles)
-    assert time.time() - t0 < 60  # 在加载任何模型之前就报错
+    assert loaded == []
 
 
 def test_recipe_that_does_not_exist(tmp_path):
@@ -182,21 +184,19 @@ def test_sigkill_at_any_moment_leaves_a_complete_loadable_result(pipeline, tmp_p
     cmd = [sys.executable, str(ROOT / "train_rm.py"),
            *map(str, stage_args("rm", pipeline["tmp"] / "tiny-qwen3", out, "--overwrite_output_dir", "true",
                                 "--num_train_epochs", 20 if moment == "training" else 1))]  # 写结果之前不必久等
-    proc, _ = run_until(cmd, offline_env(tmp_path), "[数据]")
-    if moment == "training":
-        time.sleep(1.0)
-    else:  # 等临时文件夹出现（开始写新结果）的那一刻
-        deadline = time.time() + 600
-        while not list(tmp_path.glob(".rm.tmp-*")) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
+    # 停在确定的时刻，不靠睡眠和轮询：训练中 = 第一条 loss 日志之后；写新结果时 = 权重已搬进临时文件夹、stage.json 还没写
+    # （outputs.pause_point 的钩子在那里停住，直到被杀）
+    env = offline_env(tmp_path, **{outputs.PAUSE_ENV: "staging"})
+    proc, _ = run_until([*cmd, "--logging_steps", "1"], env, "'loss'" if moment == "training" else "[pause] staging")
     proc.kill()
     proc.wait(60)
     if moment == "training":
         assert _digest(out / "model.safetensors") == before
     AutoModelForSequenceClassification.from_pretrained(str(out))  # 无论旧的还是新的，都是完整可读的
     assert json.loads((out / "stage.json").read_text())["stage"] == "rm"
-    outputs.check_writable(out, overwrite=True)  # 下次运行前清掉被杀进程留下的临时文件夹
-    assert not list(tmp_path.glob(".rm.*"))
+    outputs.check_writable(out, overwrite=True)  # 下次运行前清掉被杀进程留下的临时文件夹（被杀进程的锁已随它消失）
+    outputs.release_locks()
+    assert not list(tmp_path.glob(".rm.tmp-*")) and not list(tmp_path.glob(".rm.old"))
 
 
 def test_out_of_memory_and_disk_full_become_one_line_hints(capsys):

@@ -1,0 +1,109 @@
+"""给用户看的文字里提到的每个 `--选项`，打印它的那个脚本真的有：照着提示去改，不会得到"未知选项"。
+
+消息从源代码里收集（字符串常量，含 f-string 的字面部分；函数和类的 docstring 是写给开发者的，不算；脚本开头的
+用法说明算）；每个脚本的选项集合用它自己的 dataclass 建出它真正的解析器（options.Parser）。共用模块的消息算在
+能打印它的脚本头上，表见 SHARED / ONLY，一项一行，不靠猜调用关系。
+"""
+
+import ast
+import re
+
+import pytest
+from conftest import ROOT
+
+import benchmark
+import chat
+import train_ppo
+import train_rm
+import train_sft
+from qwen_rlhf import options, stages
+
+OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)")
+
+PARSERS = {  # 脚本 -> 它交给 options.parse 的 dataclass
+    "train_sft.py": [train_sft.SFTArgs, train_sft.SFTConfig],
+    "train_rm.py": [train_rm.RMArgs, train_rm.RewardConfig],
+    "train_ppo.py": [train_ppo.PPOArgs, train_ppo.PPOConfig, train_ppo.PPOModelArgs],
+    "benchmark.py": [benchmark.BenchmarkArgs],
+    "chat.py": [chat.ChatArgs],
+}
+ALL = tuple(PARSERS)
+TRAIN = ("train_sft.py", "train_rm.py", "train_ppo.py")
+# 共用模块 -> 能打印它的消息的脚本
+SHARED = {
+    "qwen_rlhf/errors.py": ALL,
+    "qwen_rlhf/options.py": ALL,
+    "qwen_rlhf/models.py": ALL,
+    "qwen_rlhf/outputs.py": ALL,
+    "qwen_rlhf/data.py": (*TRAIN, "benchmark.py"),
+    "qwen_rlhf/inference.py": ("benchmark.py", "chat.py"),
+    "qwen_rlhf/report.py": ("benchmark.py",),
+    "qwen_rlhf/metrics.py": ("benchmark.py",),
+    "qwen_rlhf/training.py": TRAIN,
+    "qwen_rlhf/ppo.py": ("train_ppo.py",),
+}
+# 共用模块里只有部分脚本会走到的函数 / 类（模块, 名字）-> 这些脚本
+ONLY = {
+    ("qwen_rlhf/options.py", "DataArgs"): (*TRAIN, "benchmark.py"),
+    ("qwen_rlhf/data.py", "sft_share"): ("train_sft.py",),
+    ("qwen_rlhf/data.py", "drop_long"): ("train_sft.py", "train_rm.py"),  # 默认的 --max_length；PPO 传自己的选项名
+    ("qwen_rlhf/outputs.py", "check_writable"): TRAIN,
+    ("qwen_rlhf/outputs.py", "lock_output"): TRAIN,
+    ("qwen_rlhf/outputs.py", "check_same_split"): ("train_ppo.py", "benchmark.py"),
+    ("qwen_rlhf/training.py", "refuse_zero3_for_ppo"): ("train_ppo.py",),
+    ("qwen_rlhf/training.py", "warn_zero_ppo_not_resumable"): ("train_ppo.py",),
+}
+# 别的程序的选项：accelerate launch（--config_file --num_processes）和 tensorboard（--logdir）
+OTHER_PROGRAMS = {"config_file", "num_processes", "logdir"}
+# stages.py 的提示按阶段分：每个脚本只会打印自己那一项
+HINTS = {"train_sft.py": "sft", "train_rm.py": "rm", "train_ppo.py": "ppo", "benchmark.py": "benchmark", "chat.py": "chat"}
+
+
+def mentions(path, keep_module_docstring: bool) -> dict[str, set[str]]:
+    """{顶层函数 / 类名（模块级的字符串为 "<module>"）: 其中字符串提到的选项名}。"""
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)) and n.body
+                  and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)
+                  and not (keep_module_docstring and isinstance(n, ast.Module))}
+    out: dict[str, set[str]] = {}
+    for node in tree.body:
+        name = getattr(node, "name", "<module>")
+        for n in ast.walk(node):
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings:
+                out.setdefault(name, set()).update(OPTION.findall(n.value))
+    return out
+
+
+def messages_of(script: str) -> dict[str, set[str]]:
+    """这个脚本能打印的消息里提到的选项：{出处: 选项名}。"""
+    found = {f"{script}:{k}": v for k, v in mentions(script, keep_module_docstring=True).items()}
+    for module, scripts in SHARED.items():
+        for name, opts in mentions(module, keep_module_docstring=False).items():
+            if script in ONLY.get((module, name), scripts):
+                found[f"{module}:{name}"] = opts
+    stage = HINTS[script]
+    found["qwen_rlhf/stages.py:hints"] = set(OPTION.findall(stages.oom_hint(stage) + stages.nan_hint(stage)))
+    return found
+
+
+def parser_options(script: str) -> set[str]:
+    parser = options.Parser(PARSERS[script])
+    # --config 由 options.parse / TrlParser 自己读，不是 argparse 的动作
+    return {s[2:] for s in parser._option_string_actions if s.startswith("--")} | {"config"}
+
+
+@pytest.mark.parametrize("script", ALL)
+def test_every_option_named_in_a_message_exists_in_the_script_that_prints_it(script):
+    have = parser_options(script) | OTHER_PROGRAMS
+    missing = {where: sorted(opts - have) for where, opts in messages_of(script).items() if opts - have}
+    assert not missing, f"{script} 的消息提到了它没有的选项：{missing}"
+
+
+def test_the_collector_sees_options_in_f_strings_and_refuses_what_a_script_lacks():
+    """收集器本身：f-string 里的选项也收得到；PPO 没有 --max_length（它的是 --max_prompt_length）。"""
+    found = messages_of("train_ppo.py")
+    assert "max_prompt_length" in found["train_ppo.py:main"]  # data.drop_long(..., "--max_prompt_length")
+    assert "max_length" not in parser_options("train_ppo.py")
+    assert "max_length" in mentions("qwen_rlhf/data.py", False)["drop_long"]
+    assert "sft_fraction" in messages_of("train_sft.py")["qwen_rlhf/data.py:sft_share"]
