@@ -25,6 +25,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from qwen_rlhf import data, errors, inference, options
+from qwen_rlhf.device import announce_device, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, UserError
 from qwen_rlhf.options import display_path
 
@@ -56,6 +57,7 @@ class ChatArgs:
     model_name_or_path: str = opt(options.DEFAULT_MODEL, "--model base 时用的基座模型：本地文件夹或模型 ID")
     system_prompt: str | None = opt(None, "初始系统提示词（默认不加）；对话中可用 /system 修改")
     prompt: str | None = opt(None, "只问这一句：打印回答后退出（不进入交互）")
+    device: str = opt("auto", "auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …（与 benchmark.py 相同）")
     think: bool = opt(False, "允许 Qwen3 先思考再回答（默认关闭，即 enable_thinking=False）")
     hide_think: bool = opt(False, "和 --think 一起用：不显示思考过程，只显示最终回答")
     do_sample: bool = opt(True, "采样生成；--do_sample false 为贪心解码（确定的输出）")
@@ -347,10 +349,11 @@ def main():
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    if torch.cuda.is_available():
-        device, dtype = "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    else:
-        device, dtype = "cpu", torch.float32
+    device = pick_device(args.device)
+    dtype = torch.bfloat16 if device != "cpu" and torch.cuda.is_bf16_supported() else torch.float32
+    named = {"base": args.model_name_or_path, "sft": args.sft_model_path, "ppo": args.ppo_model_path}
+    announce_device("chat", args.device == "cpu", "bf16" if dtype == torch.bfloat16 else "fp32",
+                    model=named.get(args.model, args.model), file=sys.stderr)  # stderr：管道模式下 stdout 里只有回答
     chat = Chat(load(args.model, args, device, dtype), args, device, dtype)  # 只由 chat 持有：/model 换掉后能释放
     if args.seed is not None:
         set_seed(args.seed)
