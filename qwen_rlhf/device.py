@@ -156,7 +156,7 @@ def cpu_warning(params: int | None, cores: int, training: bool) -> str | None:
         return None
     n = params or REF_PARAMS
     tokens_per_s = REF_TOKENS_PER_S * REF_PARAMS / n * max(cores, 1) / REF_CORES * (1 if training else 3)
-    size = f"{n / 1e6:.0f}M 参数的模型" if params else "下载来的真实模型"
+    size = f" {n / 1e6:.0f}M 参数的模型" if params else "下载来的真实模型"
     if training:
         speed = f"粗略估计每训练 1000 个 token 约 {1000 / tokens_per_s / 60:.0f} 分钟（默认设置一步有上万 token，要几个小时）"
     else:

@@ -114,7 +114,7 @@ def check_gpus(o: Observed) -> Row | None:
     if not o.gpus:
         return Row("torch 用 GPU", BAD, f"torch 看不到 GPU（torch 的 CUDA：{o.torch_cuda or '无'}；驱动：{o.driver.cuda}）",
                    why_no_gpu(o.torch, o.torch_cuda, o.driver, "--use_cpu true（benchmark / chat 用 --device cpu）"))
-    detail = f"{gpu_names(o.gpus)} · {'bf16' if all(g[2] for g in o.gpus) else '不支持 bf16'}"
+    detail = f"{gpu_names(o.gpus)}· {'bf16' if all(g[2] for g in o.gpus) else '不支持 bf16'}"
     if len(o.gpus) < len(o.driver.gpus):
         return Row("torch 用 GPU", WARN, f"{detail}；只看到 nvidia-smi 列出的 {len(o.driver.gpus)} 块中的 {len(o.gpus)} 块",
                    f"检查 CUDA_VISIBLE_DEVICES（现在是 {os.environ.get('CUDA_VISIBLE_DEVICES', '未设置')!r}）。")
