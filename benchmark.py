@@ -146,13 +146,13 @@ def main():
     (args,) = options.parse([BenchmarkArgs])
     specs = check_options(args)
     device = pick_device(args.device)
-    announce_device("benchmark", args.device == "cpu", "fp32", model=args.sft_model_path)  # 权重按 fp32 加载
     started = time.strftime("%Y%m%d-%H%M%S")
     # 加载任何模型之前先认清每个文件夹：别生成完了才发现 RM 不对、或把 RM 当成了对话模型
     policies = resolve_models(specs, args)
     rm_folder = options.input_path(args.reward_model_path)
     rm_info = outputs.check_kind(rm_folder, ("rm",), "--reward_model_path")
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
+    announce_device("benchmark", args.device == "cpu", "fp32", model=rm_folder)  # 权重按 fp32 加载；RM 与策略同尺寸
 
     # ---------------------------------------------------------------- 数据
     rows = data.load_rows(args.dataset, args.strict)

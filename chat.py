@@ -197,10 +197,14 @@ def no_ctrl_echo():
 # ---------------------------------------------------------------- 对话
 
 
-def load(spec: str, args: ChatArgs, device: str, dtype) -> inference.Loaded:
-    """先认出 spec 是不是能对话的模型（RM、半成品在这里就被拒绝，什么都还没加载），再加载到 device。"""
+def load(spec: str, args: ChatArgs, device: str, dtype, announce: bool = False) -> inference.Loaded:
+    """先认出 spec 是不是能对话的模型（RM、半成品在这里就被拒绝，什么都还没加载），再加载到 device。
+    announce：第一次加载之前说一行设备（GPU 用不了时在这里拒绝）；写到 stderr，管道模式下 stdout 里只有回答。"""
     name, folder, _ = inference.policy_folder(
         spec, {"sft": args.sft_model_path, "ppo": args.ppo_model_path}, args.model_name_or_path)
+    if announce:
+        announce_device("chat", args.device == "cpu", "bf16" if dtype == torch.bfloat16 else "fp32", model=folder,
+                        file=sys.stderr)
     if sys.stderr.isatty():  # 加载要几秒：终端上显示一行临时提示，加载完或出错时擦掉，错误仍然只有一行
         print(f"正在加载模型 {spec} …", end="\r", file=sys.stderr, flush=True)
     try:
@@ -351,10 +355,7 @@ def main():
     hf_logging.disable_progress_bar()
     device = pick_device(args.device)
     dtype = torch.bfloat16 if device != "cpu" and torch.cuda.is_bf16_supported() else torch.float32
-    named = {"base": args.model_name_or_path, "sft": args.sft_model_path, "ppo": args.ppo_model_path}
-    announce_device("chat", args.device == "cpu", "bf16" if dtype == torch.bfloat16 else "fp32",
-                    model=named.get(args.model, args.model), file=sys.stderr)  # stderr：管道模式下 stdout 里只有回答
-    chat = Chat(load(args.model, args, device, dtype), args, device, dtype)  # 只由 chat 持有：/model 换掉后能释放
+    chat = Chat(load(args.model, args, device, dtype, announce=True), args, device, dtype)  # 只由 chat 持有：/model 换掉后能释放
     if args.seed is not None:
         set_seed(args.seed)
 
