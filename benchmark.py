@@ -21,6 +21,7 @@ from qwen_rlhf import data, errors, inference, metrics, models, options, outputs
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import chat_stages
 from qwen_rlhf.cost import Cost
+from qwen_rlhf.device import announce_device, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 
 
@@ -67,20 +68,6 @@ def check_options(args: BenchmarkArgs) -> list[str]:
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {args.output_dir} 是一个文件，不是文件夹。", EXIT_BAD_INPUT)
     return specs
-
-
-def pick_device(spec: str) -> str:
-    import torch
-
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"--device {spec} 不是合法的设备名；用 auto / cpu / cuda / cuda:0 …", EXIT_BAD_INPUT) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}：这台机器上没有可用的 CUDA GPU。用 --device cpu 或 auto。", EXIT_BAD_INPUT)
-    return spec
 
 
 def resolve_models(specs: list[str], args: BenchmarkArgs) -> dict[str, tuple]:
@@ -165,6 +152,7 @@ def main():
     rm_folder = options.input_path(args.reward_model_path)
     rm_info = outputs.check_kind(rm_folder, ("rm",), "--reward_model_path")
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
+    announce_device("benchmark", args.device == "cpu", "fp32", model=rm_folder)  # 权重按 fp32 加载；RM 与策略同尺寸
 
     # ---------------------------------------------------------------- 数据
     rows = data.load_rows(args.dataset, args.strict, args.columns)

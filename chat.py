@@ -25,6 +25,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from qwen_rlhf import data, errors, inference, options
+from qwen_rlhf.device import announce_device, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, UserError
 from qwen_rlhf.options import display_path
 
@@ -56,6 +57,7 @@ class ChatArgs:
     model_name_or_path: str = opt(options.DEFAULT_MODEL, "--model base 时用的基座模型：本地文件夹或模型 ID")
     system_prompt: str | None = opt(None, "初始系统提示词（默认不加）；对话中可用 /system 修改")
     prompt: str | None = opt(None, "只问这一句：打印回答后退出（不进入交互）")
+    device: str = opt("auto", "auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …（与 benchmark.py 相同）")
     think: bool = opt(False, "允许 Qwen3 先思考再回答（默认关闭，即 enable_thinking=False）")
     hide_think: bool = opt(False, "和 --think 一起用：不显示思考过程，只显示最终回答")
     do_sample: bool = opt(True, "采样生成；--do_sample false 为贪心解码（确定的输出）")
@@ -195,10 +197,14 @@ def no_ctrl_echo():
 # ---------------------------------------------------------------- 对话
 
 
-def load(spec: str, args: ChatArgs, device: str, dtype) -> inference.Loaded:
-    """先认出 spec 是不是能对话的模型（RM、半成品在这里就被拒绝，什么都还没加载），再加载到 device。"""
+def load(spec: str, args: ChatArgs, device: str, dtype, announce: bool = False) -> inference.Loaded:
+    """先认出 spec 是不是能对话的模型（RM、半成品在这里就被拒绝，什么都还没加载），再加载到 device。
+    announce：第一次加载之前说一行设备（GPU 用不了时在这里拒绝）；写到 stderr，管道模式下 stdout 里只有回答。"""
     name, folder, _ = inference.policy_folder(
         spec, {"sft": args.sft_model_path, "ppo": args.ppo_model_path}, args.model_name_or_path)
+    if announce:
+        announce_device("chat", args.device == "cpu", "bf16" if dtype == torch.bfloat16 else "fp32", model=folder,
+                        file=sys.stderr)
     if sys.stderr.isatty():  # 加载要几秒：终端上显示一行临时提示，加载完或出错时擦掉，错误仍然只有一行
         print(f"正在加载模型 {spec} …", end="\r", file=sys.stderr, flush=True)
     try:
@@ -347,11 +353,9 @@ def main():
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    if torch.cuda.is_available():
-        device, dtype = "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    else:
-        device, dtype = "cpu", torch.float32
-    chat = Chat(load(args.model, args, device, dtype), args, device, dtype)  # 只由 chat 持有：/model 换掉后能释放
+    device = pick_device(args.device)
+    dtype = torch.bfloat16 if device != "cpu" and torch.cuda.is_bf16_supported() else torch.float32
+    chat = Chat(load(args.model, args, device, dtype, announce=True), args, device, dtype)  # 只由 chat 持有：/model 换掉后能释放
     if args.seed is not None:
         set_seed(args.seed)
 

@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass, field, fields
 
-from qwen_rlhf import data, errors, models, options, outputs, ppo, training  # noqa: I001  先于 trl.experimental 导入（见 __init__）
+from qwen_rlhf import data, device, errors, models, options, outputs, ppo, training  # noqa: I001  先于 trl.experimental 导入（见 __init__）
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.errors import UserError
 from trl import ModelConfig, get_peft_config
@@ -148,6 +148,7 @@ def main():
     sft_path, rm_path = options.input_path(cfg.sft_model_path), options.input_path(cfg.reward_model_path)
     sft_info = outputs.check_kind(sft_path, ("sft",), "--sft_model_path")
     rm_info = outputs.check_kind(rm_path, ("rm",), "--reward_model_path")
+    device.announce_device("ppo", cfg.use_cpu, device.precision_of(cfg), model=sft_path)
 
     # ---------------------------------------------------------------- 数据
     from accelerate import PartialState

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from trl import RewardConfig, RewardTrainer
 
-from qwen_rlhf import data, errors, models, options, outputs, training
+from qwen_rlhf import data, device, errors, models, options, outputs, training
 from qwen_rlhf.cost import Cost
 
 
@@ -43,6 +43,7 @@ def main():
     args, cfg = parse_options()
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
+    device.announce_device("rm", cfg.use_cpu, device.precision_of(cfg), model=args.model_name_or_path)
 
     # ---------------------------------------------------------------- 数据
     rows = data.load_rows(args.dataset, args.strict, args.columns)

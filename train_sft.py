@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig, SFTTrainer
 
-from qwen_rlhf import data, errors, models, options, outputs, training
+from qwen_rlhf import data, device, errors, models, options, outputs, training
 from qwen_rlhf.cost import Cost
 
 
@@ -39,6 +39,7 @@ def main():
     args, cfg = parse_options()
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
+    device.announce_device("sft", cfg.use_cpu, device.precision_of(cfg), model=args.model_name_or_path)
 
     # ---------------------------------------------------------------- 数据
     rows = data.load_rows(args.dataset, args.strict, args.columns)

@@ -18,6 +18,7 @@ EXIT_MISSING = 3  # 缺少前一阶段的产物，或产物不匹配
 EXIT_NETWORK = 4  # 需要下载但连不上 ModelScope / Hugging Face
 EXIT_RESOURCE = 5  # 显存不足、磁盘已满
 EXIT_NUMERIC = 6  # loss / reward 出现 NaN 或 inf
+EXIT_ENVIRONMENT = 7  # 环境不对：机器上有 GPU 而 torch 用不了它（CPU 版 / CUDA 比驱动新）
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 DEBUG_ENV = "QWEN_RLHF_DEBUG"

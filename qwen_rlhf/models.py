@@ -13,7 +13,8 @@ PAD_TOKEN = "<|endoftext|>"  # 填充符：绝不能等于停止符，否则 PPO
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-def _looks_like_local(name: str) -> bool:
+def looks_like_local(name: str) -> bool:
+    """是本地路径的写法（而不是 ModelScope / Hugging Face 的 "组织/名字"）。"""
     return name.startswith((".", "/", "~")) or name.startswith("checkpoint") or name.count("/") != 1
 
 
@@ -25,7 +26,7 @@ def resolve_model_source(name_or_path: str) -> Path:
 
         check_kind(path, ("base", "sft"), "--model_name_or_path")  # 基座可以是下载的 Qwen3，也可以是 SFT 模型
         return path
-    if _looks_like_local(name_or_path):
+    if looks_like_local(name_or_path):
         raise UserError(f"模型文件夹不存在：{name_or_path}。请检查路径，或传模型 ID（例如 Qwen/Qwen3-0.6B）。", EXIT_MISSING)
     target = CHECKPOINT_DIR / "base" / name_or_path.replace("/", "__")
     with main_process_first():  # 多进程：主进程下载，其余进程等它下完直接用已下载的文件夹

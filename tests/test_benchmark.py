@@ -169,6 +169,12 @@ def test_writes_csv_report_summary_and_valid_pngs(bench):
     assert "report.md" in last_line(bench.proc.stdout) and str(bench.folder.name) in last_line(bench.proc.stdout)
 
 
+def test_device_line_comes_before_the_first_model_is_loaded(bench):
+    lines = bench.proc.stdout.splitlines()
+    (at,) = [i for i, x in enumerate(lines) if x.startswith("设备：")]  # 没有 GPU 时是"设备：CPU · fp32"
+    assert at < next(i for i, x in enumerate(lines) if x.startswith("[生成]"))
+
+
 def test_summary_records_the_cost_and_the_last_line_says_it(bench):
     from qwen_rlhf.cost import Cost
 

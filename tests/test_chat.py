@@ -43,6 +43,7 @@ def test_prompt_mode_prints_one_answer_and_exits(single):
     assert out.strip(), "没有输出回答"
     assert "<think>" not in out and "</think>" not in out
     assert "Traceback" not in single.stderr
+    assert [x for x in single.stderr.splitlines() if x.startswith("设备：")] and "设备" not in out  # 设备那一行在 stderr
 
 
 def test_pipe_mode_answers_every_line_in_one_conversation(tiny_model, tmp_path, single):
