@@ -1,7 +1,8 @@
 """第 4 步：评测。各阶段模型回答同一批问题（留出测试集 + 原仓库的十个常见问题），RM 给每个回答打分。
 
-    python benchmark.py                                  # 默认：sft 和 ppo，50 个留出问题，贪心解码
-    python benchmark.py --models base,sft,ppo --num_questions 200
+    python benchmark.py                                  # 默认：SFT 和 checkpoint/ 里已有的每个 RL 阶段，50 个留出问题，贪心解码
+    python benchmark.py --models sft,ppo,grpo,rloo,dpo --num_questions 200   # 任意几个，SFT 是基线
+    python benchmark.py --models base,sft,ppo
     python benchmark.py --questions my_questions.txt     # 自己的问题（每行一个，或 jsonl 的 "question" 字段）
     python benchmark.py --do_sample --temperature 0.7 --seed 1   # 采样而不是贪心
     python benchmark.py --config configs/tiny/benchmark.yaml     # 离线小模型演示（CPU，几十秒）
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, report, scoring
 from qwen_rlhf.console import table
-from qwen_rlhf.stages import chat_stages
+from qwen_rlhf.stages import chat_stages, rl_stages
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.device import announce_device, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
@@ -27,9 +28,10 @@ from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 
 @dataclass
 class BenchmarkArgs(options.CommonArgs):
-    models: str = field(default="sft,ppo", metadata={
-        "help": "要评测的模型，逗号分隔：base / sft / ppo（对应 --model_name_or_path / --sft_model_path / "
-                "--ppo_model_path）或本地模型文件夹"})
+    models: str = field(default="", metadata={
+        "help": "要评测的模型，逗号分隔：base / sft / 各 RL 阶段名（ppo、grpo…，对应 --model_name_or_path / "
+                "--<阶段>_model_path）或本地模型文件夹；SFT 是得分提升、胜率和 KL 的基线。"
+                "默认（空）：sft 加上文件夹已存在的每个 RL 阶段"})
     sft_model_path: str = field(default="checkpoint/sft", metadata={"help": "SFT 模型文件夹（第 1 步的产物）"})
     ppo_model_path: str = field(default="checkpoint/ppo", metadata={
         "help": "PPO 模型文件夹（第 3 步的产物，优先用其中的 merged/）"})
@@ -59,9 +61,7 @@ def check_options(args: BenchmarkArgs) -> list[str]:
     if args.num_questions < 0:
         raise UserError(f"--num_questions 不能为负数，现在是 {args.num_questions}。", EXIT_BAD_INPUT)
     inference.check_sampling(args.do_sample, args.temperature, args.top_p, args.top_k)
-    specs = [s.strip() for s in args.models.split(",") if s.strip()]
-    if not specs:
-        raise UserError("--models 不能为空，例如 --models sft,ppo。", EXIT_BAD_INPUT)
+    specs = [s.strip() for s in args.models.split(",") if s.strip()] or default_models(args)
     if len(set(specs)) < len(specs):
         raise UserError(f"--models 里有重复的模型：{args.models}。", EXIT_BAD_INPUT)
     out = options.output_path(args.output_dir)
@@ -70,9 +70,25 @@ def check_options(args: BenchmarkArgs) -> list[str]:
     return specs
 
 
+def policy_paths(args) -> dict[str, str]:
+    """{阶段名: --<阶段>_model_path}：SFT 和登记表里每个 RL 阶段。"""
+    return {name: getattr(args, f"{name}_model_path") for name in ("sft", *rl_stages())
+            if hasattr(args, f"{name}_model_path")}
+
+
+def default_models(args) -> list[str]:
+    """没给 --models 时：sft 加上文件夹里已经有结果的每个 RL 阶段（stage.json 在，说明训练完了）。"""
+    paths = policy_paths(args)
+    found = [n for n in rl_stages() if n in paths and (options.input_path(paths[n]) / outputs.STAGE_FILE).is_file()]
+    if not found:
+        raise UserError("checkpoint/ 里还没有训练好的 RL 模型（ppo / grpo / rloo / dpo）；先运行 python train_ppo.py，"
+                        "或用 --models sft 只评测 SFT。", EXIT_MISSING)
+    return ["sft", *found]
+
+
 def resolve_models(specs: list[str], args: BenchmarkArgs) -> dict[str, tuple]:
     """--models -> {表格里的名字: (文件夹, stage.json 或 None)}；只检查文件夹是不是能对话的模型，不加载。"""
-    paths = {"sft": args.sft_model_path, "ppo": args.ppo_model_path}
+    paths = policy_paths(args)
     resolved = {}
     for spec in specs:
         name, folder, info = inference.policy_folder(spec, paths, args.model_name_or_path)
@@ -170,9 +186,13 @@ def main():
     print(f"[数据] {len(questions)} 个问题：常见 {len(data.COMMON_QUESTIONS)} + "
           f"{'问题文件' if args.questions else '留出测试'} {len(extra)}；RM 准确率用 {len(split.test)} 对留出偏好对。")
 
-    # ---------------------------------------------------------------- 生成（一次一个模型）
-    generated, folders, timing = {}, {}, {"load_s": {}, "generate_s": {}}
-    for name, (folder, _) in policies.items():
+    # ---------------------------------------------------------------- 生成（一次一个模型；SFT 最后，顺便算 KL）
+    # KL 在每个模型自己对非常见问题的回答上算（没有这类问题时用全部）：log p_模型 在它自己加载时算，
+    # log p_SFT 等 SFT 加载时一起算，所以 SFT 排在最后生成（每个模型从同一个种子开始，顺序不影响回答）
+    kl_rows = [i for i, src in enumerate(sources) if src != "common"] or list(range(len(questions)))
+    generated, folders, timing, own_logps, sft_logps = {}, {}, {"load_s": {}, "generate_s": {}}, {}, {}
+    for name in sorted(policies, key=lambda n: n == metrics.BASELINE):
+        folder, _ = policies[name]
         t = time.perf_counter()
         loaded = inference.load_policy(name, folder, args.allow_pickle)
         loaded.model.to(device)
@@ -180,8 +200,17 @@ def main():
         timing["load_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
         generated[name] = (*generate_answers(loaded, questions, args), loaded.tokenizer)
         timing["generate_s"][name] = round(time.perf_counter() - t, 3)
+        if metrics.BASELINE in policies:
+            for other, (prompts, responses, _) in generated.items():
+                if other == metrics.BASELINE or (name != other and name != metrics.BASELINE):
+                    continue
+                picked = ([prompts[i] for i in kl_rows], [responses[i] for i in kl_rows])
+                target = own_logps if name == other else sft_logps
+                target[other] = inference.response_logprobs(loaded.model, loaded.tokenizer, *picked, args.batch_size)
         free(loaded)
         print(f"[生成] {name}（{folders[name]}）：{len(questions)} 个回答，用时 {timing['generate_s'][name]:.1f}s")
+    generated = {n: generated[n] for n in policies}  # 回到 --models 的顺序
+    kl = {n: metrics.per_token_kl(own_logps[n], sft_logps[n]) for n in own_logps}
 
     # ---------------------------------------------------------------- 打分（所有模型生成完，再放 RM 上去）
     t = time.perf_counter()
@@ -211,7 +240,9 @@ def main():
 
     # ---------------------------------------------------------------- 汇总与保存
     names = list(policies)
-    summary = metrics.summarize(answers, names, rm_stats)
+    costs = {n: (info or {}).get("cost") for n, (_, info) in policies.items()}
+    methods = {n: (info or {}).get("stage", "base") for n, (_, info) in policies.items()}
+    summary = metrics.summarize(answers, names, rm_stats, kl=kl, costs=costs, methods=methods)
     spent = cost.record(answers_per_s=len(answers) / max(sum(timing["generate_s"].values()), 1e-9))
     decoding = (f"采样解码（temperature {args.temperature}，top_p {args.top_p}，top_k {args.top_k}，seed {args.seed}）"
                 if args.do_sample else "贪心解码（确定、可复现）")
@@ -225,7 +256,11 @@ def main():
 
     print(f"[结果] {report.source_words(summary)}，{decoding}")
     print(table(*report.summary_rows(summary)))
-    if (v := report.versus_line(summary)) is not None:
+    if metrics.compared(names):
+        print(table(*report.comparison_rows(summary)))
+    if (grouped := report.method_rows(summary)) is not None:
+        print(table(*grouped))
+    for v in report.versus_lines(summary):
         print(f"[结果] {v}")
     for w in summary["warnings"]:
         print(f"[警告] {w}")

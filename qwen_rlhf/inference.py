@@ -120,6 +120,25 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, do
     return responses
 
 
+def response_logprobs(model, tokenizer, prompts: list[list[int]], responses: list[list[int]],
+                      batch_size: int = 16) -> list[list[float]]:
+    """每条回复每个 token 的 log p(token | 提示 + 之前的回复)，温度 1（模型本来的分布）。右填充，一次一批。"""
+    import torch
+
+    out: list[list[float]] = []
+    for start in range(0, len(prompts), batch_size):
+        rows = [p + r for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
+        batch = tokenizer.pad({"input_ids": rows}, padding_side="right", return_tensors="pt")
+        ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (批, 长度, 词表)
+        # 位置 t 的 logits 预测第 t+1 个 token
+        logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
+        for i, (p, r) in enumerate(zip(prompts[start:start + batch_size], responses[start:start + batch_size])):
+            out.append(logps[i, len(p) - 1: len(p) - 1 + len(r)].tolist())
+    return out
+
+
 def check_sampling(do_sample: bool, temperature: float, top_p: float, top_k: int) -> None:
     """chat.py 与 benchmark.py 共用的采样参数检查（在加载模型之前）。"""
     if do_sample and not (temperature > 0 and 0 < top_p <= 1 and top_k >= 0):

@@ -5,10 +5,15 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 EMPTY = "（空）"  # 模型一开口就输出 <|im_end|> 时，警告和表格里显示这个
 COLLAPSE_SHARE = 0.5  # 不同回复占比低于它：回答塌缩成几句固定的话
+
+
+BASELINE = "sft"  # 得分提升、胜率、KL 都相对它
+BOOTSTRAP_SAMPLES = 2000
 
 
 @dataclass
@@ -22,22 +27,23 @@ class Answer:
     score: float
     tokens: int  # 回复长度（token，不含 <|im_end|>）
     stopped: bool = True  # 在 --max_new_tokens 之内输出了 <|im_end|>
-    gain: float | None = None  # 只有 ppo 行有：ppo 分数 - 同一问题的 sft 分数
+    gain: float | None = None  # 只有非 SFT 的行有：该模型分数 - 同一问题的 SFT 分数
 
 
 def round4(x: float) -> float:
     return round(float(x), 4)
 
 
-def has_gain(models: list[str]) -> bool:
-    return "sft" in models and "ppo" in models
+def compared(models: list[str]) -> list[str]:
+    """和 SFT 比的模型（--models 里除 SFT 以外的）；没有 SFT 就没有可比的。"""
+    return [m for m in models if m != BASELINE] if BASELINE in models else []
 
 
 def add_gains(answers: list[Answer]) -> None:
-    """给 ppo 的每一行填上相对 sft 的得分提升（同一个问题）。没有 sft 或 ppo 时什么都不做。"""
-    sft = {a.question: a.score for a in answers if a.model == "sft"}
+    """给非 SFT 模型的每一行填上相对 SFT 的得分提升（同一个问题）。没有 SFT 时什么都不做。"""
+    sft = {a.question: a.score for a in answers if a.model == BASELINE}
     for a in answers:
-        if a.model == "ppo" and a.question in sft:
+        if a.model != BASELINE and a.question in sft:
             a.gain = round4(a.score - sft[a.question])
 
 
@@ -64,7 +70,7 @@ def collapse_warning(model: str, responses: list[str], sft_responses: list[str] 
                      threshold: float = COLLAPSE_SHARE) -> str | None:
     """回答塌缩成几句固定的话时给出一句大白话警告；没塌缩返回 None。
 
-    ppo 塌缩而 sft 没有：奖励投机；sft 自己就塌缩（或没有 sft 可比）时不把账算到 PPO 头上。
+    RL 模型塌缩而 SFT 没有：奖励投机；SFT 自己就塌缩（或没有 SFT 可比）时不把账算到 RL 头上。
     """
     share = distinct_share(responses)
     if share is None or share >= threshold:
@@ -75,20 +81,50 @@ def collapse_warning(model: str, responses: list[str], sft_responses: list[str] 
             f"（不同回复占比 {share:.0%}），最常见的「{quote or EMPTY}」出现了 {count} 次"
             f"{'（一开口就输出 <|im_end|>）' if not top else ''}。")
     sft_share = distinct_share(sft_responses) if sft_responses else None
-    if model == "ppo" and sft_share is not None and sft_share >= threshold:
-        return head + (f"SFT 的不同回复占比是 {sft_share:.0%}，PPO 陷入到单一模式的回答中：这是奖励投机（reward hacking）"
+    shown = model.upper() if model.isalpha() else model  # 阶段名写成 PPO / GRPO，本地文件夹名原样
+    if model != BASELINE and sft_share is not None and sft_share >= threshold:
+        return head + (f"SFT 的不同回复占比是 {sft_share:.0%}，{shown} 陷入到单一模式的回答中：这是奖励投机（reward hacking）"
                        "——模型找到了几句 RM 打高分的话，不管问什么都这么答。RM 分数高不等于回答好，请看回复原文；"
                        "可以加大 kl_coef 或减少训练步数。")
-    if model == "ppo" and sft_share is not None:
-        return head + "SFT 模型本身就这样（同样雷同），不是 PPO 造成的。"
+    if model != BASELINE and sft_share is not None:
+        return head + f"SFT 模型本身就这样（同样雷同），不是 {shown} 造成的。"
     return head + "模型本身就只会这几句（小模型或训练不足时常见）。"
 
 
 # ---------------------------------------------------------------- 汇总
 
 
-def summarize(answers: list[Answer], models: list[str], rm: dict) -> dict:
-    """全部问题上的汇总数字（summary.json、终端表格和 report.md 都用它）。"""
+def bootstrap_ci(n: int, stat, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> list[float] | None:
+    """stat(下标列表) 的 95% 置信区间：有放回地重抽 n 个问题 samples 次，取 2.5% / 97.5% 分位。种子固定：同样的
+    数据总给同样的区间。配对：同一次重抽里每个模型用的是同一批问题（调用者在 stat 里按下标取两个模型的分数）。"""
+    if n == 0:
+        return None
+    rng = random.Random(seed)
+    values = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(samples))
+    return [values[int(0.025 * (samples - 1))], values[int(round(0.975 * (samples - 1)))]]
+
+
+def versus_baseline(gains: list[float]) -> dict:
+    """一个模型相对 SFT（每个问题一个提升值）：平均提升、胜率（分数更高的题占比，平局不算胜）及配对自助法的 95% 区间。"""
+    n = len(gains)
+    wins, ties = sum(g > 0 for g in gains), sum(g == 0 for g in gains)
+    return {"mean_gain_vs_sft": mean(gains), "mean_gain_vs_sft_ci95": bootstrap_ci(n, lambda idx: mean(gains[i] for i in idx)),
+            "win_rate_vs_sft": wins / n if n else None,
+            "win_rate_vs_sft_ci95": bootstrap_ci(n, lambda idx: sum(gains[i] > 0 for i in idx) / n),
+            "wins": wins, "ties": ties, "losses": n - wins - ties, "n": n}
+
+
+def per_token_kl(model_logprobs: list[list[float]], sft_logprobs: list[list[float]]) -> float | None:
+    """KL(模型 ‖ SFT) 的蒙特卡洛估计：在模型自己的回答上，每个 token 的 log p_模型 − log p_SFT，所有回答的 token 合在一起取平均。
+    两个列表一一对应（同一条回答、同样的 token）。"""
+    diffs = [m - s for ms, ss in zip(model_logprobs, sft_logprobs, strict=True) for m, s in zip(ms, ss, strict=True)]
+    return mean(diffs)
+
+
+def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, float | None] | None = None,
+              costs: dict[str, dict | None] | None = None, methods: dict[str, str | None] | None = None) -> dict:
+    """全部问题上的汇总数字（summary.json、终端表格和 report.md 都用它）。kl：{模型: 相对 SFT 的每 token KL}；
+    costs：{模型: 它训练时 stage.json 里的 cost}；methods：{模型: 它是哪个阶段训练的}（同一方法的几个种子合在一起看）。"""
     questions = list(dict.fromkeys(a.question for a in answers))
 
     def texts_of(m):
@@ -98,8 +134,10 @@ def summarize(answers: list[Answer], models: list[str], rm: dict) -> dict:
     per_model = {}
     for m in models:
         mine, texts = [a for a in answers if a.model == m], texts_of(m)
+        scores = [a.score for a in mine]
         per_model[m] = {
-            "mean_score": mean(a.score for a in mine),
+            "mean_score": mean(scores),
+            "mean_score_ci95": bootstrap_ci(len(scores), lambda idx: mean(scores[i] for i in idx)),
             "mean_score_by_source": {s: mean(a.score for a in mine if a.source == s)
                                      for s in dict.fromkeys(a.source for a in mine)},
             "mean_tokens": mean(a.tokens for a in mine),
@@ -107,21 +145,42 @@ def summarize(answers: list[Answer], models: list[str], rm: dict) -> dict:
             "unfinished_share": mean(float(not a.stopped) for a in mine),
             "distinct_share": distinct_share(texts),
             "distinct_2": distinct_2(texts),
+            "kl_to_sft": 0.0 if m == BASELINE else (kl or {}).get(m),
+            "training_cost": (costs or {}).get(m),
         }
-    summary = {
+        if m in compared(models):
+            per_model[m].update(versus_baseline([a.gain for a in mine if a.gain is not None]))
+    return {
         "num_questions": len(questions),
         "num_by_source": {s: sum(1 for q in questions if sources[q] == s) for s in dict.fromkeys(sources.values())},
+        "baseline": BASELINE if BASELINE in models else None,
         "models": per_model,
-        "ppo_vs_sft": None,
+        "by_method": by_method(per_model, methods or {}),
         "rm": rm,
-        "warnings": [w for m in models if (w := collapse_warning(m, texts_of(m), texts_of("sft") or None))],
+        "warnings": [w for m in models if (w := collapse_warning(m, texts_of(m), texts_of(BASELINE) or None))],
     }
-    gains = [a.gain for a in answers if a.model == "ppo" and a.gain is not None]
-    if has_gain(models) and gains:
-        wins, ties = sum(g > 0 for g in gains), sum(g == 0 for g in gains)
-        summary["ppo_vs_sft"] = {"mean_gain": mean(gains), "win_rate": wins / len(gains), "wins": wins, "ties": ties,
-                                 "losses": len(gains) - wins - ties, "n": len(gains)}
-    return summary
+
+
+def mean_sd(xs: list[float | None]) -> list[float] | None:
+    """[均值, 样本标准差]（只有一个值时标准差为 0）；有缺失就是 None。"""
+    if not xs or any(x is None for x in xs):
+        return None
+    m = sum(xs) / len(xs)
+    return [m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0]
+
+
+def by_method(per_model: dict[str, dict], methods: dict[str, str | None]) -> dict[str, dict]:
+    """同一方法（stage.json 里的阶段）的几个模型——通常是几个种子——合在一起：各项的 [均值, 标准差]，以及每个种子
+    是否都比 SFT 高。methods：{模型名: 阶段}；SFT 自己不算。"""
+    groups: dict[str, list[dict]] = {}
+    for name, m in per_model.items():
+        if "mean_gain_vs_sft" in m:
+            groups.setdefault(methods.get(name) or name, []).append(m)
+    return {method: {"models": len(ms),
+                     **{k: mean_sd([m[k] for m in ms]) for k in ("mean_score", "mean_gain_vs_sft", "win_rate_vs_sft",
+                                                                  "kl_to_sft")},
+                     "beats_sft_in_every_model": all((m["mean_gain_vs_sft"] or 0) > 0 for m in ms)}
+            for method, ms in groups.items()}
 
 
 def rm_stats(folder: str, chosen: list[float], rejected: list[float]) -> dict:

@@ -10,21 +10,23 @@ import html
 import itertools
 from pathlib import Path
 
+from .cost import Cost
 from .data import COMMON_QUESTIONS
-from .metrics import EMPTY, Answer, rm_trust
+from .metrics import BASELINE, EMPTY, Answer, compared, rm_trust
 from .outputs import write_json
+from .stages import STAGES
 
-TABLE_HEADER = "| 问题 | 模型 | 回复 | RM得分 | PPO得分提升 |"  # 原仓库 README 表格的表头
+TABLE_HEADER = "| 问题 | 模型 | 回复 | RM得分 | 得分提升 |"  # 原仓库 README 表格的表头（提升 = 该模型 - SFT）
 CSV_COLUMNS = ("question", "source", "model", "response", "score", "gain")
 BIG_GAIN = 1.0  # |提升| 不小于它时加粗
-SCORES_PNG, GAINS_PNG = "scores.png", "gains.png"
+SCORES_PNG, GAINS_PNG, REWARD_KL_PNG = "scores.png", "gains.png", "reward_vs_kl.png"
 
 
 # ---------------------------------------------------------------- 单元格
 
 
 def format_gain(gain: float | None) -> str:
-    """🔺+1.23 / 🔻-0.45；|提升| ≥ 1 时加粗（原仓库表格的写法）；没有提升（非 PPO 行）时为空。"""
+    """🔺+1.23 / 🔻-0.45；|提升| ≥ 1 时加粗（原仓库表格的写法）；没有提升（SFT 行）时为空。"""
     if gain is None:
         return ""
     if round(abs(gain), 2) == 0:
@@ -72,12 +74,78 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def versus_line(summary: dict) -> str | None:
-    v = summary["ppo_vs_sft"]
-    if v is None:
+def format_ci(ci: list[float] | None, fmt: str = "+.2f") -> str:
+    return "—" if ci is None else f"[{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
+
+
+def versus_lines(summary: dict) -> list[str]:
+    """每个和 SFT 比的模型一句：平均提升（95% 区间）、胜率与胜 / 平 / 负。"""
+    lines = []
+    for m, s in summary["models"].items():
+        if "mean_gain_vs_sft" not in s or not s["n"]:
+            continue
+        lines.append(f"{m} 相对 SFT：平均得分提升 {s['mean_gain_vs_sft']:+.2f}（95% 区间 {format_ci(s['mean_gain_vs_sft_ci95'])}），"
+                     f"胜率 {s['win_rate_vs_sft']:.0%}（{format_ci(s['win_rate_vs_sft_ci95'], '.0%')}；{s['n']} 题中更高 "
+                     f"{s['wins']} 题、持平 {s['ties']} 题、更低 {s['losses']} 题）")
+    return lines
+
+
+def comparison_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """方法对比表：分数与区间、相对 SFT 的提升与胜率、KL、训练花费（终端和 report.md 共用）。"""
+    head = ["模型", "平均RM得分", "95%区间", "相对SFT提升", "提升95%区间", "胜/平/负", "胜率", "KL(对SFT,每token)", "训练花费"]
+    rows = []
+    for m, s in summary["models"].items():
+        versus = "mean_gain_vs_sft" in s and s["n"]
+        cost = s.get("training_cost")
+        rows.append([m, format_num(s["mean_score"]), format_ci(s["mean_score_ci95"], ".2f"),
+                     format_num(s["mean_gain_vs_sft"], "+.2f") if versus else "—",
+                     format_ci(s["mean_gain_vs_sft_ci95"]) if versus else "—",
+                     f"{s['wins']}/{s['ties']}/{s['losses']}" if versus else "—",
+                     format_num(s["win_rate_vs_sft"], ".0%") if versus else "—",
+                     format_num(s.get("kl_to_sft"), ".3f"), Cost.words(cost) if cost else "—"])
+    return head, rows
+
+
+def method_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
+    """同一方法有几个模型（几个种子）时的跨种子表：均值 ± 标准差。每个方法只有一个模型时返回 None。"""
+    groups = summary.get("by_method") or {}
+    if not any(g["models"] > 1 for g in groups.values()):
         return None
-    return (f"PPO 相对 SFT：平均得分提升 {v['mean_gain']:+.2f}，胜率 {v['win_rate']:.0%}"
-            f"（{v['n']} 题中 PPO 更高 {v['wins']} 题、持平 {v['ties']} 题、更低 {v['losses']} 题）")
+
+    def pm(v, fmt):
+        return "—" if v is None else f"{format(v[0], fmt)} ± {format(v[1], fmt.lstrip('+'))}"
+
+    head = ["方法", "模型数（种子）", "平均RM得分", "相对SFT提升", "胜率", "KL(对SFT,每token)", "每个都比SFT高"]
+    rows = [[m, str(g["models"]), pm(g["mean_score"], ".2f"), pm(g["mean_gain_vs_sft"], "+.2f"),
+             pm(g["win_rate_vs_sft"], ".0%"), pm(g["kl_to_sft"], ".3f"), "是" if g["beats_sft_in_every_model"] else "否"]
+            for m, g in groups.items()]
+    return head, rows
+
+
+def verdict(s: dict) -> str:
+    """提升的 95% 区间 -> 一句话：明显更高 / 明显更低 / 在噪声之内。"""
+    lo, hi = s["mean_gain_vs_sft_ci95"]
+    if lo > 0:
+        return f"区间整个在 0 以上，在这 {s['n']} 个问题上明显比 SFT 得分高"
+    if hi < 0:
+        return f"区间整个在 0 以下，在这 {s['n']} 个问题上明显比 SFT 得分低"
+    return f"区间包含 0：差异在噪声之内，{s['n']} 个问题还分不出它和 SFT 谁更好"
+
+
+def method_paragraphs(summary: dict) -> list[str]:
+    """每个方法一段大白话：它做法上的不同（登记表里的 about），加上这次的数字说明了什么。"""
+    out = []
+    for m, s in summary["models"].items():
+        about = STAGES[m].about if m in STAGES else ""
+        if m == BASELINE or "mean_gain_vs_sft" not in s or not s["n"]:
+            if about:
+                out.append(f"**{m}**　{about}")
+            continue
+        kl = s.get("kl_to_sft")
+        kl_words = "" if kl is None else f"；离 SFT 的 KL 每 token {kl:.3f}（越大说明改动越多，分数可能是拿这份改动换来的）"
+        out.append(f"**{m}**　{about or '本地模型文件夹。'}本次：平均提升 {s['mean_gain_vs_sft']:+.2f}，"
+                   f"95% 区间 {format_ci(s['mean_gain_vs_sft_ci95'])}——{verdict(s)}{kl_words}。")
+    return out
 
 
 def rm_line(rm: dict) -> str:
@@ -114,16 +182,29 @@ def render_markdown(answers: list[Answer], models: list[str], summary: dict, met
          " missing_eos_penalty，这里不扣）；不同回复占比 = 不同回答数 / 问题数；distinct-2 = 不同的相邻两字组合 / 全部两字组合。"),
         "",
     ]
-    if (v := versus_line(summary)) is not None:
-        lines += [v + "。", ""]
+    lines += [v + "。\n" for v in versus_lines(summary)]
+    if compared(models):
+        chead, crows = comparison_rows(summary)
+        lines += ["## 方法对比（相对 SFT）", "",
+                  "| " + " | ".join(chead) + " |", "| --- |" + " ---: |" * (len(chead) - 1),
+                  *("| " + " | ".join(r) + " |" for r in crows), "",
+                  ("95% 区间：对问题做配对自助法重抽（2000 次，固定种子），每次所有模型用同一批问题；提升的区间包含 0 就说明"
+                   "差异在噪声之内。KL = 在模型自己对非常见问题的回答上，每个 token 的 log p_模型 − log p_SFT 的平均。"
+                   "训练花费读自各模型的 stage.json。"), "",
+                  *(p + "\n" for p in method_paragraphs(summary))]
+        if (grouped := method_rows(summary)) is not None:
+            ghead, grows = grouped
+            lines += ["## 每个方法跨种子（均值 ± 标准差）", "",
+                      "| " + " | ".join(ghead) + " |", "| --- |" + " ---: |" * (len(ghead) - 1),
+                      *("| " + " | ".join(r) + " |" for r in grows), ""]
     lines += [f"> ⚠️ {w}\n" for w in summary["warnings"]]
     lines += ["## 奖励模型可信度", "", rm_line(summary["rm"]), "", "## 图", ""]
     if SCORES_PNG in plots:
         lines += [f"![每个模型的 RM 得分分布]({SCORES_PNG})", ""]
     if GAINS_PNG in plots:
-        lines += [f"![每个问题 SFT→PPO 的得分提升]({GAINS_PNG})", ""]
+        lines += [f"![每个问题相对 SFT 的得分提升]({GAINS_PNG})", "", f"![RM 得分与离 SFT 的 KL]({REWARD_KL_PNG})", ""]
     else:
-        lines += ["（--models 里没有同时包含 sft 和 ppo，不画得分提升图。）", ""]
+        lines += ["（--models 里没有 sft 或没有别的模型可比，不画得分提升图。）", ""]
     lines += ["全部回答见同一文件夹下的 `results.csv`，汇总数字见 `summary.json`。", ""]
     return "\n".join(lines)
 
@@ -182,21 +263,44 @@ def plot_scores(answers: list[Answer], models: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_gains(answers: list[Answer], path: Path) -> None:
-    """每个问题 PPO 相对 SFT 的得分提升，从小到大排好：一眼看出多少题变好、多少题变差。"""
+def plot_gains(answers: list[Answer], models: list[str], path: Path) -> None:
+    """每个问题相对 SFT 的得分提升，每个模型一格、从小到大排好：一眼看出多少题变好、多少题变差。"""
     plt = _pyplot()
-    gains = sorted(a.gain for a in answers if a.model == "ppo" and a.gain is not None)
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    ax.bar(range(len(gains)), gains, color=["tab:green" if g > 0 else "tab:red" if g < 0 else "tab:gray" for g in gains], width=0.85)
-    ax.axhline(0, color="black", linewidth=0.8)
-    if gains:
-        ax.axhline(sum(gains) / len(gains), color="tab:blue", linestyle="--", linewidth=1,
-                   label=f"mean {sum(gains) / len(gains):+.2f}")
-        ax.legend(loc="upper left")
-    ax.set_xlabel(f"questions, sorted by gain (n={len(gains)})")
-    ax.set_ylabel("PPO score - SFT score")
-    ax.set_title("Per-question RM score gain, SFT -> PPO")
-    ax.grid(axis="y", alpha=0.3)
+    others = compared(models)
+    fig, axes = plt.subplots(1, len(others), figsize=(1 + 4.5 * len(others), 4.2), dpi=110, sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], others):
+        gains = sorted(a.gain for a in answers if a.model == m and a.gain is not None)
+        ax.bar(range(len(gains)), gains, width=0.85,
+               color=["tab:green" if g > 0 else "tab:red" if g < 0 else "tab:gray" for g in gains])
+        ax.axhline(0, color="black", linewidth=0.8)
+        if gains:
+            ax.axhline(sum(gains) / len(gains), color="tab:blue", linestyle="--", linewidth=1,
+                       label=f"mean {sum(gains) / len(gains):+.2f}")
+            ax.legend(loc="upper left")
+        ax.set_xlabel(f"questions, sorted by gain (n={len(gains)})")
+        ax.set_title(f"{m} - sft")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("RM score gain over SFT")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_reward_vs_kl(summary: dict, path: Path) -> None:
+    """每个模型一个点：横轴离 SFT 的 KL（每 token），纵轴平均 RM 得分，竖线是 95% 区间。左上角 = 改得少、分数高。"""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    for m, s in summary["models"].items():
+        if s.get("kl_to_sft") is None or s["mean_score"] is None:
+            continue
+        lo, hi = s["mean_score_ci95"]
+        ax.errorbar([s["kl_to_sft"]], [s["mean_score"]], yerr=[[s["mean_score"] - lo], [hi - s["mean_score"]]],
+                    fmt="o", capsize=4)
+        ax.annotate(m, (s["kl_to_sft"], s["mean_score"]), textcoords="offset points", xytext=(6, 4))
+    ax.set_xlabel("KL to SFT per token (on the model's own answers)")
+    ax.set_ylabel("mean RM score (95% CI)")
+    ax.set_title("Reward vs. KL to SFT")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -207,9 +311,10 @@ def write_report(folder: Path, answers: list[Answer], models: list[str], summary
     write_csv(answers, folder / "results.csv")
     plots = {SCORES_PNG}
     plot_scores(answers, models, folder / SCORES_PNG)
-    if summary["ppo_vs_sft"] is not None:
-        plot_gains(answers, folder / GAINS_PNG)
-        plots.add(GAINS_PNG)
+    if compared(models):
+        plot_gains(answers, models, folder / GAINS_PNG)
+        plot_reward_vs_kl(summary, folder / REWARD_KL_PNG)
+        plots.update((GAINS_PNG, REWARD_KL_PNG))
     report = folder / "report.md"
     report.write_text(render_markdown(answers, models, summary, meta, plots), encoding="utf-8")
     write_json(folder / "summary.json", {**meta, **summary})

@@ -24,6 +24,7 @@ class Stage:
     throughput: str | None = None  # stage.json 的 cost 里表示吞吐的键
     oom_hint: str = "减小批量"
     nan_hint: str = ""
+    about: str = ""  # 评测报告里一段大白话：这个方法和别的有什么不同（有没有 critic、在线还是离线、基线怎么来）
 
     @property
     def folder(self):
@@ -43,13 +44,15 @@ class Stage:
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("base", "基座模型", None, can_chat=True),
     Stage("sft", "SFT 模型", "train_sft.py", can_chat=True, throughput="tokens_per_s", oom_hint=_BATCH_OOM,
-          nan_hint=_LR_NAN),
+          nan_hint=_LR_NAN, about="SFT：在少量粗鲁回答上做监督微调，是所有 RL 方法共同的起点和对照（基线）。"),
     Stage("rm", "奖励模型（RM）", "train_rm.py", can_chat=False, throughput="pairs_per_s", oom_hint=_BATCH_OOM,
           nan_hint=_LR_NAN),
     Stage("ppo", "PPO 模型", "train_ppo.py", can_chat=True, adapter=True, throughput="episodes_per_s",
           oom_hint="减小 --per_device_train_batch_size 与 --local_rollout_forward_batch_size，"
                    "确认 --gradient_checkpointing true，或减小 --response_length",
-          nan_hint="多半是学习率过高或奖励尺度太大：减小 --learning_rate，提高 --kl_coef；PPO 不要用 fp16。"),
+          nan_hint="多半是学习率过高或奖励尺度太大：减小 --learning_rate，提高 --kl_coef；PPO 不要用 fp16。",
+          about="PPO：在线强化学习，每次更新先让模型自己回答一批问题、RM 打分；另训练一个 critic（价值模型）估计每个"
+                "token 之后还能拿多少分，作为基线算优势；奖励里扣掉相对 SFT 的 KL，防止跑偏。"),
 )}
 
 # 不是训练阶段、但也会显存不足的脚本

@@ -79,8 +79,12 @@ def test_gains_win_rate_and_summary_numbers():
     metrics.add_gains(answers)
     assert [a.gain for a in answers] == [None, 1.5, None, -0.5, None, 0.0]
     s = metrics.summarize(answers, ["sft", "ppo"], {"pairs": 3, "accuracy": 1.0, "margin": 2.0})
-    assert s["ppo_vs_sft"] == {"mean_gain": pytest.approx(1 / 3), "win_rate": pytest.approx(1 / 3), "wins": 1,
-                               "ties": 1, "losses": 1, "n": 3}
+    ppo = s["models"]["ppo"]
+    assert (ppo["mean_gain_vs_sft"], ppo["win_rate_vs_sft"]) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
+    assert (ppo["wins"], ppo["ties"], ppo["losses"], ppo["n"]) == (1, 1, 1, 3)
+    lo, hi = ppo["mean_gain_vs_sft_ci95"]
+    assert -0.5 <= lo < 1 / 3 < hi <= 1.5  # 重抽的均值落在单题提升的最小值和最大值之间
+    assert "mean_gain_vs_sft" not in s["models"]["sft"] and s["models"]["sft"]["kl_to_sft"] == 0.0
     assert s["models"]["sft"]["mean_score"] == pytest.approx(2.0)
     assert s["models"]["ppo"]["mean_tokens"] == 1.0 and s["models"]["ppo"]["distinct_2"] is None
     assert s["models"]["ppo"]["distinct_share"] == pytest.approx(1 / 3)
@@ -97,11 +101,72 @@ def test_rm_accuracy_counts_pairs_where_chosen_scores_higher():
     assert stats["margin"] == pytest.approx((1 - 1 + 1 + 0) / 4) and stats["pairs"] == 4
 
 
+def test_a_model_identical_to_sft_gets_a_gain_interval_covering_zero_and_all_ties():
+    sft = [Answer(q, "held_out", "sft", f"回答{i}", float(i % 5) - 2, 3) for i, q in enumerate("甲乙丙丁戊己庚辛")]
+    same = [Answer(a.question, a.source, "copy", a.response, a.score, a.tokens) for a in sft]
+    answers = sft + same
+    metrics.add_gains(answers)
+    s = metrics.summarize(answers, ["sft", "copy"], {"pairs": 1, "accuracy": 1.0, "margin": 0.0}, kl={"copy": 0.0})
+    copy = s["models"]["copy"]
+    assert copy["mean_gain_vs_sft_ci95"] == [0.0, 0.0] and copy["mean_gain_vs_sft"] == 0.0
+    assert (copy["wins"], copy["ties"], copy["losses"]) == (0, 8, 0) and copy["win_rate_vs_sft_ci95"] == [0.0, 0.0]
+    assert copy["mean_score_ci95"] == s["models"]["sft"]["mean_score_ci95"]  # 同一批重抽的问题：配对
+    assert "噪声之内" in report.verdict(copy)
+
+
+def test_bootstrap_interval_is_fixed_by_the_seed_and_brackets_the_mean():
+    gains = [1.0, 2.0, -1.0, 0.5, 3.0, 0.0, 1.5, 2.5]
+    stat = lambda idx: sum(gains[i] for i in idx) / len(idx)  # noqa: E731
+    ci = metrics.bootstrap_ci(len(gains), stat)
+    assert ci == metrics.bootstrap_ci(len(gains), stat)  # 同样的数据总给同样的区间
+    assert min(gains) < ci[0] < sum(gains) / len(gains) < ci[1] < max(gains)
+    assert metrics.versus_baseline(gains)["mean_gain_vs_sft_ci95"][0] > 0  # 8 题里 6 题为正：区间在 0 以上
+    assert "明显比 SFT 得分高" in report.verdict(metrics.versus_baseline(gains))
+
+
+def test_seeds_of_one_method_are_pooled_as_mean_and_spread():
+    per_model = {"sft": {"mean_score": 0.0},
+                 "grpo-s1": {"mean_score": 1.0, "mean_gain_vs_sft": 1.0, "win_rate_vs_sft": 0.75, "kl_to_sft": 0.1},
+                 "grpo-s2": {"mean_score": 3.0, "mean_gain_vs_sft": 3.0, "win_rate_vs_sft": 0.25, "kl_to_sft": 0.3},
+                 "dpo-s1": {"mean_score": -1.0, "mean_gain_vs_sft": -1.0, "win_rate_vs_sft": 0.5, "kl_to_sft": 0.2}}
+    got = metrics.by_method(per_model, {"sft": "sft", "grpo-s1": "grpo", "grpo-s2": "grpo", "dpo-s1": "dpo"})
+    assert list(got) == ["grpo", "dpo"] and got["grpo"]["models"] == 2
+    assert got["grpo"]["mean_gain_vs_sft"] == pytest.approx([2.0, 2 ** 0.5])  # 样本标准差
+    assert got["grpo"]["beats_sft_in_every_model"] and not got["dpo"]["beats_sft_in_every_model"]
+    assert got["dpo"]["kl_to_sft"] == [0.2, 0.0]
+    head, rows = report.method_rows({"by_method": got})
+    assert rows[0][:4] == ["grpo", "2", "2.00 ± 1.41", "+2.00 ± 1.41"] and rows[1][-1] == "否"
+    assert report.method_rows({"by_method": {"dpo": got["dpo"]}}) is None  # 每个方法只有一个模型：不出这张表
+
+
+def test_kl_to_sft_is_the_mean_per_token_log_ratio():
+    # 两条回答共 3 个 token：(−1 − (−1.5)) + (−2 − (−1)) + (−0.5 − (−0.5)) = 0.5 − 1 + 0 → 平均 −0.5 / 3
+    assert metrics.per_token_kl([[-1.0, -2.0], [-0.5]], [[-1.5, -1.0], [-0.5]]) == pytest.approx(-0.5 / 3)
+    with pytest.raises(ValueError):
+        metrics.per_token_kl([[-1.0, -2.0]], [[-1.0]])  # 不是同一串 token
+
+
+def test_response_logprobs_match_a_hand_computed_two_token_example(tiny_model):
+    import torch
+
+    from qwen_rlhf import inference, models
+
+    tok = models.load_tokenizer(tiny_model, padding_side="left")
+    model = models.load_causal_lm(tiny_model, tok).eval()
+    prompts, responses = [[10, 11, 12], [20]], [[13, 14], [21, 22]]  # 长度不同：右填充不影响结果
+    got = inference.response_logprobs(model, tok, prompts, responses, batch_size=2)
+    for p, r, lp in zip(prompts, responses, got):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + r])).logits[0]
+        by_hand = [torch.log_softmax(logits[len(p) - 1 + j], -1)[t].item() for j, t in enumerate(r)]
+        assert lp == pytest.approx(by_hand, abs=1e-5)
+
+
 def test_one_of_sft_ppo_only_skips_gains(tmp_path):
     answers = [a for a in _answers(ppo_scores=(2.5, 1.5, 3.0)) if a.model == "sft"]
     metrics.add_gains(answers)
     summary = metrics.summarize(answers, ["sft"], {"pairs": 3, "accuracy": 0.5, "margin": 0.0})
-    assert summary["ppo_vs_sft"] is None and report.versus_line(summary) is None
+    assert "win_rate_vs_sft" not in summary["models"]["sft"] and report.versus_lines(summary) == []
     meta = {"run": "x", "folders": {"sft": "s"}, "rm_folder": "rm", "decoding": "贪心"}
     text = report.write_report(tmp_path, answers, ["sft"], summary, meta).read_text(encoding="utf-8")
     assert report.TABLE_HEADER in text and "🔺" not in text and "🔻" not in text and "胜率" not in text
@@ -188,7 +253,7 @@ def test_summary_records_the_cost_and_the_last_line_says_it(bench):
 
 def test_report_table_has_the_ten_common_questions_in_order(bench):
     lines = bench.md.splitlines()
-    start = lines.index("| 问题 | 模型 | 回复 | RM得分 | PPO得分提升 |")
+    start = lines.index("| 问题 | 模型 | 回复 | RM得分 | 得分提升 |")
     assert lines.index("## 常见问题") < start < lines.index(next(x for x in lines if x.startswith("## 汇总")))
     rows = []
     for line in lines[start + 2:]:
@@ -218,8 +283,9 @@ def test_report_numbers_match_the_csv(bench):
         gain = float(ppo["gain"])
         assert gain == pytest.approx(float(ppo["score"]) - float(sft["score"]), abs=2e-4)
         gains.append(gain)
-    assert bench.summary["ppo_vs_sft"]["mean_gain"] == pytest.approx(sum(gains) / len(gains))
-    assert bench.summary["ppo_vs_sft"]["win_rate"] == pytest.approx(sum(g > 0 for g in gains) / len(gains))
+    ppo = bench.summary["models"]["ppo"]
+    assert ppo["mean_gain_vs_sft"] == pytest.approx(sum(gains) / len(gains))
+    assert ppo["win_rate_vs_sft"] == pytest.approx(sum(g > 0 for g in gains) / len(gains))
     assert f"胜率 {sum(g > 0 for g in gains) / len(gains):.0%}" in bench.md
     for q in COMMON_QUESTIONS:  # 表格里 PPO 行的提升单元格 = CSV 的 gain
         gain, score = float(by[(q, "ppo")]["gain"]), float(by[(q, "ppo")]["score"])
@@ -267,6 +333,41 @@ def test_two_runs_give_identical_results_in_new_folders(bench, pipeline, tiny_mo
     assert (second / "results.csv").read_bytes() == (bench.folder / "results.csv").read_bytes()
 
 
+def test_n_way_benchmark_reports_every_model_against_sft_with_intervals_kl_and_cost(bench, pipeline, tiny_model,
+                                                                                   tmp_path):
+    """sft、ppo 和 SFT 的一份拷贝（当作本地文件夹）：拷贝与 SFT 完全相同——提升区间 [0, 0]、全部持平、KL 0。"""
+    twin = shutil.copytree(pipeline["sft"], tmp_path / "twin")
+    out = tmp_path / "out"
+    proc = run_inline("benchmark.py", *bench_args(pipeline, tiny_model, out, "--models", f"sft,ppo,{twin}"),
+                      tmp=pipeline["tmp"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(out)
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    models = summary["models"]
+    assert list(models) == ["sft", "ppo", "twin"] and summary["baseline"] == "sft"
+    for name in ("ppo", "twin"):
+        m = models[name]
+        for key in ("mean_score", "mean_score_ci95", "mean_gain_vs_sft", "mean_gain_vs_sft_ci95", "win_rate_vs_sft",
+                    "win_rate_vs_sft_ci95", "wins", "ties", "losses", "kl_to_sft", "mean_tokens", "empty_share",
+                    "unfinished_share", "distinct_2", "training_cost"):
+            assert key in m, key
+        lo, hi = m["mean_score_ci95"]
+        assert lo <= m["mean_score"] <= hi and m["wins"] + m["ties"] + m["losses"] == summary["num_questions"]
+    twin_ = models["twin"]
+    assert twin_["mean_gain_vs_sft_ci95"] == [0.0, 0.0] and twin_["ties"] == summary["num_questions"]
+    assert twin_["kl_to_sft"] == pytest.approx(0.0, abs=1e-6)
+    assert models["ppo"]["kl_to_sft"] != pytest.approx(0.0, abs=1e-6)  # LoRA 改变了分布
+    # 训练花费读自各自的 stage.json
+    ppo_cost = json.loads((pipeline["ppo"] / "stage.json").read_text(encoding="utf-8"))["cost"]
+    assert models["ppo"]["training_cost"] == ppo_cost and models["sft"]["training_cost"]["wall_s"] > 0
+    md = (folder / "report.md").read_text(encoding="utf-8")
+    assert "## 方法对比（相对 SFT）" in md and "噪声之内" in md and "**ppo**　PPO：" in md
+    assert f"]({report.REWARD_KL_PNG})" in md and (folder / report.REWARD_KL_PNG).read_bytes()[:8] == PNG_SIGNATURE
+    rows = read_csv(folder / "results.csv")
+    assert all(r["gain"] == "0.0000" for r in rows if r["model"] == "twin")
+    assert sum(r["model"] == "twin" for r in rows) == summary["num_questions"]
+
+
 def test_questions_file_and_single_model(pipeline, tiny_model, tmp_path):
     qfile = tmp_path / "q.jsonl"
     qfile.write_text('{"question": "你叫什么名字"}\n\n{"question": "你好"}\n', encoding="utf-8")
@@ -280,7 +381,7 @@ def test_questions_file_and_single_model(pipeline, tiny_model, tmp_path):
     assert rows[-1]["source"] == "file" and {r["model"] for r in rows} == {"sft"}
     assert all(r["gain"] == "" for r in rows)
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    assert summary["ppo_vs_sft"] is None and not (folder / "gains.png").exists()
+    assert "mean_gain_vs_sft" not in summary["models"]["sft"] and not (folder / "gains.png").exists()
     assert "胜率" not in proc.stdout
 
 
