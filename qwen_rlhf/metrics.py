@@ -136,6 +136,7 @@ def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, 
         mine, texts = [a for a in answers if a.model == m], texts_of(m)
         scores = [a.score for a in mine]
         per_model[m] = {
+            "stage": (methods or {}).get(m),
             "mean_score": mean(scores),
             "mean_score_ci95": bootstrap_ci(len(scores), lambda idx: mean(scores[i] for i in idx)),
             "mean_score_by_source": {s: mean(a.score for a in mine if a.source == s)

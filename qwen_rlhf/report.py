@@ -133,18 +133,31 @@ def verdict(s: dict) -> str:
 
 
 def method_paragraphs(summary: dict) -> list[str]:
-    """每个方法一段大白话：它做法上的不同（登记表里的 about），加上这次的数字说明了什么。"""
-    out = []
+    """每个方法一段大白话：它做法上的不同（登记表里的 about），加上这次的数字说明了什么。同一方法的几个模型
+    （几个种子）合成一段。"""
+    groups: dict[str, list[tuple[str, dict]]] = {}
     for m, s in summary["models"].items():
-        about = STAGES[m].about if m in STAGES else ""
-        if m == BASELINE or "mean_gain_vs_sft" not in s or not s["n"]:
-            if about:
-                out.append(f"**{m}**　{about}")
+        groups.setdefault(s.get("stage") or m, []).append((m, s))
+    out = []
+    for method, members in groups.items():
+        about = STAGES[method].about if method in STAGES else "本地模型文件夹。"
+        versus = [(m, s) for m, s in members if "mean_gain_vs_sft" in s and s["n"]]
+        if not versus:
+            out.append(f"**{method}**　{about}")
             continue
-        kl = s.get("kl_to_sft")
-        kl_words = "" if kl is None else f"；离 SFT 的 KL 每 token {kl:.3f}（越大说明改动越多，分数可能是拿这份改动换来的）"
-        out.append(f"**{m}**　{about or '本地模型文件夹。'}本次：平均提升 {s['mean_gain_vs_sft']:+.2f}，"
-                   f"95% 区间 {format_ci(s['mean_gain_vs_sft_ci95'])}——{verdict(s)}{kl_words}。")
+        if len(versus) == 1:
+            m, s = versus[0]
+            kl = s.get("kl_to_sft")
+            kl_words = "" if kl is None else f"；离 SFT 的 KL 每 token {kl:.3f}（越大说明改动越多，分数可能是拿这份改动换来的）"
+            out.append(f"**{method}**　{about}本次（{m}）：平均提升 {s['mean_gain_vs_sft']:+.2f}，"
+                       f"95% 区间 {format_ci(s['mean_gain_vs_sft_ci95'])}——{verdict(s)}{kl_words}。")
+            continue
+        gains = [s["mean_gain_vs_sft"] for _, s in versus]
+        above = sum(s["mean_gain_vs_sft_ci95"][0] > 0 for _, s in versus)
+        below = sum(s["mean_gain_vs_sft_ci95"][1] < 0 for _, s in versus)
+        out.append(f"**{method}**　{about}本次 {len(versus)} 个模型（种子）的平均提升在 {min(gains):+.2f} 到 "
+                   f"{max(gains):+.2f} 之间：{above} 个的区间整个在 0 以上（明显比 SFT 高），{below} 个整个在 0 以下，"
+                   f"{len(versus) - above - below} 个包含 0（在噪声之内）。")
     return out
 
 
@@ -189,7 +202,9 @@ def render_markdown(answers: list[Answer], models: list[str], summary: dict, met
                   "| " + " | ".join(chead) + " |", "| --- |" + " ---: |" * (len(chead) - 1),
                   *("| " + " | ".join(r) + " |" for r in crows), "",
                   ("95% 区间：对问题做配对自助法重抽（2000 次，固定种子），每次所有模型用同一批问题；提升的区间包含 0 就说明"
-                   "差异在噪声之内。KL = 在模型自己对非常见问题的回答上，每个 token 的 log p_模型 − log p_SFT 的平均。"
+                   "差异在噪声之内。KL = 在模型自己对非常见问题的回答上，每个 token 的 log p_模型 − log p_SFT 的平均"
+                   "（用这次的解码方式生成的回答：温度低于 1、top-p / top-k 截断或贪心时它们不是从模型本来的分布里抽的，"
+                   "这个估计可以小于 0，只看相对大小）。"
                    "训练花费读自各模型的 stage.json。"), "",
                   *(p + "\n" for p in method_paragraphs(summary))]
         if (grouped := method_rows(summary)) is not None:

@@ -362,6 +362,8 @@ def test_n_way_benchmark_reports_every_model_against_sft_with_intervals_kl_and_c
     assert models["ppo"]["training_cost"] == ppo_cost and models["sft"]["training_cost"]["wall_s"] > 0
     md = (folder / "report.md").read_text(encoding="utf-8")
     assert "## 方法对比（相对 SFT）" in md and "噪声之内" in md and "**ppo**　PPO：" in md
+    assert "**sft**　SFT：" in md and md.count("**sft**") == 1  # SFT 和它的拷贝（stage.json 同为 sft）合成一段
+    assert models["twin"]["stage"] == "sft" and models["ppo"]["stage"] == "ppo"
     assert f"]({report.REWARD_KL_PNG})" in md and (folder / report.REWARD_KL_PNG).read_bytes()[:8] == PNG_SIGNATURE
     rows = read_csv(folder / "results.csv")
     assert all(r["gain"] == "0.0000" for r in rows if r["model"] == "twin")
