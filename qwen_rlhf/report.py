@@ -305,13 +305,16 @@ def plot_reward_vs_kl(summary: dict, path: Path) -> None:
     """每个模型一个点：横轴离 SFT 的 KL（每 token），纵轴平均 RM 得分，竖线是 95% 区间。左上角 = 改得少、分数高。"""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    seen: dict[tuple, int] = {}  # 落在同一点的模型（例如 SFT 的拷贝）：名字往下错开，不叠在一起
     for m, s in summary["models"].items():
         if s.get("kl_to_sft") is None or s["mean_score"] is None:
             continue
         lo, hi = s["mean_score_ci95"]
         ax.errorbar([s["kl_to_sft"]], [s["mean_score"]], yerr=[[s["mean_score"] - lo], [hi - s["mean_score"]]],
                     fmt="o", capsize=4)
-        ax.annotate(m, (s["kl_to_sft"], s["mean_score"]), textcoords="offset points", xytext=(6, 4))
+        key = (round(s["kl_to_sft"], 3), round(s["mean_score"], 2))
+        seen[key] = seen.get(key, -1) + 1
+        ax.annotate(m, (s["kl_to_sft"], s["mean_score"]), textcoords="offset points", xytext=(6, 4 - 12 * seen[key]))
     ax.set_xlabel("KL to SFT per token (on the model's own answers)")
     ax.set_ylabel("mean RM score (95% CI)")
     ax.set_title("Reward vs. KL to SFT")
