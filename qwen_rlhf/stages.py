@@ -14,6 +14,11 @@ _BATCH_OOM = ("减小 --per_device_train_batch_size（同时增大 --gradient_ac
               "确认 --gradient_checkpointing true，或减小 --max_length")
 
 
+_SAMPLED_OOM = ("减小 --per_device_train_batch_size（同时增大 --gradient_accumulation_steps，保持每次更新的回答数），"
+                "确认 --gradient_checkpointing true，或减小 --max_completion_length")
+_SAMPLED_NAN = "多半是学习率过高：减小 --learning_rate，或提高 --beta（KL 系数）；{name} 不要用 fp16。"
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # 文件夹名、stage.json 的 "stage"、TensorBoard 标签前缀、benchmark / chat 里的模型名
@@ -50,6 +55,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           oom_hint="减小 --per_device_train_batch_size 与 --local_rollout_forward_batch_size，"
                    "确认 --gradient_checkpointing true，或减小 --response_length",
           nan_hint="多半是学习率过高或奖励尺度太大：减小 --learning_rate，提高 --kl_coef；PPO 不要用 fp16。"),
+    # GRPO / RLOO：没有 critic，一个问题采样 --num_generations 个回答，用组内平均（RLOO：除自己以外的平均）当基线
+    Stage("grpo", "GRPO 模型", "train_grpo.py", can_chat=True, adapter=True, throughput="answers_per_s",
+          oom_hint=_SAMPLED_OOM, nan_hint=_SAMPLED_NAN.format(name="GRPO")),
+    Stage("rloo", "RLOO 模型", "train_rloo.py", can_chat=True, adapter=True, throughput="answers_per_s",
+          oom_hint=_SAMPLED_OOM, nan_hint=_SAMPLED_NAN.format(name="RLOO")),
+    # DPO：不采样、不用 RM，直接在训练集的偏好对上训练（吞吐按偏好对算，和 RM 一样）
+    Stage("dpo", "DPO 模型", "train_dpo.py", can_chat=True, adapter=True, throughput="pairs_per_s",
+          oom_hint="减小 --per_device_train_batch_size（同时增大 --gradient_accumulation_steps 保持总批量），"
+                   "确认 --gradient_checkpointing true，或减小 --max_length",
+          nan_hint="多半是学习率过高：减小 --learning_rate；不支持 bf16 的卡上不要用 fp16。"),
 )}
 
 # 不是训练阶段、但也会显存不足的脚本
