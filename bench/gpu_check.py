@@ -70,7 +70,7 @@ def result_file(size_name: str, device: str) -> Path:
 def plan(size: str, device: str) -> dict:
     """每种情形的数据形状（行数、提示长度、max_length）和额外选项（路径另加）。GPU 上只定步数，其余是脚本默认值。"""
     if device == "cuda":
-        from train_ppo import DEFAULTS as PPO  # 全局 rollout 批量 = 每卡批量 × 累积（1 个进程）
+        from qwen_rlhf.recipes import PPO  # 全局 rollout 批量 = 每卡批量 × 累积（1 个进程）
 
         rollout = PPO["per_device_train_batch_size"] * PPO["gradient_accumulation_steps"]
         steps = ["--max_steps", "3", "--logging_steps", "1"]  # logging_steps 1：SFT 的 token 数记在每步的日志里

@@ -3,7 +3,7 @@
     python -m qwen_rlhf.memory [--json]               # Qwen3-0.6B，三个阶段，训练脚本的默认选项（--json 机器可读）
     python -m qwen_rlhf.memory --stage ppo -- --response_length 128 --per_device_train_batch_size 1
 
-`--` 之后是训练脚本自己的选项（含 --config 配方），由 train_*.py 的 parse_options 解析，默认值就是脚本的默认值。
+`--` 之后是训练脚本自己的选项（含 --config 配方），和脚本一样由 qwen_rlhf.recipes 解析，默认值就是脚本的默认值。
 权重、梯度、AdamW 状态、bf16 副本、激活、15 万词表的 logits、KV 缓存按 transformers 5 / TRL 1.12 的代码数出来，
 bench/bench_memory.py 在 CPU 上用 fp32 实测核对；有 GPU 实测（bench/results/gpu_check.json）时以实测为准。
 """
@@ -11,14 +11,13 @@ bench/bench_memory.py 在 CPU 上用 fp32 实测核对；有 GPU 实测（bench/
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from collections import namedtuple
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import console
+from . import console, recipes
 from .errors import EXIT_BAD_INPUT, UserError, run
 from .tiny import QWEN3_0_6B
 
@@ -170,14 +169,10 @@ def max_batch(m: Shape, o: Opts, gb: float) -> int:
 
 
 def script_options(stage: str, argv=(), precision: str = "bf16") -> Opts:
-    """用训练脚本自己的 parse_options 解析 argv（同名选项、同样的默认值和配方），取出和显存有关的几个。"""
+    """用训练脚本同样的解析（qwen_rlhf.recipes：同名选项、同样的默认值和配方）解析 argv，取出和显存有关的几个。"""
     name = f"train_{stage}"
-    if name not in sys.modules:  # 按文件加载，不改 sys.path
-        spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
     try:
-        parsed = sys.modules[name].parse_options(list(argv))
+        parsed = recipes.parse(stage, list(argv))
     except UserError as e:
         raise UserError(f"{name}.py 的选项：{e.message}（-- 之后的选项交给每个要估算的脚本，可用 --stage 只选一个）", e.code) from None
     cfg = parsed[1]

@@ -231,31 +231,3 @@ def enable_gradient_checkpointing(*models, kwargs: dict | None = None) -> None:
 def set_mixed_precision(bf16: bool) -> None:
     """PPOTrainer 1.12 建 Accelerator 时不传精度；accelerate 会读这个环境变量（训练前向用 autocast）。"""
     os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if bf16 else "no"
-
-
-def rollout_dtype(bf16: bool):
-    """bf16 时冻结的权重（policy 的 SFT 基座 = 参考模型、RM）直接用 bf16：rollout 逐 token 解码受显存带宽限制，
-    字节数减半；LoRA 权重（peft 默认把适配器放在 fp32）和全参数训练的 critic 保持 fp32 主副本给优化器。"""
-    return torch.bfloat16 if bf16 else torch.float32
-
-
-def save_policy(trainer, folder, sft_path, tokenizer) -> None:
-    """写出 LoRA 适配器（基座路径写成绝对路径）和合并后的完整模型 merged/，chat / benchmark 两种都能读。"""
-    import json
-
-    policy = trainer.accelerator.unwrap_model(trainer.model).policy
-    policy.save_pretrained(str(folder))
-    config_file = folder / "adapter_config.json"
-    adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
-    adapter_config["base_model_name_or_path"] = str(sft_path.resolve())  # TRL 写的是传入的相对路径，换个目录就失效
-    config_file.write_text(json.dumps(adapter_config, ensure_ascii=False, indent=2), encoding="utf-8")
-    tokenizer.save_pretrained(str(folder))
-    # 合并到 fp32 的 SFT 权重上（训练时的冻结基座可能是 bf16，见 rollout_dtype），用 peft 自己的加载与合并
-    from peft import PeftModel
-
-    from .models import load_causal_lm
-
-    merged = PeftModel.from_pretrained(load_causal_lm(sft_path, tokenizer), str(folder)).merge_and_unload()
-    merged.config.use_cache = True  # 训练时为梯度检查点关掉了；推理要打开
-    merged.save_pretrained(str(folder / "merged"))
-    tokenizer.save_pretrained(str(folder / "merged"))
