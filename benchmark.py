@@ -25,13 +25,10 @@ from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 
 
 @dataclass
-class BenchmarkArgs(options.CommonArgs):
+class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_path / --ppo_model_path / --grpo_model_path …
     models: str = field(default="sft,ppo", metadata={
-        "help": "要评测的模型，逗号分隔：base / sft / ppo（对应 --model_name_or_path / --sft_model_path / "
-                "--ppo_model_path）或本地模型文件夹"})
-    sft_model_path: str = field(default="checkpoint/sft", metadata={"help": "SFT 模型文件夹（第 1 步的产物）"})
-    ppo_model_path: str = field(default="checkpoint/ppo", metadata={
-        "help": "PPO 模型文件夹（第 3 步的产物，优先用其中的 merged/）"})
+        "help": "要评测的模型，逗号分隔：base / sft / ppo / grpo / rloo / dpo（对应 --model_name_or_path / "
+                "--<阶段>_model_path）或本地模型文件夹"})
     reward_model_path: str = field(default="checkpoint/rm", metadata={
         "help": "奖励模型文件夹（第 2 步的产物），给所有回答打分"})
     num_questions: int = field(default=50, metadata={
@@ -85,7 +82,7 @@ def pick_device(spec: str) -> str:
 
 def resolve_models(specs: list[str], args: BenchmarkArgs) -> dict[str, tuple]:
     """--models -> {表格里的名字: (文件夹, stage.json 或 None)}；只检查文件夹是不是能对话的模型，不加载。"""
-    paths = {"sft": args.sft_model_path, "ppo": args.ppo_model_path}
+    paths = args.paths()
     resolved = {}
     for spec in specs:
         name, folder, info = inference.policy_folder(spec, paths, args.model_name_or_path)

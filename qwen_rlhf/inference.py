@@ -6,7 +6,7 @@ benchmark.py 和 chat.py 共用这里；打分与 PPO 训练时读分数的位�
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
@@ -22,6 +22,20 @@ class Loaded:
     folder: Path  # 实际加载的文件夹
     model: object
     tokenizer: object
+
+
+def _path_field(name: str):
+    stage = STAGES[name]
+    merged = "，优先用其中合并好的 merged/" if stage.adapter else ""
+    return (f"{name}_model_path", str, field(default=f"checkpoint/{name}", metadata={
+        "help": f"{stage.label}文件夹（{stage.script} 的产物{merged}）；模型名 {name} 用它"}))
+
+
+# chat.py 和 benchmark.py 共用的"各阶段模型在哪"：登记表里每个能对话的训练阶段一个 --<阶段>_model_path，
+# 字段由登记表生成（加一个阶段不用改这里），paths() 给 policy_folder 用
+PolicyPaths = make_dataclass(
+    "PolicyPaths", [_path_field(n) for n in chat_stages() if STAGES[n].script],
+    namespace={"paths": lambda self: {n: getattr(self, f"{n}_model_path") for n in chat_stages() if STAGES[n].script}})
 
 
 def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[str, Path, dict | None]:
