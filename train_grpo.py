@@ -1,6 +1,6 @@
 """第 3 步（和 PPO 对照）：GRPO。actor = SFT 模型 + LoRA（和 PPO 同样的 LoRA），参考模型 = 关掉适配器的同一模型，
 奖励 = 第 2 步的 RM（冻结，和 PPO、benchmark 同一个打分函数）。没有 critic：每个问题采样 --num_generations 个回答，
-优势 = 回答的分数减去这一组的均值（再除以组内标准差）。用 TRL 1.12 的 GRPOTrainer，原样使用。
+优势 = 回答的分数减去这一组的均值（再除以组内标准差）。用 TRL 1.12 的 GRPOTrainer（只在采样时切到 eval，见 qwen_rlhf/sampled.py）。
 
     python train_grpo.py                                  # 默认：读 checkpoint/sft 和 checkpoint/rm，写到 checkpoint/grpo
     python train_grpo.py --per_device_train_batch_size 1 --gradient_accumulation_steps 8   # 显存更小的卡（每次更新仍是 8 个回答）
@@ -16,10 +16,9 @@
 
 from functools import partial
 
-from trl import GRPOTrainer
-
 from qwen_rlhf import data, errors, models, options, outputs, policy, recipes, sampled, training
 from qwen_rlhf.cost import Cost
+from qwen_rlhf.sampled import GRPOTrainer  # TRL 的 GRPOTrainer，只在采样时切到 eval（梯度检查点的问题，见 sampled.py）
 
 
 def main():

@@ -1,4 +1,5 @@
-"""GRPO / RLOO 共用：把我们的 RM 交给 TRL 的 `reward_funcs`（一个可调用对象），打分走唯一的 scoring.score。
+"""GRPO / RLOO 共用：把我们的 RM 交给 TRL 的 `reward_funcs`（一个可调用对象），打分走唯一的 scoring.score；
+以及 TRL 训练器在梯度检查点下采样出错的一处修正（GRPOTrainer / RLOOTrainer，见 _generate_in_eval_mode）。
 
 TRL 也接受把 RM 模型直接放进 reward_funcs，但那样分数由 TRL 自己渲染、读取；这里用可调用对象，
 PPO 的奖励、GRPO / RLOO 的奖励和 benchmark 的分数就是同一个函数算出来的。
@@ -6,7 +7,36 @@ PPO 的奖励、GRPO / RLOO 的奖励和 benchmark 的分数就是同一个函�
 
 from __future__ import annotations
 
+from trl import GRPOTrainer as _GRPOTrainer
+from trl import RLOOTrainer as _RLOOTrainer
+
 from . import scoring
+
+
+def _generate_in_eval_mode(trainer_cls):
+    """TRL 的训练器，只改一处：采样回答时把模型临时切到 eval。
+
+    Trainer.training_step 先 model.train() 再调用 _prepare_inputs，GRPO / RLOO 就在那里面 generate。开了梯度检查点
+    （GRPOConfig / RLOOConfig 默认开）时 transformers 的 GradientCheckpointingLayer 在 train 模式下丢掉 past_key_values
+    （huggingface/transformers#38913，PPO 的同一个问题见 huggingface/trl#3683）：从第二个 token 起就看不到上文。
+    eval 下生成也不带 LoRA 的 dropout，和 vLLM 生成时一样；log 概率与训练照旧在 TRL 原来的模式下算。"""
+
+    class Trainer(trainer_cls):
+        def _generate(self, prompts):
+            model = self.accelerator.unwrap_model(self.model)
+            was_training = model.training
+            model.eval()
+            try:
+                return super()._generate(prompts)
+            finally:
+                model.train(was_training)
+
+    Trainer.__name__ = Trainer.__qualname__ = trainer_cls.__name__
+    return Trainer
+
+
+GRPOTrainer = _generate_in_eval_mode(_GRPOTrainer)
+RLOOTrainer = _generate_in_eval_mode(_RLOOTrainer)
 
 
 class RMReward:
