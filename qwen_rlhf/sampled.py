@@ -14,22 +14,25 @@ from . import scoring
 
 
 def _generate_in_eval_mode(trainer_cls):
-    """TRL 的训练器，只改一处：采样回答时把模型临时切到 eval。
+    """TRL 的训练器，只改一处：采样回答时把各解码层临时切到 eval。
 
     Trainer.training_step 先 model.train() 再调用 _prepare_inputs，GRPO / RLOO 就在那里面 generate。开了梯度检查点
     （GRPOConfig / RLOOConfig 默认开）时 transformers 的 GradientCheckpointingLayer 在 train 模式下丢掉 past_key_values
     （huggingface/transformers#38913，PPO 的同一个问题见 huggingface/trl#3683）：从第二个 token 起就看不到上文。
-    eval 下生成也不带 LoRA 的 dropout，和 vLLM 生成时一样；log 概率与训练照旧在 TRL 原来的模式下算。"""
+    只切解码层（不切整个模型）：TRL 按 self.model.training 决定这批指标记在 train 还是 eval 下。层里的 LoRA dropout
+    也随之关掉，和 vLLM 生成时一样；log 概率与训练照旧在 TRL 原来的模式下算。"""
+    from transformers.modeling_layers import GradientCheckpointingLayer
 
     class Trainer(trainer_cls):
         def _generate(self, prompts):
-            model = self.accelerator.unwrap_model(self.model)
-            was_training = model.training
-            model.eval()
+            layers = [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer) and m.training]
+            for layer in layers:
+                layer.eval()
             try:
                 return super()._generate(prompts)
             finally:
-                model.train(was_training)
+                for layer in layers:
+                    layer.train()
 
     Trainer.__name__ = Trainer.__qualname__ = trainer_cls.__name__
     return Trainer
