@@ -10,7 +10,6 @@ trainer.save_model。两边都是子进程，从启动到退出计时（含 impo
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

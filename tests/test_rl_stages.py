@@ -130,7 +130,7 @@ def test_dpo_on_two_processes_has_the_single_process_shape(rl_runs, pipeline):
     from test_distributed import file_names, launch
 
     out = pipeline["tmp"] / "dpo-ddp"
-    r = launch("ddp", "train_dpo.py", 29561, *rl_args(pipeline, "dpo", out, "--max_steps", 2), tmp=pipeline["tmp"])
+    r = launch("ddp", "train_dpo.py", 29677, *rl_args(pipeline, "dpo", out, "--max_steps", 2), tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     single, info = stage_info(rl_runs["dpo"].out), stage_info(out)
     assert info["launch"] == {"num_processes": 2, "device": "cpu", "zero_stage": None}
