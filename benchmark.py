@@ -27,14 +27,11 @@ from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 
 
 @dataclass
-class BenchmarkArgs(options.CommonArgs):
+class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_path / --ppo_model_path / --grpo_model_path …
     models: str = field(default="", metadata={
-        "help": "要评测的模型，逗号分隔：base / sft / 各 RL 阶段名（ppo、grpo…，对应 --model_name_or_path / "
+        "help": "要评测的模型，逗号分隔：base / sft / ppo / grpo / rloo / dpo（对应 --model_name_or_path / "
                 "--<阶段>_model_path）或本地模型文件夹；SFT 是得分提升、胜率和 KL 的基线。"
-                "默认（空）：sft 加上文件夹已存在的每个 RL 阶段"})
-    sft_model_path: str = field(default="checkpoint/sft", metadata={"help": "SFT 模型文件夹（第 1 步的产物）"})
-    ppo_model_path: str = field(default="checkpoint/ppo", metadata={
-        "help": "PPO 模型文件夹（第 3 步的产物，优先用其中的 merged/）"})
+                "默认（空）：sft 加上已经训练好（文件夹里有 stage.json）的每个 RL 阶段"})
     reward_model_path: str = field(default="checkpoint/rm", metadata={
         "help": "奖励模型文件夹（第 2 步的产物），给所有回答打分"})
     num_questions: int = field(default=50, metadata={
@@ -70,15 +67,9 @@ def check_options(args: BenchmarkArgs) -> list[str]:
     return specs
 
 
-def policy_paths(args) -> dict[str, str]:
-    """{阶段名: --<阶段>_model_path}：SFT 和登记表里每个 RL 阶段。"""
-    return {name: getattr(args, f"{name}_model_path") for name in ("sft", *rl_stages())
-            if hasattr(args, f"{name}_model_path")}
-
-
 def default_models(args) -> list[str]:
     """没给 --models 时：sft 加上文件夹里已经有结果的每个 RL 阶段（stage.json 在，说明训练完了）。"""
-    paths = policy_paths(args)
+    paths = args.paths()
     found = [n for n in rl_stages() if n in paths and (options.input_path(paths[n]) / outputs.STAGE_FILE).is_file()]
     if not found:
         raise UserError("checkpoint/ 里还没有训练好的 RL 模型（ppo / grpo / rloo / dpo）；先运行 python train_ppo.py，"
@@ -88,7 +79,7 @@ def default_models(args) -> list[str]:
 
 def resolve_models(specs: list[str], args: BenchmarkArgs) -> dict[str, tuple]:
     """--models -> {表格里的名字: (文件夹, stage.json 或 None)}；只检查文件夹是不是能对话的模型，不加载。"""
-    paths = policy_paths(args)
+    paths = args.paths()
     resolved = {}
     for spec in specs:
         name, folder, info = inference.policy_folder(spec, paths, args.model_name_or_path)

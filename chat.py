@@ -1,7 +1,7 @@
 """对话：在终端里和任一阶段的模型多轮聊天（默认 PPO 模型），回答逐字显示。
 
     python chat.py                                    # 和 PPO 模型聊天（checkpoint/ppo，LoRA 已合并）
-    python chat.py --model sft                        # 换一个阶段：base / sft / ppo，或任意本地模型文件夹
+    python chat.py --model grpo                       # 换一个阶段：base / sft / ppo / grpo / rloo / dpo，或任意本地模型文件夹
     python chat.py --model sft --sft_model_path checkpoint/sft-v2   # 另一个 SFT 文件夹（与 benchmark.py 同名的选项）
     python chat.py --model base --think               # 原始 Qwen3-0.6B，允许思考（思考过程灰色显示）
     python chat.py --prompt "你是谁？"                 # 只问一句：打印回答后退出
@@ -9,7 +9,7 @@
     python chat.py --model checkpoint/tiny/ppo        # 离线演示：tiny 配方训练出的 PPO 模型
     python chat.py --model base --model_name_or_path checkpoint/tiny/base   # 离线随机小模型（只会说胡话）
 
-对话中的命令：/help /clear /system <文字> /model [base|sft|ppo|文件夹] /exit。回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），
+对话中的命令：/help /clear /system <文字> /model [base|sft|ppo|grpo|rloo|dpo|文件夹] /exit。回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），
 再按一次 Ctrl-C 退出程序；在提示符处按 Ctrl-D 或输入 /exit 退出。
 """
 
@@ -37,7 +37,7 @@ HELP = """命令：
   /clear            清空对话历史（系统提示词保留）
   /system <文字>    设置系统提示词；只输入 /system 显示当前的，/system - 取消
   /model            显示已加载的模型
-  /model <模型>     换模型：base / sft / ppo 或一个本地模型文件夹；换成功后清空对话历史
+  /model <模型>     换模型：base / sft / ppo / grpo / rloo / dpo 或一个本地模型文件夹；换成功后清空对话历史
                     （之前的回答来自另一个模型），系统提示词保留；换不成时仍用当前模型
   /exit             退出（也可以在提示符处按 Ctrl-D）
 回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），再按一次退出程序。"""
@@ -48,12 +48,9 @@ def opt(default, text):
 
 
 @dataclass
-class ChatArgs:
-    model: str = opt("ppo", "和哪个模型对话：base / sft / ppo（即 --model_name_or_path / --sft_model_path / "
-                     "--ppo_model_path），或一个本地模型文件夹；对话中可用 /model 切换")
-    sft_model_path: str = opt("checkpoint/sft", "SFT 模型文件夹（train_sft.py 的产物）；--model sft 用它")
-    ppo_model_path: str = opt("checkpoint/ppo", "PPO 模型文件夹（train_ppo.py 的产物，优先用其中合并好的 merged/）；"
-                              "--model ppo 用它")
+class ChatArgs(inference.PolicyPaths):  # --sft_model_path / --ppo_model_path / --grpo_model_path …（和 benchmark.py 同名）
+    model: str = opt("ppo", "和哪个模型对话：base / sft / ppo / grpo / rloo / dpo（即 --model_name_or_path / "
+                     "--<阶段>_model_path），或一个本地模型文件夹；对话中可用 /model 切换")
     model_name_or_path: str = opt(options.DEFAULT_MODEL, "--model base 时用的基座模型：本地文件夹或模型 ID")
     system_prompt: str | None = opt(None, "初始系统提示词（默认不加）；对话中可用 /system 修改")
     prompt: str | None = opt(None, "只问这一句：打印回答后退出（不进入交互）")
@@ -201,7 +198,7 @@ def load(spec: str, args: ChatArgs, device: str, dtype, announce: bool = False) 
     """先认出 spec 是不是能对话的模型（RM、半成品在这里就被拒绝，什么都还没加载），再加载到 device。
     announce：第一次加载之前说一行设备（GPU 用不了时在这里拒绝）；写到 stderr，管道模式下 stdout 里只有回答。"""
     name, folder, _ = inference.policy_folder(
-        spec, {"sft": args.sft_model_path, "ppo": args.ppo_model_path}, args.model_name_or_path)
+        spec, args.paths(), args.model_name_or_path)
     if announce:
         announce_device("chat", args.device == "cpu", "bf16" if dtype == torch.bfloat16 else "fp32", model=folder,
                         file=sys.stderr)

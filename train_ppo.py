@@ -12,81 +12,20 @@
 曲线：tensorboard/ppo/<时间>/，看 ppo/objective/scores 是否上升、ppo/objective/kl 是否失控、ppo/rollout/distinct_ratio 是否塌缩。
 """
 
-import os
 import shutil
-from dataclasses import dataclass, field, fields
 
-from qwen_rlhf import data, device, errors, models, options, outputs, ppo, training  # noqa: I001  先于 trl.experimental 导入（见 __init__）
+from qwen_rlhf import data, device, errors, models, options, outputs, policy, ppo, recipes, training  # noqa: I001  先于 trl.experimental 导入（见 __init__）
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.errors import UserError
-from trl import ModelConfig, get_peft_config
+from qwen_rlhf.recipes import PPOArgs
 from trl.experimental.ppo import PPOConfig
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def _help(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
-@dataclass
-class PPOModelArgs(ModelConfig):
-    """TRL 自己的 ModelConfig（LoRA 字段交给 trl.get_peft_config，和 TRL 的 ppo.py 一样），换成本仓库的默认值和中文说明。"""
-
-    model_name_or_path: str = _help(options.MODEL_HELP + "；critic 从它初始化", default=options.DEFAULT_MODEL)
-    model_revision: str = _help("（本仓库不支持，保持默认）", default="main")
-    dtype: str | None = _help("（本仓库不支持，保持默认：精度由 --bf16 决定）", default="float32")
-    attn_implementation: str | None = _help("（本仓库不支持，保持默认）", default=None)
-    use_peft: bool = _help("actor 用 LoRA 训练（参考模型 = 关掉适配器的同一模型）；本仓库只支持 true", default=True)
-    lora_r: int = _help("LoRA 的秩 r", default=32)
-    lora_alpha: int = _help("LoRA 的 alpha（缩放 = alpha / r）", default=8)
-    lora_dropout: float = _help("LoRA 的 dropout（PPO 训练时 TRL 会关掉所有 dropout）", default=0.05)
-    lora_target_modules: list[str] | None = _help("加 LoRA 的线性层名", default_factory=lambda: list(LORA_TARGETS))
-    lora_target_parameters: list[str] | None = _help("（本仓库不支持，保持默认）", default=None)
-    lora_modules_to_save: list[str] | None = _help("额外整层训练的模块名（一般不用）", default=None)
-    lora_task_type: str = _help("（本仓库只支持 CAUSAL_LM）", default="CAUSAL_LM")
-    use_rslora: bool = _help("Rank-Stabilized LoRA：缩放改为 alpha / sqrt(r)", default=False)
-    use_dora: bool = _help("DoRA（权重分解的 LoRA，更慢）", default=False)
-    load_in_8bit: bool = _help("（本仓库不支持，保持默认）", default=False)
-    load_in_4bit: bool = _help("（本仓库不支持，保持默认）", default=False)
-    bnb_4bit_quant_type: str = _help("（本仓库不支持，保持默认）", default="nf4")
-    use_bnb_nested_quant: bool = _help("（本仓库不支持，保持默认）", default=False)
-    bnb_4bit_quant_storage: str | None = _help("（本仓库不支持，保持默认）", default=None)
-
-
-UNSUPPORTED = [f.name for f in fields(PPOModelArgs) if "本仓库不支持" in f.metadata["help"] or "只支持" in f.metadata["help"]]
-
-
-@dataclass
-class PPOArgs(options.DataArgs):
-    critic_init: str = _help("critic 的初始化：base = 基座 + 新打分头（原仓库做法）；rm = 从奖励模型开始", default="base")
-    max_prompt_length: int = _help("提示超过这么多 token 的问题不参与 PPO（会打印数量）", default=256)
-    save_critic: bool = _help("同时把训练后的 critic 保存到 <output_dir>/critic", default=False)
-
-
-# 复现原仓库：单卡 2 × 累积 4（minibatch 1 个，避开 TRL 的累积 × minibatch 计数错误），rollout 前向批量 8，
-# 2 个 PPO epoch，lr 5e-6，vf_coef 0.5，cliprange 0.1 / 0.5，1000 个 episode，回复最长 200，kl 0.05。
-# 1000 个 episode = 125 次更新：每 25 次存一个可续训的检查点（Qwen3-0.6B 约 7 GB，见 README），只留最新的一个。
-DEFAULTS = dict(
-    output_dir="checkpoint/ppo", sft_model_path="checkpoint/sft", reward_model_path="checkpoint/rm",
-    per_device_train_batch_size=2, gradient_accumulation_steps=4, num_mini_batches=1,
-    local_rollout_forward_batch_size=8, num_ppo_epochs=2, learning_rate=5e-6, vf_coef=0.5, cliprange=0.1,
-    cliprange_value=0.5, total_episodes=1000, response_length=200, kl_coef=0.05, stop_token="eos",
-    missing_eos_penalty=1.0, report_to=["tensorboard"], logging_steps=1, save_strategy="steps", save_steps=25,
-    save_total_limit=1, num_sample_generations=0,
-)
 # 续训时可以和原来不同的选项（只影响保存、日志和显示）；其余任何一个不同都拒绝续训
 RESUME_FREE = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "traceback", "save_steps",
                "save_total_limit", "save_strategy", "logging_steps", "report_to", "save_critic", "disable_tqdm"}
 
 
-def parse_options(argv: list[str] | None = None) -> tuple[PPOArgs, PPOConfig, PPOModelArgs]:
-    """命令行 > --config 配方 > DEFAULTS > TRL 默认值（显存估算 python -m qwen_rlhf.memory 也从这里读默认值）。"""
-    return options.parse([PPOArgs, PPOConfig, PPOModelArgs], {**DEFAULTS, **options.precision_defaults(allow_fp16=False)},
-                         argv)
-
-
-def check_options(args: PPOArgs, cfg: PPOConfig, model_args: PPOModelArgs) -> None:
+def check_options(args: PPOArgs, cfg: PPOConfig) -> None:
     """在加载任何模型之前检查会让 TRL 报错、卡死或悄悄算错的组合。"""
     if cfg.fp16:
         raise UserError("PPO 不支持 fp16（容易出现 NaN）：去掉 --fp16，GPU 支持时用 --bf16 true，否则用 fp32。")
@@ -103,17 +42,13 @@ def check_options(args: PPOArgs, cfg: PPOConfig, model_args: PPOModelArgs) -> No
         raise UserError(f"--max_prompt_length 必须为正数，现在是 {args.max_prompt_length}。")
     if args.critic_init not in ("base", "rm"):
         raise UserError(f"--critic_init 只能是 base 或 rm，现在是 {args.critic_init}。")
-    changed = [f"--{f.name}" for f in fields(PPOModelArgs)
-               if f.name in UNSUPPORTED and getattr(model_args, f.name) != PPOModelArgs.__dataclass_fields__[f.name].default]
-    if changed:
-        raise UserError(f"{'、'.join(changed)} 在本仓库的 PPO 里不支持，请去掉。")
 
 
-def run_info(args, cfg, model_args, split, sft_info, rm_info, world: int) -> dict:
+def run_info(args, cfg, lora, split, sft_info, rm_info, world: int) -> dict:
     """写进每个检查点的"这是哪一次运行"：续训时逐项核对，不同就拒绝（免得把两次不同的训练拼在一起）。"""
     import json
 
-    opts = {k: v for o in (args, cfg, model_args) for k, v in options.to_jsonable(o).items() if k not in RESUME_FREE}
+    opts = {k: v for o in (args, cfg, lora) for k, v in options.to_jsonable(o).items() if k not in RESUME_FREE}
     return {"options": json.loads(json.dumps(opts, default=str)), "split_fingerprint": split.fingerprint,
             "sft": [sft_info.get("created"), str(options.input_path(cfg.sft_model_path))],
             "rm": [rm_info.get("created"), str(options.input_path(cfg.reward_model_path))], "num_processes": world}
@@ -138,8 +73,8 @@ def check_resumable(checkpoint, info: dict) -> dict:
 def main():
     # ---------------------------------------------------------------- 选项
     cost = Cost()
-    args, cfg, model_args = parse_options()
-    check_options(args, cfg, model_args)
+    args, cfg, lora = recipes.parse("ppo")  # 选项与默认值在 qwen_rlhf/recipes.py
+    check_options(args, cfg)
     training.refuse_zero3_for_ppo(cfg)
     training.warn_zero_ppo_not_resumable(cfg)
     final = options.output_path(cfg.output_dir)
@@ -156,7 +91,7 @@ def main():
     rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
     world = PartialState().num_processes
-    info = run_info(args, cfg, model_args, split, sft_info, rm_info, world)
+    info = run_info(args, cfg, lora, split, sft_info, rm_info, world)
     resume = training.resume_arg(cfg.resume_from_checkpoint, work)
     saved = check_resumable(options.input_path(resume), info) if resume else None  # 先于划分检查：说清楚是哪一项不同
     outputs.check_same_split({"SFT": sft_info, "RM": rm_info}, split.fingerprint, "train_ppo.py")
@@ -177,14 +112,14 @@ def main():
     # Trainer 会在建模型前 set_seed，TRL 1.12 的 PPOTrainer 不会：LoRA 的随机初始化、critic 新打分头、minibatch 的
     # 打乱（numpy）于是每次都不同，同样的 --seed 跑两次结果也不同，续训更无从"和没中断一样"。
     set_seed(cfg.seed)
-    base = models.resolve_model_source(model_args.model_name_or_path)
-    frozen = ppo.rollout_dtype(cfg.bf16)  # 只训练 LoRA：SFT 基座（也是参考模型）和 RM 在 bf16 时就用 bf16
-    policy = models.load_causal_lm(sft_path, tokenizer, args.allow_pickle, dtype=frozen)
+    base = models.resolve_model_source(args.model_name_or_path)
+    frozen = policy.frozen_dtype(cfg.bf16)  # 只训练 LoRA：SFT 基座（也是参考模型）和 RM 在 bf16 时就用 bf16
+    actor = models.load_causal_lm(sft_path, tokenizer, args.allow_pickle, dtype=frozen)
     reward = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=frozen)
     critic = models.load_score_model(rm_path if args.critic_init == "rm" else base, tokenizer, args.allow_pickle)
-    models.check_same_family(tokenizer, {"SFT": policy, "RM": reward, "critic": critic})
+    models.check_same_family(tokenizer, {"SFT": actor, "RM": reward, "critic": critic})
     if cfg.gradient_checkpointing:
-        ppo.enable_gradient_checkpointing(policy, critic, kwargs=cfg.gradient_checkpointing_kwargs)
+        ppo.enable_gradient_checkpointing(actor, critic, kwargs=cfg.gradient_checkpointing_kwargs)
     ppo.set_mixed_precision(cfg.bf16)
 
     # ---------------------------------------------------------------- 训练
@@ -195,8 +130,8 @@ def main():
     cfg.output_dir = str(work)
     stop = training.GracefulStop()
     trainer = ppo.RLHFPPOTrainer(
-        args=cfg, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward,
-        value_model=critic, train_dataset=Dataset.from_list(examples), peft_config=get_peft_config(model_args),
+        args=cfg, processing_class=tokenizer, model=actor, ref_model=None, reward_model=reward,
+        value_model=critic, train_dataset=Dataset.from_list(examples), peft_config=lora.peft_config(),
         callbacks=[training.FiniteGuard("ppo"), stop], run_info=info, stop=stop,
     )
     stop.bind(trainer)
@@ -214,15 +149,13 @@ def main():
         record = cost.record(episodes_per_s=done / trainer.train_seconds,
                              rollout_tokens_per_s=trainer.rollout_tokens / max(trainer.rollout_seconds, 1e-9))
         with outputs.StagingDir(final) as tmp:
-            ppo.save_policy(trainer, tmp, sft_path, tokenizer)
+            where = policy.save_policy(tmp, sft_path, tokenizer, model=trainer.accelerator.unwrap_model(trainer.model).policy)
             if args.save_critic:
                 trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(str(tmp / "critic"))
             outputs.write_stage_info(
                 tmp, "ppo", {"script": options.to_jsonable(args), "training": cfg.to_dict(),
-                             "model": options.to_jsonable(model_args)},
-                sft_path=str(sft_path.resolve()), sft_path_in_repo=options.display_path(sft_path),
-                sft_path_from_adapter=os.path.relpath(sft_path.resolve(), final.resolve()),  # inference 先按它找基座
-                reward_model=str(rm_path), base_model=str(base), split_fingerprint=split.fingerprint,
+                             "lora": options.to_jsonable(lora)},
+                **where, reward_model=str(rm_path), base_model=str(base), split_fingerprint=split.fingerprint,
                 optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode, tensorboard=str(tb),
                 launch=training.launch_info(cfg), cost=record,
                 resumed={"checkpoint": options.display_path(resume), "at_update": saved["global_step"]} if saved else None,

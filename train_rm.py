@@ -10,37 +10,18 @@ AutoModelForSequenceClassification + apply_chat_template 都在这里读分。�
 产物：checkpoint/rm；曲线：tensorboard/rm/<时间>/（rm/loss、rm/eval/accuracy、rm/eval/margin）。
 """
 
-from dataclasses import dataclass
+from trl import RewardTrainer
 
-from trl import RewardConfig, RewardTrainer
+from trl import RewardTrainer
 
-from qwen_rlhf import data, device, errors, models, options, outputs, training
+from qwen_rlhf import data, device, errors, models, options, outputs, recipes, training
 from qwen_rlhf.cost import Cost
-
-
-@dataclass
-class RMArgs(options.CommonArgs):
-    pass
-
-
-# 复现原仓库：与 SFT 相同的批量和学习率（RewardConfig 默认 1e-4 对全参数 0.6B 太高），外加奖励居中
-DEFAULTS = dict(
-    output_dir="checkpoint/rm", learning_rate=1e-5, per_device_train_batch_size=4, gradient_accumulation_steps=8,
-    num_train_epochs=2, max_length=500, center_rewards_coefficient=0.01, report_to=["tensorboard"], logging_steps=5,
-    eval_strategy="steps", eval_steps=0.1, per_device_eval_batch_size=8, save_total_limit=1,
-    lr_scheduler_type="cosine", warmup_steps=0.03,
-)
-
-
-def parse_options(argv: list[str] | None = None) -> tuple[RMArgs, RewardConfig]:
-    """命令行 > --config 配方 > DEFAULTS > TRL 默认值（显存估算 python -m qwen_rlhf.memory 也从这里读默认值）。"""
-    return options.parse([RMArgs, RewardConfig], {**DEFAULTS, **options.precision_defaults()}, argv)
 
 
 def main():
     # ---------------------------------------------------------------- 选项
     cost = Cost()
-    args, cfg = parse_options()
+    args, cfg = recipes.parse("rm")  # 选项与默认值在 qwen_rlhf/recipes.py
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
     device.announce_device("rm", cfg.use_cpu, device.precision_of(cfg), model=args.model_name_or_path)

@@ -7,36 +7,18 @@
 产物：checkpoint/sft（模型、分词器、生成配置、stage.json）；曲线：tensorboard/sft/<时间>/（sft/loss）。
 """
 
-from dataclasses import dataclass, field
+from trl import SFTTrainer
 
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
-from qwen_rlhf import data, device, errors, models, options, outputs, training
+from qwen_rlhf import data, device, errors, models, options, outputs, recipes, training
 from qwen_rlhf.cost import Cost
-
-
-@dataclass
-class SFTArgs(options.CommonArgs):
-    sft_fraction: float = field(default=0.1, metadata={"help": "SFT 使用训练集中多大比例的 chosen 回答，取值 (0,1]"})
-
-
-# 复现原仓库的设置：lr 1e-5，单卡批量 4 × 累积 8，2 个 epoch，最长 500 token
-DEFAULTS = dict(
-    output_dir="checkpoint/sft", learning_rate=1e-5, per_device_train_batch_size=4, gradient_accumulation_steps=8,
-    num_train_epochs=2, max_length=500, completion_only_loss=True, report_to=["tensorboard"], logging_steps=5,
-    save_total_limit=1, lr_scheduler_type="cosine", warmup_steps=0.03,
-)
-
-
-def parse_options(argv: list[str] | None = None) -> tuple[SFTArgs, SFTConfig]:
-    """命令行 > --config 配方 > DEFAULTS > TRL 默认值（显存估算 python -m qwen_rlhf.memory 也从这里读默认值）。"""
-    return options.parse([SFTArgs, SFTConfig], {**DEFAULTS, **options.precision_defaults()}, argv)
 
 
 def main():
     # ---------------------------------------------------------------- 选项
     cost = Cost()
-    args, cfg = parse_options()
+    args, cfg = recipes.parse("sft")  # 选项与默认值在 qwen_rlhf/recipes.py
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
     device.announce_device("sft", cfg.use_cpu, device.precision_of(cfg), model=args.model_name_or_path)

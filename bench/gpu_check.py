@@ -7,7 +7,8 @@
 
 在临时目录里：用 Qwen3-0.6B 的精确结构（tiny.QWEN3_0_6B，随机初始化）和真实分词器建一个模型，写一份合成数据
 （SFT / RM 样本正好撑满各自的 max_length，PPO 的回复总是写满 response_length：显存峰值按最坏情况测），
-再以子进程依次运行 train_sft.py（3 步）、train_rm.py（3 步）、train_ppo.py（8 次更新）、benchmark.py 和
+再以子进程依次运行 train_sft.py（3 步）、train_rm.py（3 步）、train_ppo.py（8 次更新）、train_grpo.py / train_rloo.py
+（4 步，每步 8 个回答）、train_dpo.py（3 步）、benchmark.py 和
 chat.py 的一轮对话。GPU 上除了步数和路径全是脚本的默认值：bf16（卡支持时）、默认批量 / 累积 / 回复长度 / 梯度检查点。
 
 打印一张表：每个阶段的用时、吞吐、峰值显存（已分配 / 已保留），旁边是显存估算（qwen_rlhf.memory，同样的选项）
@@ -57,8 +58,9 @@ SIZES = {"full": ("qwen3-0.6b", tiny.QWEN3_0_6B), "tiny": ("tiny", tiny.TINY)}
 PPO_UPDATES = 8
 PROMPT_TOKENS = memory.PROMPT_TOKENS  # 真实尺寸时提示长度和显存估算的假设一致（64 token）
 CHAT_PROMPT = "你好，你是谁？"
-LABELS = {"sft": "SFT", "rm": "RM", "ppo": "PPO", "benchmark": "评测", "chat": "对话"}
-NEEDS = {"ppo": ("sft", "rm"), "benchmark": ("sft", "rm", "ppo"), "chat": ("ppo",)}
+LABELS = {**{s: s.upper() for s in memory.STAGES}, "benchmark": "评测", "chat": "对话"}  # 训练阶段：sft … dpo
+NEEDS = {"ppo": ("sft", "rm"), "grpo": ("sft", "rm"), "rloo": ("sft", "rm"), "dpo": ("sft",),
+         "benchmark": ("sft", "rm", "ppo"), "chat": ("ppo",)}
 
 
 def result_file(size_name: str, device: str) -> Path:
@@ -67,15 +69,22 @@ def result_file(size_name: str, device: str) -> Path:
     return common.RESULTS / f"{name}.json"
 
 
+def sampled(answer_tokens: int, steps: int) -> list[str]:
+    """CPU 上的 GRPO / RLOO：每步 1 个问题 × 2 个回答。"""
+    return ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--num_generations", "2",
+            "--max_completion_length", str(answer_tokens), "--max_steps", str(steps), "--logging_steps", "1"]
+
+
 def plan(size: str, device: str) -> dict:
     """每种情形的数据形状（行数、提示长度、max_length）和额外选项（路径另加）。GPU 上只定步数，其余是脚本默认值。"""
     if device == "cuda":
-        from train_ppo import DEFAULTS as PPO  # 全局 rollout 批量 = 每卡批量 × 累积（1 个进程）
+        from qwen_rlhf.recipes import PPO  # 全局 rollout 批量 = 每卡批量 × 累积（1 个进程）
 
         rollout = PPO["per_device_train_batch_size"] * PPO["gradient_accumulation_steps"]
         steps = ["--max_steps", "3", "--logging_steps", "1"]  # logging_steps 1：SFT 的 token 数记在每步的日志里
         return dict(rows=330, prompt_tokens=PROMPT_TOKENS, max_length=500, sft=steps, rm=steps,
-                    ppo=["--total_episodes", str(PPO_UPDATES * rollout)], benchmark=[], chat=[])
+                    ppo=["--total_episodes", str(PPO_UPDATES * rollout)],
+                    grpo=["--max_steps", "4"], rloo=["--max_steps", "4"], dpo=steps, benchmark=[], chat=[])
     if size == "tiny":
         # 同一条路径（梯度检查点、LoRA、合并、评测、对话），什么都缩小：2 核 CPU 上的时间大半花在 15 万词表的
         # logits 上（每个 token 一行 15 万个数），所以序列短、批量小、PPO 4 次更新
@@ -85,6 +94,7 @@ def plan(size: str, device: str) -> dict:
                     rm=[*train, "--per_device_eval_batch_size", "2"],
                     ppo=["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                          "--local_rollout_forward_batch_size", "2", "--response_length", "8", "--total_episodes", "8"],
+                    grpo=sampled(8, 2), rloo=sampled(8, 2), dpo=train,
                     benchmark=["--num_questions", "2", "--max_new_tokens", "8"], chat=["--max_new_tokens", "8"])
     # 真实尺寸上 CPU：证明真实维度的路径（GQA、共享嵌入、真实投影上的 LoRA、打分头、合并），批量最小
     train = ["--max_length", "128", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
@@ -93,6 +103,7 @@ def plan(size: str, device: str) -> dict:
                 rm=[*train, "--per_device_eval_batch_size", "2"],
                 ppo=["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                      "--local_rollout_forward_batch_size", "2", "--response_length", "16", "--total_episodes", "2"],
+                grpo=sampled(16, 1), rloo=sampled(16, 1), dpo=train,
                 benchmark=["--num_questions", "2", "--max_new_tokens", "16"], chat=["--max_new_tokens", "16"])
 
 
@@ -174,7 +185,7 @@ def tail(log: Path, lines: int = 25) -> str:
 def estimate(stage: str, argv: list, config: dict, precision: str) -> float | None:
     """显存估算（同样的选项，由训练脚本自己的 parse_options 解析）。只有三个训练阶段有公式。
     在所有阶段跑完之后才调用：解析选项时会问 torch 这张卡支不支持 bf16，父进程里就建起了 CUDA 上下文。"""
-    if stage not in ("sft", "rm", "ppo"):
+    if stage not in memory.STAGES:
         return None
     return round(memory.estimate_peak_gib(stage, argv, config, precision), 2)
 
@@ -243,7 +254,7 @@ def main():
     precision = "bf16" if info["bf16"] else "fp32"
     # 不支持 bf16 的卡上 SFT / RM 用 fp16 混合精度（字节数与 bf16 相同），PPO 用 fp32
     precisions = {"sft": "bf16" if device == "cuda" else "fp32", "rm": "bf16" if device == "cuda" else "fp32",
-                  "ppo": precision}
+                  "ppo": precision, "grpo": precision, "rloo": precision, "dpo": "bf16" if device == "cuda" else "fp32"}
     print(f"[自检] {size_name} 在 {info['gpu'] or 'CPU'} 上；数据 {info['data']}；用时 {prep['wall_s']:.0f} 秒", flush=True)
 
     # ---------------------------------------------------------------- 各阶段
@@ -255,6 +266,9 @@ def main():
         "rm": ("train_rm.py", [*p["rm"], *common_args, "--output_dir", out["rm"]]),
         "ppo": ("train_ppo.py", [*p["ppo"], *common_args, "--sft_model_path", out["sft"],
                                  "--reward_model_path", out["rm"], "--output_dir", out["ppo"]]),
+        **{stage: (f"train_{stage}.py", [*p[stage], "--dataset", data_file, "--sft_model_path", out["sft"],
+                                         *(["--reward_model_path", out["rm"]] if stage != "dpo" else []),
+                                         "--output_dir", out[stage]]) for stage in ("grpo", "rloo", "dpo")},
         "benchmark": ("benchmark.py", [*p["benchmark"], *common_args, "--sft_model_path", out["sft"],
                                        "--ppo_model_path", out["ppo"], "--reward_model_path", out["rm"],
                                        "--output_dir", out["benchmark"]]),

@@ -365,6 +365,29 @@ def ppo_example(tokenizer, row: dict, system: str | None = None) -> dict:
             "messages": prompt}
 
 
+def sampled_example(row: dict, system: str | None = None) -> dict:
+    """GRPO / RLOO：对话格式的提示（消息列表）。TRL 用分词器的模板加生成提示渲染它，GRPOConfig / RLOOConfig 的
+    chat_template_kwargs={"enable_thinking": False} 让它和 prompt_text 完全相同（以空的思考块结尾）。"""
+    return {"prompt": messages(row["question"], row.get("system") or system)}
+
+
+def dpo_example(row: dict, system: str | None = None) -> dict:
+    """DPO：对话格式的偏好对。TRL 用分词器的模板渲染 提示 + 回答（每行的 chat_template_kwargs 关闭思考），
+    所以提示部分和 prompt_text 一样，回答以 `<|im_end|>` 结尾，和 RM 打分读的是同一串文本。"""
+    return {"prompt": messages(row["question"], row.get("system") or system),
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+            "chat_template_kwargs": {"enable_thinking": False}}
+
+
+def drop_long_prompts(tokenizer, examples: list[dict], max_length: int, what: str,
+                      option: str = "--max_prompt_length") -> list[dict]:
+    """sampled_example 里提示（套上模板）超过 max_length 个 token 的去掉，并把数量说出来。"""
+    lengths = [len(tokenizer(prompt_text(tokenizer, e["prompt"]), add_special_tokens=False)["input_ids"]) for e in examples]
+    kept = drop_long([{"ids": range(n), "i": i} for i, n in enumerate(lengths)], ("ids",), max_length, what, option)
+    return [examples[k["i"]] for k in kept]
+
+
 def drop_long(examples: list[dict], keys: tuple[str, ...], max_length: int, what: str,
               option: str = "--max_length") -> list[dict]:
     """去掉超过 max_length 的样本，并把数量说出来（TRL 会悄悄丢弃）。option：调这个上限的选项（PPO 是 --max_prompt_length）。"""

@@ -5,7 +5,7 @@ benchmark.py 和 chat.py 共用这里；RM 打分在 scoring.py（和 PPO 的奖
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
@@ -21,6 +21,20 @@ class Loaded:
     folder: Path  # 实际加载的文件夹
     model: object
     tokenizer: object
+
+
+def _path_field(name: str):
+    stage = STAGES[name]
+    merged = "，优先用其中合并好的 merged/" if stage.adapter else ""
+    return (f"{name}_model_path", str, field(default=f"checkpoint/{name}", metadata={
+        "help": f"{stage.label}文件夹（{stage.script} 的产物{merged}）；模型名 {name} 用它"}))
+
+
+# chat.py 和 benchmark.py 共用的"各阶段模型在哪"：登记表里每个能对话的训练阶段一个 --<阶段>_model_path，
+# 字段由登记表生成（加一个阶段不用改这里），paths() 给 policy_folder 用
+PolicyPaths = make_dataclass(
+    "PolicyPaths", [_path_field(n) for n in chat_stages() if STAGES[n].script],
+    namespace={"paths": lambda self: {n: getattr(self, f"{n}_model_path") for n in chat_stages() if STAGES[n].script}})
 
 
 def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[str, Path, dict | None]:
@@ -43,7 +57,7 @@ def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[st
 
 def resolve_adapter_base(folder: Path) -> Path:
     """PPO 适配器的基座（SFT 模型）：先按 stage.json 里相对适配器文件夹的路径找（整个 checkpoint/ 拷走也成立），
-    再试 adapter_config 里的路径（绝对路径，或相对放 checkpoint/ 的文件夹：见 ppo.adapter_base_path），最后按仓库相对路径。"""
+    再试 adapter_config 里的路径（绝对路径，或相对放 checkpoint/ 的文件夹：见 policy.adapter_base_path），最后按仓库相对路径。"""
     config = read_json(folder / "adapter_config.json", f"请重新运行 python train_ppo.py，或改用合并好的完整模型 "
                        f"{display_path(folder / 'merged')}")
     info = stage_info(folder) or {}

@@ -3,7 +3,7 @@
     python -m qwen_rlhf.memory [--json]               # Qwen3-0.6B，三个阶段，训练脚本的默认选项（--json 机器可读）
     python -m qwen_rlhf.memory --stage ppo -- --response_length 128 --per_device_train_batch_size 1
 
-`--` 之后是训练脚本自己的选项（含 --config 配方），由 train_*.py 的 parse_options 解析，默认值就是脚本的默认值。
+`--` 之后是训练脚本自己的选项（含 --config 配方），和脚本一样由 qwen_rlhf.recipes 解析，默认值就是脚本的默认值。
 权重、梯度、AdamW 状态、bf16 副本、激活、15 万词表的 logits、KV 缓存按 transformers 5 / TRL 1.12 的代码数出来，
 bench/bench_memory.py 在 CPU 上用 fp32 实测核对；有 GPU 实测（bench/results/gpu_check.json）时以实测为准。
 """
@@ -11,14 +11,13 @@ bench/bench_memory.py 在 CPU 上用 fp32 实测核对；有 GPU 实测（bench/
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from collections import namedtuple
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import console
+from . import console, recipes
 from .errors import EXIT_BAD_INPUT, UserError, run
 from .tiny import QWEN3_0_6B
 
@@ -29,7 +28,10 @@ OVERHEAD = 1 * GiB  # CUDA 上下文 + cuBLAS 工作区 + 分配器碎片：经�
 CARDS_GB = (24, 32, 80)
 PROMPT_TOKENS = 64  # PPO 的提示按 64 token 估计（数据集的问题套上对话模板后大多更短）
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-STAGES = {"sft": "SFT", "rm": "RM", "ppo": "PPO"}
+STAGES = tuple(recipes.RECIPES)  # 每个训练阶段都有一个估算：sft / rm / ppo / grpo / rloo / dpo
+# 估算公式按 TRL 的训练器分：GRPO 和 RLOO 的显存形状相同（在线采样 + LoRA，没有 critic）
+KINDS = {"SFTConfig": "sft", "RewardConfig": "rm", "PPOConfig": "ppo", "GRPOConfig": "sampled", "RLOOConfig": "sampled",
+         "DPOConfig": "pairs"}
 Shape = namedtuple("Shape", "vocab hidden inter layers heads kv_heads head_dim tied bias")
 
 
@@ -102,17 +104,24 @@ class Opts:
     prompt_length: int = PROMPT_TOKENS
     overhead: int = OVERHEAD
     gqa_repeat: bool = True
+    kind: str = ""  # KINDS：用哪一个公式
+
+
+def kind_of(stage: str) -> str:
+    return KINDS[recipes.RECIPES[stage].config.split(":")[1]]
 
 
 def phases(m: Shape, o: Opts) -> dict[str, dict[str, int]]:
     """各个候选时刻 → {项目: 字节}；峰值取最大的时刻。"""
     bf16 = o.precision == "bf16"
-    if o.stage in ("sft", "rm"):
-        p = causal_lm_params(m) if o.stage == "sft" else score_model_params(m)
-        seqs = o.batch * (1 if o.stage == "sft" else 2)  # RM 每对 chosen + rejected 两条一起前向
+    if o.kind in ("sampled", "pairs"):
+        return lora_phases(m, o)
+    if o.kind in ("sft", "rm"):
+        p = causal_lm_params(m) if o.kind == "sft" else score_model_params(m)
+        seqs = o.batch * (1 if o.kind == "sft" else 2)  # RM 每对 chosen + rejected 两条一起前向
         fixed = {"权重": 4 * p, "梯度": 4 * p, "优化器状态": 8 * p,
                  "激活": activation_bytes(m, seqs * o.max_length, o.precision, o.gc, o.gqa_repeat)}
-        if o.stage == "rm":  # 打分头只输出一个数，没有词表 logits
+        if o.kind == "rm":  # 打分头只输出一个数，没有词表 logits
             return {"训练": {**fixed, "bf16 权重副本": 2 * matmul_params(m, False) * bf16}}
         # 词表 logits 每元素：前向末尾 = lm_head 输出（bf16 2）+ fp32 拷贝 4 + log_softmax 4；
         # 反向开始 = log_softmax 输出 + 它的梯度 + logits 的梯度 = 12。开检查点时反向开始只剩 lm_head 的 bf16 副本。
@@ -150,6 +159,31 @@ def phases(m: Shape, o: Opts) -> dict[str, dict[str, int]]:
     return out
 
 
+def lora_phases(m: Shape, o: Opts) -> dict[str, dict[str, int]]:
+    """GRPO / RLOO（sampled）和 DPO（pairs）的粗估：和 PPO 一样的 LoRA actor（参考模型 = 关掉适配器），没有 critic。
+    sampled：冻结的 RM + 一次生成 rollout_batch 条的 KV 缓存；训练时只对回答部分算词表 logits（TRL 的 logits_to_keep）。
+    pairs：每对 chosen + rejected 两条一起前向（参考模型再前向一次，不存激活），整条序列都算词表 logits。
+    没有 bench/bench_memory.py 的实测核对，只是量级。"""
+    bf16 = o.precision == "bf16"
+    frozen = 2 if bf16 else 4
+    p_lm, p_lora = causal_lm_params(m), lora_params(m, o.lora_r, o.lora_targets)
+    base = {"权重": frozen * p_lm + 4 * p_lora, "优化器状态": 8 * p_lora}
+    if o.kind == "pairs":
+        seqs, seq, scored = 2 * o.batch, o.max_length, o.max_length
+    else:
+        base["权重"] += frozen * score_model_params(m)  # RM
+        seqs, seq, scored = o.batch, o.prompt_length + o.response_length, o.response_length
+    train = {**base, "梯度": 4 * p_lora, "bf16 权重副本": 2 * p_lora * bf16,
+             "激活": activation_bytes(m, seqs * seq, o.precision, o.gc, o.gqa_repeat),
+             "词表 logits": seqs * scored * m.vocab * 12}  # 同 SFT 的"反向开始"：log_softmax 输出 + 梯度 + logits 梯度
+    if o.kind == "pairs":
+        return {"训练": train}
+    seq = o.prompt_length + o.response_length
+    generate = {**base, "KV 缓存": 2 * m.layers * o.rollout_batch * m.kv_heads * m.head_dim * seq * frozen,
+                "词表 logits": 2 * o.rollout_batch * m.vocab * 4}
+    return {"生成": generate, "训练": train}
+
+
 def peak(m: Shape, o: Opts) -> tuple[int, str]:  # (最大时刻的各项之和 + 开销, 那个时刻)
     name, terms = max(phases(m, o).items(), key=lambda kv: sum(kv[1].values()))
     return sum(terms.values()) + o.overhead, name
@@ -170,23 +204,23 @@ def max_batch(m: Shape, o: Opts, gb: float) -> int:
 
 
 def script_options(stage: str, argv=(), precision: str = "bf16") -> Opts:
-    """用训练脚本自己的 parse_options 解析 argv（同名选项、同样的默认值和配方），取出和显存有关的几个。"""
+    """用训练脚本同样的解析（qwen_rlhf.recipes：同名选项、同样的默认值和配方）解析 argv，取出和显存有关的几个。"""
     name = f"train_{stage}"
-    if name not in sys.modules:  # 按文件加载，不改 sys.path
-        spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
     try:
-        parsed = sys.modules[name].parse_options(list(argv))
+        parsed = recipes.parse(stage, list(argv))
     except UserError as e:
         raise UserError(f"{name}.py 的选项：{e.message}（-- 之后的选项交给每个要估算的脚本，可用 --stage 只选一个）", e.code) from None
-    cfg = parsed[1]
+    cfg, kind = parsed[1], kind_of(stage)
     o = Opts(stage, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, bool(cfg.gradient_checkpointing),
-             precision, max_length=getattr(cfg, "max_length", 0) or 0)
-    if stage == "ppo":
+             precision, max_length=getattr(cfg, "max_length", 0) or 0, kind=kind)
+    if len(parsed) == 3:  # LoRA 策略
         t = parsed[2].lora_target_modules
-        o = replace(o, rollout_batch=cfg.local_rollout_forward_batch_size, response_length=cfg.response_length,
-                    lora_r=parsed[2].lora_r, lora_targets=tuple(t) if isinstance(t, list) else t)
+        o = replace(o, lora_r=parsed[2].lora_r, lora_targets=tuple(t) if isinstance(t, list) else t)
+    if kind == "ppo":
+        o = replace(o, rollout_batch=cfg.local_rollout_forward_batch_size, response_length=cfg.response_length)
+    elif kind == "sampled":  # 每个进程一次生成 per_device × steps_per_generation 条
+        o = replace(o, rollout_batch=cfg.per_device_train_batch_size * cfg.steps_per_generation,
+                    response_length=cfg.max_completion_length, max_length=0)
     if min(o.batch, o.grad_accum, o.max_length or o.response_length, o.rollout_batch or 1) <= 0:
         raise UserError(f"{name}.py 的批量、长度都必须大于 0。", EXIT_BAD_INPUT)
     return o
@@ -223,9 +257,13 @@ def stage_report(m: Shape, o: Opts) -> dict:
 
 def describe(o: Opts) -> str:
     tail = f"，{'bf16 混合精度' if o.precision == 'bf16' else 'fp32'}，梯度检查点{'开' if o.gc else '关'}"
-    if o.stage != "ppo":
-        pairs = f"{o.batch} 对（{2 * o.batch} 条）" if o.stage == "rm" else f"{o.batch} 条"
-        return f"每卡 {pairs} × {o.max_length} token（累积 {o.grad_accum}）" + tail
+    lora = f"，LoRA r{o.lora_r}" if o.lora_r else ""
+    if o.kind in ("sft", "rm", "pairs"):
+        pairs = f"{o.batch} 对（{2 * o.batch} 条）" if o.kind != "sft" else f"{o.batch} 条"
+        return f"每卡 {pairs} × {o.max_length} token（累积 {o.grad_accum}）" + lora + tail
+    if o.kind == "sampled":
+        return (f"每卡 {o.batch} 条 × 累积 {o.grad_accum}（一次生成 {o.rollout_batch} 条），提示约 {o.prompt_length} + "
+                f"回答 {o.response_length} token" + lora + tail)
     local = o.batch * o.grad_accum
     return (f"每卡 {o.batch} 条 × 累积 {o.grad_accum}（rollout {local} 条，每次前向 {min(o.rollout_batch, local)} 条），"
             f"提示约 {o.prompt_length} + 回复 {o.response_length} token，LoRA r{o.lora_r}" + tail)
@@ -233,14 +271,14 @@ def describe(o: Opts) -> str:
 
 def format_stage(r: dict) -> str:
     terms = "、".join(f"{k} {v:.1f}" for k, v in r["terms_gib"].items() if v)
-    out = [f"== {STAGES[r['stage']]}（train_{r['stage']}.py）：{r['description']}",
+    out = [f"== {r['stage'].upper()}（train_{r['stage']}.py）：{r['description']}",
            f"峰值估计 {r['estimate_gib']:.1f} GiB（峰值时刻「{r['peak_phase']}」：{terms}、CUDA 开销 "
            f"{r['options']['overhead'] / GiB:.1f}）"]
     if r["measured"]:
         mm = r["measured"]
         out.append(f"实测（{mm['gpu']}）：分配峰值 {mm['allocated']:.1f} GiB、保留峰值 {mm['reserved']:.1f} GiB；"
                    f"下表的「放得下」按实测分配峰值 + 开销 = {r['peak_gib']:.1f} GiB 判断")
-    unit = "对" if r["stage"] == "rm" else "条"
+    unit = "对" if r["options"]["kind"] in ("rm", "pairs") else "条"
     rows = [[f"{c} GB", "能" if v["fits"] else "不能", f"{v['max_batch']} {unit}"] for c, v in r["cards"].items()]
     return "\n".join([*out, console.table(["显卡", "当前选项放得下", "最大每卡批量"], rows)])
 
@@ -254,8 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, script_argv = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = _Parser(prog="python -m qwen_rlhf.memory", epilog="-- 之后的选项原样交给训练脚本，例如 -- --max_length 256",
-                description="估算 SFT / RM / PPO 的单卡峰值显存和 24/32/80 GB 卡上的最大每卡批量。")
-    p.add_argument("--stage", choices=["sft", "rm", "ppo", "all"], default="all", help="估算哪个阶段（默认 all）")
+                description="估算各训练阶段（SFT / RM / PPO / GRPO / RLOO / DPO）的单卡峰值显存和 24/32/80 GB 卡上的最大每卡批量。")
+    p.add_argument("--stage", choices=[*STAGES, "all"], default="all", help="估算哪个阶段（默认 all）")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                    help="bf16 = fp32 主权重 + bf16 autocast（支持 bf16 的 GPU，默认）；fp32 = 全 fp32")
     p.add_argument("--json", action="store_true", help="输出 JSON")

@@ -184,6 +184,6 @@ def check_same_family(tokenizer, named_models: dict) -> None:
             raise UserError(
                 f"{name} 模型（{m.config.model_type}，词表 {m.config.vocab_size}）与 {ref_name} 模型"
                 f"（{ref.config.model_type}，词表 {ref.config.vocab_size}）不是同一个基座。"
-                "请用同一个 --model_name_or_path 重新训练 SFT 和 RM。",
+                "请让 train_sft.py 和 train_rm.py 用同一个基座模型，重新训练 SFT 和 RM。",
                 EXIT_MISSING,
             )

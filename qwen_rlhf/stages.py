@@ -14,6 +14,11 @@ _BATCH_OOM = ("减小 --per_device_train_batch_size（同时增大 --gradient_ac
               "确认 --gradient_checkpointing true，或减小 --max_length")
 
 
+_SAMPLED_OOM = ("减小 --per_device_train_batch_size（同时增大 --gradient_accumulation_steps，保持每次更新的回答数），"
+                "确认 --gradient_checkpointing true，或减小 --max_completion_length")
+_SAMPLED_NAN = "多半是学习率过高：减小 --learning_rate，或提高 --beta（KL 系数）；{name} 不要用 fp16。"
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # 文件夹名、stage.json 的 "stage"、TensorBoard 标签前缀、benchmark / chat 里的模型名
@@ -53,6 +58,23 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           nan_hint="多半是学习率过高或奖励尺度太大：减小 --learning_rate，提高 --kl_coef；PPO 不要用 fp16。",
           about="PPO：在线强化学习，每次更新先让模型自己回答一批问题、RM 打分；另训练一个 critic（价值模型）估计每个"
                 "token 之后还能拿多少分，作为基线算优势；奖励里扣掉相对 SFT 的 KL，防止跑偏。"),
+    # GRPO / RLOO：没有 critic，一个问题采样 --num_generations 个回答，用组内平均（RLOO：除自己以外的平均）当基线
+    Stage("grpo", "GRPO 模型", "train_grpo.py", can_chat=True, adapter=True, throughput="answers_per_s",
+          oom_hint=_SAMPLED_OOM, nan_hint=_SAMPLED_NAN.format(name="GRPO"),
+          about="GRPO：在线强化学习，没有 critic。每个问题采 8 个回答、RM 打分，用这一组回答的平均分（再除以组内标准差）"
+                "当基线：比同组平均好的回答被加强、差的被压低；KL（相对关掉适配器的 SFT，beta 0.05）作为损失里的一项拉住它。"),
+    Stage("rloo", "RLOO 模型", "train_rloo.py", can_chat=True, adapter=True, throughput="answers_per_s",
+          oom_hint=_SAMPLED_OOM, nan_hint=_SAMPLED_NAN.format(name="RLOO"),
+          about="RLOO：在线强化学习，没有 critic。和 GRPO 一样每个问题采 8 个回答，但每个回答的基线是同组另外 7 个的平均分"
+                "（留一法，不除标准差）；KL 惩罚直接从奖励里扣掉（beta 0.05），和 PPO 一样。"),
+    # DPO：不采样、不用 RM，直接在训练集的偏好对上训练（吞吐按偏好对算，和 RM 一样）
+    Stage("dpo", "DPO 模型", "train_dpo.py", can_chat=True, adapter=True, throughput="pairs_per_s",
+          oom_hint="减小 --per_device_train_batch_size（同时增大 --gradient_accumulation_steps 保持总批量），"
+                   "确认 --gradient_checkpointing true，或减小 --max_length",
+          nan_hint="多半是学习率过高：减小 --learning_rate；不支持 bf16 的卡上不要用 fp16。",
+          about="DPO：离线方法，训练时不采样、也不用 RM：直接在训练集的偏好对上，让模型相对参考模型（关掉适配器的 SFT）"
+                "更偏向 chosen、远离 rejected。评测用的 RM 分数是它从没直接优化过的目标，所以它和另外三种比的是"
+                "\"从偏好数据里学到了多少 RM 也认同的东西\"。"),
 )}
 
 # 不是训练阶段、但也会显存不足的脚本

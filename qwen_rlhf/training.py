@@ -16,10 +16,11 @@ from transformers.integrations import TensorBoardCallback
 from .errors import ANYWHERE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
 from .options import display_path, input_path
 from .outputs import StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
-from .stages import nan_hint
+from .stages import STAGES, nan_hint
 
 # 这些日志键一旦不是有限数，就说明训练已经发散
-WATCHED_KEYS = ("loss", "eval_loss", "grad_norm", "objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg")
+WATCHED_KEYS = ("loss", "eval_loss", "grad_norm", "objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg",
+                "reward", "kl")  # 后两个：GRPO / RLOO 的奖励均值与 KL
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM（平台关机 / kill）"}
 
 
@@ -282,24 +283,30 @@ def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
     return tensorboard_dir(stage), GracefulStop()
 
 
-def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost, **info) -> None:
+def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost, export=None, answers=None,
+                **info) -> None:
     """所有进程一起导出权重（ZeRO-3 要先把分片的参数收集起来，只在主进程调用会卡住或崩溃），
-    文件只由主进程写：临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。"""
+    文件只由主进程写：临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。
+
+    export(tmp)：各阶段不同的那一步，在 trainer.save_model 的文件搬进 tmp 之后、写 stage.json 之前由主进程调用
+    （LoRA 策略：policy.save_policy 写 merged/），返回的字典也写进 stage.json。answers：这次运行生成的回答数（GRPO / RLOO 的吞吐）。"""
     import shutil
 
     from accelerate.utils import broadcast_object_list
 
     # 这次运行自己的导出文件夹（主进程的进程号，所有进程用同一个名字）：被杀留下的由 outputs.recover 按进程号清掉
-    export = Path(trainer.args.output_dir) / broadcast_object_list([f"export-{os.getpid()}"])[0]
-    with writing(final, export):
-        trainer.save_model(str(export))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
+    export_dir = Path(trainer.args.output_dir) / broadcast_object_list([f"export-{os.getpid()}"])[0]
+    with writing(final, export_dir):
+        trainer.save_model(str(export_dir))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
     if trainer.is_world_process_zero():
-        record = cost.record(**trainer_throughput(trainer, stage))
-        with writing(final, export), StagingDir(final) as tmp:
-            for f in export.iterdir():
+        record = cost.record(**trainer_throughput(trainer, stage, answers))
+        with writing(final, export_dir), StagingDir(final) as tmp:
+            for f in export_dir.iterdir():
                 f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
             pause_point("staging")
             tokenizer.save_pretrained(str(tmp))
+            if export is not None:
+                info.update(export(tmp) or {})  # 例如 LoRA 策略的基座位置
             write_stage_info(tmp, stage, options, launch=launch_info(trainer.args), cost=record, **info)
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
         print(f"[完成] {stage} 已保存到 {display_path(final)}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard",
@@ -307,13 +314,17 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
     end_processes(trainer.accelerator)
 
 
-def trainer_throughput(trainer, stage: str) -> dict:
-    """Trainer 自己记下的训练用时与数量 -> SFT 每秒多少 token，RM 每秒多少对（RM 的一个样本是一对）。
+def trainer_throughput(trainer, stage: str, answers: int | None = None) -> dict:
+    """Trainer 自己记下的训练用时与数量 -> 登记表里这个阶段的吞吐单位：SFT 每秒多少 token，RM / DPO 每秒多少对
+    （一个样本是一对），GRPO / RLOO 每秒生成多少个回答（answers 由调用者数）。
     续训时 num_tokens 是累计的、用时只算这一次，所以续训那次的 token/s 偏高。"""
     history = trainer.state.log_history
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
     if not runtime:
         return {}
-    if stage == "rm":
-        return {"pairs_per_s": next(h["train_samples_per_second"] for h in reversed(history) if "train_runtime" in h)}
+    key = STAGES[stage].throughput
+    if key == "pairs_per_s":
+        return {key: next(h["train_samples_per_second"] for h in reversed(history) if "train_runtime" in h)}
+    if key == "answers_per_s":
+        return {key: answers / runtime} if answers else {}
     return {"tokens_per_s": max((h.get("num_tokens", 0) for h in history), default=0) / runtime}

@@ -13,22 +13,19 @@ from conftest import ROOT
 
 import benchmark
 import chat
-import train_ppo
-import train_rm
-import train_sft
-from qwen_rlhf import options, stages
+from qwen_rlhf import options, recipes, stages
 
 OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)")
 
-PARSERS = {  # 脚本 -> 它交给 options.parse 的 dataclass
-    "train_sft.py": [train_sft.SFTArgs, train_sft.SFTConfig],
-    "train_rm.py": [train_rm.RMArgs, train_rm.RewardConfig],
-    "train_ppo.py": [train_ppo.PPOArgs, train_ppo.PPOConfig, train_ppo.PPOModelArgs],
+PARSERS = {  # 脚本 -> 它交给 options.parse 的 dataclass（训练脚本的在 recipes.RECIPES 里，一个阶段一项）
+    **{f"train_{stage}.py": recipe.types() for stage, recipe in recipes.RECIPES.items()},
     "benchmark.py": [benchmark.BenchmarkArgs],
     "chat.py": [chat.ChatArgs],
 }
 ALL = tuple(PARSERS)
-TRAIN = ("train_sft.py", "train_rm.py", "train_ppo.py")
+TRAIN = tuple(f"train_{stage}.py" for stage in recipes.RECIPES)
+LORA = tuple(f"train_{stage}.py" for stage, recipe in recipes.RECIPES.items() if recipe.lora)
+SAMPLED = ("train_grpo.py", "train_rloo.py")
 # 共用模块 -> 能打印它的消息的脚本
 SHARED = {
     "qwen_rlhf/errors.py": ALL,
@@ -41,12 +38,19 @@ SHARED = {
     "qwen_rlhf/metrics.py": ("benchmark.py",),
     "qwen_rlhf/training.py": TRAIN,
     "qwen_rlhf/ppo.py": ("train_ppo.py",),
+    "qwen_rlhf/policy.py": LORA,
+    "qwen_rlhf/sampled.py": SAMPLED,
 }
 # 共用模块里只有部分脚本会走到的函数 / 类（模块, 名字）-> 这些脚本
 ONLY = {
     ("qwen_rlhf/options.py", "DataArgs"): (*TRAIN, "benchmark.py"),
     ("qwen_rlhf/data.py", "sft_share"): ("train_sft.py",),
     ("qwen_rlhf/data.py", "drop_long"): ("train_sft.py", "train_rm.py"),  # 默认的 --max_length；PPO 传自己的选项名
+    ("qwen_rlhf/data.py", "drop_long_prompts"): SAMPLED,
+    # GRPO / RLOO / DPO 从 SFT 开始，不解析基座
+    ("qwen_rlhf/models.py", "resolve_model_source"): ("train_sft.py", "train_rm.py", "train_ppo.py", "benchmark.py",
+                                                      "chat.py"),
+    ("qwen_rlhf/models.py", "_download_model"): ("train_sft.py", "train_rm.py", "train_ppo.py", "benchmark.py", "chat.py"),
     ("qwen_rlhf/outputs.py", "check_writable"): TRAIN,
     ("qwen_rlhf/outputs.py", "lock_output"): TRAIN,
     ("qwen_rlhf/outputs.py", "check_same_split"): ("train_ppo.py", "benchmark.py"),
@@ -56,7 +60,7 @@ ONLY = {
 # 别的程序的选项：accelerate launch（--config_file --num_processes）和 tensorboard（--logdir）
 OTHER_PROGRAMS = {"config_file", "num_processes", "logdir"}
 # stages.py 的提示按阶段分：每个脚本只会打印自己那一项
-HINTS = {"train_sft.py": "sft", "train_rm.py": "rm", "train_ppo.py": "ppo", "benchmark.py": "benchmark", "chat.py": "chat"}
+HINTS = {**{f"train_{stage}.py": stage for stage in recipes.RECIPES}, "benchmark.py": "benchmark", "chat.py": "chat"}
 
 
 def mentions(path, keep_module_docstring: bool) -> dict[str, set[str]]:

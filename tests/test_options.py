@@ -5,17 +5,15 @@ import warnings
 import pytest
 from trl import SFTConfig
 
-import train_ppo
-import train_sft
-from qwen_rlhf import options
+from qwen_rlhf import options, recipes
 from qwen_rlhf.errors import UserError
 
 CPU = options.precision_defaults()  # 这台机器没有 GPU：fp32
-SFT_DEFAULTS = {**train_sft.DEFAULTS, **CPU}
+SFT_DEFAULTS = {**recipes.SFT, **CPU}
 
 
 def test_recipe_overrides_defaults_and_flags_override_recipe():
-    args, cfg = options.parse([train_sft.SFTArgs, SFTConfig], SFT_DEFAULTS,
+    args, cfg = options.parse([recipes.SFTArgs, SFTConfig], SFT_DEFAULTS,
                               args=["--config", "configs/tiny/sft.yaml", "--num_train_epochs", "1"])
     assert args.model_name_or_path == "checkpoint/tiny/base" and cfg.use_cpu
     assert cfg.num_train_epochs == 1  # 命令行最优先
@@ -33,7 +31,7 @@ def test_recipe_overrides_defaults_and_flags_override_recipe():
 )
 def test_bad_options_raise_one_line_user_errors(argv, message):
     with pytest.raises(UserError, match=message) as e:
-        options.parse([train_sft.SFTArgs, SFTConfig], SFT_DEFAULTS, args=argv)
+        options.parse([recipes.SFTArgs, SFTConfig], SFT_DEFAULTS, args=argv)
     assert "\n" not in e.value.message
 
 
@@ -41,10 +39,10 @@ def test_recipe_that_is_not_yaml_or_has_unknown_keys(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: [1, 2\n", encoding="utf-8")
     with pytest.raises(UserError, match="不是合法的 YAML"):
-        options.parse([train_sft.SFTArgs, SFTConfig], SFT_DEFAULTS, args=["--config", str(bad)])
+        options.parse([recipes.SFTArgs, SFTConfig], SFT_DEFAULTS, args=["--config", str(bad)])
     bad.write_text("response_length: 10\n", encoding="utf-8")
     with pytest.raises(UserError, match="不认识的键"):
-        options.parse([train_sft.SFTArgs, SFTConfig], SFT_DEFAULTS, args=["--config", str(bad)])
+        options.parse([recipes.SFTArgs, SFTConfig], SFT_DEFAULTS, args=["--config", str(bad)])
 
 
 def test_relative_output_paths_resolve_from_the_repo_root(tmp_path, monkeypatch):
@@ -53,16 +51,13 @@ def test_relative_output_paths_resolve_from_the_repo_root(tmp_path, monkeypatch)
     assert options.input_path("configs/tiny/sft.yaml") == options.ROOT / "configs" / "tiny" / "sft.yaml"
 
 
-def test_ppo_lora_options_go_through_trl_model_config_and_unsupported_ones_are_refused():
-    from trl import get_peft_config
-
-    args, cfg, model_args = train_ppo.parse_options(["--lora_r", "8", "--use_rslora", "true"])
-    peft = get_peft_config(model_args)
-    assert (peft.r, peft.lora_alpha, peft.use_rslora, peft.task_type) == (8, 8, True, "CAUSAL_LM")
-    train_ppo.check_options(args, cfg, model_args)
-    args, cfg, model_args = train_ppo.parse_options(["--load_in_4bit", "true"])
-    with pytest.raises(UserError, match="--load_in_4bit 在本仓库的 PPO 里不支持"):
-        train_ppo.check_options(args, cfg, model_args)
+def test_lora_options_are_shared_by_every_lora_stage_and_options_we_do_not_support_do_not_exist():
+    for stage in ("ppo", "grpo", "rloo", "dpo"):
+        *_, lora = recipes.parse(stage, ["--lora_r", "8", "--use_rslora", "true"])
+        peft = lora.peft_config()
+        assert (peft.r, peft.lora_alpha, peft.use_rslora, peft.task_type) == (8, 8, True, "CAUSAL_LM")
+    with pytest.raises(UserError, match="未知选项 \\['--load_in_4bit'"):
+        recipes.parse("ppo", ["--load_in_4bit", "true"])
 
 
 def test_only_the_library_rename_warnings_are_silenced(tiny_model):
@@ -76,7 +71,7 @@ def test_only_the_library_rename_warnings_are_silenced(tiny_model):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_sft.parse_options(["--config", "configs/tiny/sft.yaml"])
+        recipes.parse("sft", ["--config", "configs/tiny/sft.yaml"])
         model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
         model.gradient_checkpointing_enable()
         assert model.is_gradient_checkpointing

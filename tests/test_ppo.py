@@ -14,6 +14,7 @@ import torch
 from conftest import (ROOT, last_line, offline_env, quarter_means, read_by_step, read_scalars, read_steps, run_inline,
                       run_script, run_until, stage_args)
 from qwen_rlhf import data, inference, models, outputs, ppo, scoring, training
+from qwen_rlhf.policy import frozen_dtype
 
 TB_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "policy/entropy_avg", "loss/policy_avg",
            "loss/value_avg", "val/num_eos_tokens", "rollout/distinct_ratio", "rollout/response_length",
@@ -311,7 +312,7 @@ def test_bf16_frozen_weights_give_the_same_rollout_log_probs_and_rm_scores_as_fp
         m = PeftModel.from_pretrained(models.load_causal_lm(pipeline["sft"], tok, dtype=dtype), str(pipeline["ppo"]))
         return m.eval()
 
-    fp32, bf16 = policy(torch.float32), policy(ppo.rollout_dtype(True))
+    fp32, bf16 = policy(torch.float32), policy(frozen_dtype(True))
     assert {p.dtype for n, p in bf16.named_parameters() if "lora_" in n} == {torch.float32}
     assert bf16.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
     torch.manual_seed(0)

@@ -1,0 +1,111 @@
+"""我们的 train_grpo.py / train_rloo.py / train_dpo.py 与原样的 TRL 训练器比用时：同样的模型、同样的选项，交替运行。
+
+    .venv/bin/python bench/bench_rl_stages.py                          # 临时目录里现建 tiny 模型 + 几步 SFT / RM
+    .venv/bin/python bench/bench_rl_stages.py --sft checkpoint/tiny/sft --rm checkpoint/tiny/rm --rounds 3
+
+"原样的 TRL"= 同一份 recipes.parse 解析出的 Config 与 LoRA，直接交给 trl 的 GRPOTrainer / RLOOTrainer / DPOTrainer：
+RM 作为模型对象放进 reward_funcs（TRL 自己渲染、打分），没有我们的回调、检查、采样修正和 merged/ 导出，最后只
+trainer.save_model。两边都是子进程，从启动到退出计时（含 import、加载与保存），每轮交替先后，取各自的中位数。
+结果写到 bench/results/rl_stages.json。机器有别的负载时比值不可引用（结果里记下了 1 分钟负载）。
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  bench/common.py
+
+STAGES = ("grpo", "rloo", "dpo")
+STEPS = {"grpo": ["--max_steps", "4", "--per_device_train_batch_size", "8"],  # 每步 1 个问题 × 8 个回答
+         "rloo": ["--max_steps", "4", "--per_device_train_batch_size", "8"], "dpo": ["--max_steps", "4"]}
+
+
+def stage_argv(stage: str, sft: Path, rm: Path, out: Path) -> list[str]:
+    inputs = ["--sft_model_path", str(sft)] + (["--reward_model_path", str(rm)] if stage != "dpo" else [])
+    return ["--config", str(ROOT / "configs" / "tiny" / f"{stage}.yaml"), *inputs, *STEPS[stage], "--output_dir", str(out),
+            "--report_to", "none", "--save_strategy", "no"]
+
+
+def plain(stage: str, argv: list[str]) -> None:
+    """原样的 TRL：子进程里运行（--_plain）。"""
+    import trl
+    from datasets import Dataset
+
+    from qwen_rlhf import data, models, options, recipes
+
+    args, cfg, lora = recipes.parse(stage, argv)
+    sft = options.input_path(args.sft_model_path)
+    tok = models.load_tokenizer(sft, padding_side="left")
+    rows = data.split_rows(data.load_rows(args.dataset).rows, args.test_size, args.split_seed).train
+    model = models.load_causal_lm(sft, tok)
+    if stage == "dpo":
+        trainer = trl.DPOTrainer(model=model, args=cfg, processing_class=tok, peft_config=lora.peft_config(),
+                                 train_dataset=Dataset.from_list([data.dpo_example(r) for r in rows]))
+    else:
+        rm = models.load_score_model(options.input_path(args.reward_model_path), tok)
+        cls = trl.GRPOTrainer if stage == "grpo" else trl.RLOOTrainer
+        trainer = cls(model=model, reward_funcs=rm, reward_processing_classes=tok, args=cfg, processing_class=tok,
+                      peft_config=lora.peft_config(),
+                      train_dataset=Dataset.from_list([data.sampled_example(r) for r in data.unique_questions(rows)]))
+    trainer.train()
+    trainer.save_model(cfg.output_dir)
+
+
+def timed(cmd: list, env: dict) -> float:
+    start = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"错误：{' '.join(map(str, cmd[:3]))} 失败：\n{r.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sft", default=None, help="SFT 文件夹（默认：临时目录里现训几步）")
+    p.add_argument("--rm", default=None, help="RM 文件夹（默认：临时目录里现训几步）")
+    p.add_argument("--rounds", type=int, default=1, help="每个阶段交替跑几轮（每轮我们的和 TRL 的各一次）")
+    p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--out", default=str(common.RESULTS / "rl_stages.json"))
+    p.add_argument("--_plain", default=None, help=argparse.SUPPRESS)
+    a, rest = p.parse_known_args()
+    if a._plain:
+        return plain(a._plain, rest)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-rl-"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               QWEN_RLHF_TENSORBOARD_ROOT=str(work / "tensorboard"), HF_DATASETS_CACHE=str(work / "hf-cache"))
+    sft, rm = Path(a.sft).resolve() if a.sft else None, Path(a.rm).resolve() if a.rm else None
+    if sft is None or rm is None:
+        from qwen_rlhf import tiny
+
+        base = tiny.build(work / "base")
+        for stage in ("sft", "rm"):
+            timed([sys.executable, ROOT / f"train_{stage}.py", "--config", ROOT / "configs" / "tiny" / f"{stage}.yaml",
+                   "--model_name_or_path", base, "--max_steps", "4", "--output_dir", work / stage], env)
+        sft, rm = sft or work / "sft", rm or work / "rm"
+    result = {"machine": common.machine(), "load_1min": os.getloadavg()[0], "rounds": a.rounds, "stages": {}}
+    for stage in a.stages.split(","):
+        ours, theirs = [], []
+        for i in range(a.rounds):
+            cmds = {"ours": [sys.executable, ROOT / f"train_{stage}.py", *stage_argv(stage, sft, rm, work / f"{stage}-ours-{i}")],
+                    "trl": [sys.executable, __file__, "--_plain", stage, *stage_argv(stage, sft, rm, work / f"{stage}-trl-{i}")]}
+            for who in (("ours", "trl") if i % 2 == 0 else ("trl", "ours")):  # 交替先后：机器的状态变化两边各摊一半
+                (ours if who == "ours" else theirs).append(timed(cmds[who], env))
+            print(f"[bench] {stage} 第 {i + 1} 轮：我们的 {ours[-1]:.1f} 秒，TRL 原样 {theirs[-1]:.1f} 秒", flush=True)
+        o, t = statistics.median(ours), statistics.median(theirs)
+        result["stages"][stage] = {"argv": STEPS[stage], "ours_s": [round(x, 1) for x in ours],
+                                   "trl_s": [round(x, 1) for x in theirs], "ratio_ours_over_trl": round(o / t, 3)}
+    result["load_1min_after"] = os.getloadavg()[0]
+    common.write_result(result, Path(a.out))
+
+
+if __name__ == "__main__":
+    main()

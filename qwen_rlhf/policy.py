@@ -1,0 +1,97 @@
+"""LoRA 策略：PPO、GRPO、RLOO、DPO 共用的 LoRA 选项、冻结权重的精度，以及唯一的导出（适配器 + merged/）。
+
+四个阶段的 actor 都是"SFT 模型 + LoRA"，参考模型都是关掉适配器的同一个模型（不另占一份显存），
+所以 LoRA 的设置写一次（LoRAArgs），导出也只写一次（save_policy）：chat / benchmark 读任何一个都走同一条路。
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class LoRAArgs:
+    """actor 的 LoRA（peft 的 LoraConfig，task_type=CAUSAL_LM）；默认值复现原仓库 PPO 的设置：r 32、alpha 8、全部线性层。"""
+
+    lora_r: int = _help("LoRA 的秩 r", default=32)
+    lora_alpha: int = _help("LoRA 的 alpha（缩放 = alpha / r）", default=8)
+    lora_dropout: float = _help("LoRA 的 dropout（PPO 训练时 TRL 会关掉所有 dropout）", default=0.05)
+    lora_target_modules: list[str] = _help("加 LoRA 的线性层名", default_factory=lambda: list(LORA_TARGETS))
+    lora_modules_to_save: list[str] | None = _help("额外整层训练的模块名（一般不用）", default=None)
+    use_rslora: bool = _help("Rank-Stabilized LoRA：缩放改为 alpha / sqrt(r)", default=False)
+    use_dora: bool = _help("DoRA（权重分解的 LoRA，更慢）", default=False)
+
+    def peft_config(self):
+        """交给 TRL 各 Trainer 的 peft_config（和 trl.get_peft_config 建的一样：bias 不训练）。"""
+        from peft import LoraConfig
+
+        return LoraConfig(task_type="CAUSAL_LM", r=self.lora_r, lora_alpha=self.lora_alpha,
+                          lora_dropout=self.lora_dropout, target_modules=self.lora_target_modules, bias="none",
+                          use_rslora=self.use_rslora, use_dora=self.use_dora, modules_to_save=self.lora_modules_to_save)
+
+
+def frozen_dtype(bf16: bool):
+    """bf16 时冻结的权重（actor 的 SFT 基座 = 参考模型、RM）直接用 bf16：rollout 逐 token 解码受显存带宽限制，
+    字节数减半；LoRA 权重（peft 默认把适配器放在 fp32）和全参数训练的 critic 保持 fp32 主副本给优化器。"""
+    import torch
+
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def checkpoint_tree(folder: Path) -> Path:
+    """产物所在的"checkpoint 树"：folder 往上最近的叫 checkpoint 的文件夹（checkpoint/ppo、checkpoint/tiny/ppo），
+    没有就是 folder 的上一级（--output_dir 放在别处时，和 SFT、RM 并排的那个文件夹）。"""
+    folder = Path(folder).resolve()
+    return next((p for p in folder.parents if p.name == "checkpoint"), folder.parent)
+
+
+def adapter_base_path(folder: Path, sft_path: Path) -> str:
+    """写进 adapter_config.json 的基座路径。peft 的 AutoPeftModelForCausalLM 把它当成相对当前目录的路径（或 hub ID），
+    不会相对适配器文件夹去找（peft/auto.py）。SFT 在同一棵 checkpoint 树里时，写成相对"放 checkpoint/ 的那个文件夹"
+    的路径（checkpoint/sft）：整个 checkpoint/ 拷到别处后，在它旁边运行就能加载；否则只能写绝对路径。"""
+    sft, anchor = Path(sft_path).resolve(), checkpoint_tree(folder).parent
+    if sft.is_relative_to(checkpoint_tree(folder)):
+        return sft.relative_to(anchor).as_posix()
+    return str(sft)
+
+
+def save_policy(folder: Path, sft_path: Path, tokenizer, model=None) -> dict:
+    """LoRA 策略的唯一导出：适配器（基座路径见 adapter_base_path）+ 分词器（左填充，生成用）+ 合并后的完整模型 merged/。
+    返回要写进 stage.json 的基座位置（inference.resolve_adapter_base 按它找基座）。
+
+    folder 可以是最终位置旁边的临时文件夹（outputs.StagingDir）：基座路径只和上一级有关，改名就位后照样成立。
+    model：要保存的 peft 模型（PPO 传它）；Trainer 派生的阶段（GRPO / RLOO / DPO）已经由所有进程一起调用
+    trainer.save_model 把适配器写进 folder（见 training.save_result），传 None。"""
+    import json
+    import os
+
+    from .options import display_path
+    from .outputs import read_json
+
+    if model is not None:
+        model.save_pretrained(str(folder))
+    config_file = folder / "adapter_config.json"
+    adapter_config = read_json(config_file, "刚写出的适配器配置读不回来：检查磁盘后重新运行这个阶段的脚本")
+    adapter_config["base_model_name_or_path"] = adapter_base_path(folder, sft_path)  # TRL 写的是传入的路径原样
+    config_file.write_text(json.dumps(adapter_config, ensure_ascii=False, indent=2), encoding="utf-8")
+    tokenizer.save_pretrained(str(folder))
+    # 合并到 fp32 的 SFT 权重上（训练时的冻结基座可能是 bf16，见 frozen_dtype），用 peft 自己的加载与合并
+    from peft import PeftModel
+
+    from .models import load_causal_lm
+
+    merged = PeftModel.from_pretrained(load_causal_lm(sft_path, tokenizer), str(folder)).merge_and_unload()
+    merged.config.use_cache = True  # 训练时为梯度检查点关掉了；推理要打开
+    merged.save_pretrained(str(folder / "merged"))
+    tokenizer.save_pretrained(str(folder / "merged"))
+    sft = Path(sft_path).resolve()
+    # folder 和最终位置在同一个上级文件夹里：相对它算出的路径改名后不变
+    return {"sft_path": str(sft), "sft_path_in_repo": display_path(sft),
+            "sft_path_from_adapter": os.path.relpath(sft, Path(folder).resolve())}

@@ -1,0 +1,133 @@
+"""每个训练阶段的选项：项目自己的 dataclass + TRL 的 Config（+ LoRA），以及本阶段的默认值。
+
+脚本（train_*.py）、显存估算（python -m qwen_rlhf.memory）和 GPU 自检都从这里读：库从不导入脚本。
+优先级：命令行 > `--config 配方.yaml` > 这里的 DEFAULTS > TRL 默认值。
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import options
+from .policy import LoRAArgs
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+SFT_HELP = "SFT 模型文件夹（train_sft.py 的产物）：actor 从它开始，参考模型 = 它本身（关掉 LoRA）"
+RM_HELP = "奖励模型文件夹（train_rm.py 的产物，冻结）：给每个回答打分"
+
+
+@dataclass
+class SFTArgs(options.CommonArgs):
+    sft_fraction: float = _help("SFT 使用训练集中多大比例的 chosen 回答，取值 (0,1]", default=0.1)
+
+
+@dataclass
+class RMArgs(options.CommonArgs):
+    pass
+
+
+@dataclass
+class PPOArgs(options.DataArgs):
+    model_name_or_path: str = _help(options.MODEL_HELP + "；critic 从它初始化", default=options.DEFAULT_MODEL)
+    critic_init: str = _help("critic 的初始化：base = 基座 + 新打分头（原仓库做法）；rm = 从奖励模型开始", default="base")
+    max_prompt_length: int = _help("提示超过这么多 token 的问题不参与 PPO（会打印数量）", default=256)
+    save_critic: bool = _help("同时把训练后的 critic 保存到 <output_dir>/critic", default=False)
+
+
+@dataclass
+class SampledArgs(options.DataArgs):
+    """GRPO / RLOO：在线采样、RM 打分（PPO 的 sft_model_path / reward_model_path 是 PPOConfig 自己的字段）。"""
+
+    sft_model_path: str = _help(SFT_HELP, default="checkpoint/sft")
+    reward_model_path: str = _help(RM_HELP, default="checkpoint/rm")
+    max_prompt_length: int = _help("提示超过这么多 token 的问题不参与训练（会打印数量）", default=256)
+    missing_eos_penalty: float = _help("回答到 --max_completion_length 还没停（没有 <|im_end|>）时从 RM 分数里减去多少"
+                                       "（和 PPO 的 missing_eos_penalty 相同）", default=1.0)
+
+
+@dataclass
+class DPOArgs(options.DataArgs):
+    sft_model_path: str = _help(SFT_HELP, default="checkpoint/sft")
+
+
+# ---------------------------------------------------------------- 各阶段的默认值
+
+# 复现原仓库的设置：lr 1e-5，单卡批量 4 × 累积 8，2 个 epoch，最长 500 token
+SFT = dict(
+    output_dir="checkpoint/sft", learning_rate=1e-5, per_device_train_batch_size=4, gradient_accumulation_steps=8,
+    num_train_epochs=2, max_length=500, completion_only_loss=True, report_to=["tensorboard"], logging_steps=5,
+    save_total_limit=1, lr_scheduler_type="cosine", warmup_steps=0.03,
+)
+# 复现原仓库：与 SFT 相同的批量和学习率（RewardConfig 默认 1e-4 对全参数 0.6B 太高），外加奖励居中
+RM = dict(
+    output_dir="checkpoint/rm", learning_rate=1e-5, per_device_train_batch_size=4, gradient_accumulation_steps=8,
+    num_train_epochs=2, max_length=500, center_rewards_coefficient=0.01, report_to=["tensorboard"], logging_steps=5,
+    eval_strategy="steps", eval_steps=0.1, per_device_eval_batch_size=8, save_total_limit=1,
+    lr_scheduler_type="cosine", warmup_steps=0.03,
+)
+# 复现原仓库：单卡 2 × 累积 4（minibatch 1 个，避开 TRL 的累积 × minibatch 计数错误），rollout 前向批量 8，
+# 2 个 PPO epoch，lr 5e-6，vf_coef 0.5，cliprange 0.1 / 0.5，1000 个 episode，回复最长 200，kl 0.05。
+# 1000 个 episode = 125 次更新：每 25 次存一个可续训的检查点（Qwen3-0.6B 约 7 GB，见 README），只留最新的一个。
+PPO = dict(
+    output_dir="checkpoint/ppo", sft_model_path="checkpoint/sft", reward_model_path="checkpoint/rm",
+    per_device_train_batch_size=2, gradient_accumulation_steps=4, num_mini_batches=1,
+    local_rollout_forward_batch_size=8, num_ppo_epochs=2, learning_rate=5e-6, vf_coef=0.5, cliprange=0.1,
+    cliprange_value=0.5, total_episodes=1000, response_length=200, kl_coef=0.05, stop_token="eos",
+    missing_eos_penalty=1.0, report_to=["tensorboard"], logging_steps=1, save_strategy="steps", save_steps=25,
+    save_total_limit=1, num_sample_generations=0,
+)
+# GRPO / RLOO 和 PPO 同样的预算：每次更新 8 个回答（单卡 2 × 累积 4，= 1 个问题 × 8 个回答），125 次更新
+# = 125 个问题 × 8 = 1000 个回答（PPO 的 1000 个 episode）；回答最长 200、采样温度 0.7（PPOConfig 的默认值，
+# top_p 1 / top_k 0 同 PPO）、KL 系数 0.05（= PPO 的 kl_coef；GRPOConfig 默认 beta=0 根本没有 KL）、lr 5e-6。
+# RLOO 也用 8 个回答一组（TRL 默认 2）：两者看到同样的问题、同样多的回答，差别只剩基线怎么算
+# （GRPO：组内均值、除以组内标准差；RLOO：除自己以外另外 7 个的均值）。生成提示关闭思考（enable_thinking=False）。
+SAMPLED = dict(
+    per_device_train_batch_size=2, gradient_accumulation_steps=4, num_generations=8, max_steps=125,
+    learning_rate=5e-6, beta=0.05, max_completion_length=200, temperature=0.7, top_p=1.0, top_k=0,
+    chat_template_kwargs={"enable_thinking": False}, report_to=["tensorboard"], logging_steps=1,
+    save_strategy="steps", save_steps=25, save_total_limit=1,
+)
+# DPO：训练集的全部偏好对（RM 的训练数据），批量与 SFT / RM 相同（4 × 8 = 32 对一步），1 个 epoch，
+# lr 5e-6（= PPO 的，同一套 LoRA 设置），最长 500 token（同 SFT / RM），beta 用 TRL 的默认 0.1。
+DPO = dict(
+    output_dir="checkpoint/dpo", learning_rate=5e-6, per_device_train_batch_size=4,
+    gradient_accumulation_steps=8, num_train_epochs=1, max_length=500, report_to=["tensorboard"], logging_steps=5,
+    save_strategy="steps", save_steps=0.25, save_total_limit=1, lr_scheduler_type="cosine", warmup_steps=0.03,
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    project: type  # 本仓库的选项
+    config: str  # TRL 的 Config："模块:类名"，用到时才导入（trl.experimental.ppo 导入要好几秒）
+    defaults: dict
+    lora: bool = False  # 再加一组 LoRAArgs
+    allow_fp16: bool = True  # 在线采样的阶段不用 fp16（容易 NaN）：不支持 bf16 的卡上用 fp32
+
+    def types(self) -> list[type]:
+        import importlib
+
+        module, name = self.config.split(":")
+        return [self.project, getattr(importlib.import_module(module), name), *([LoRAArgs] if self.lora else [])]
+
+
+RECIPES: dict[str, Recipe] = {
+    "sft": Recipe(SFTArgs, "trl:SFTConfig", SFT),
+    "rm": Recipe(RMArgs, "trl:RewardConfig", RM),
+    "ppo": Recipe(PPOArgs, "trl.experimental.ppo:PPOConfig", PPO, lora=True, allow_fp16=False),
+    "grpo": Recipe(SampledArgs, "trl:GRPOConfig", {**SAMPLED, "output_dir": "checkpoint/grpo"}, lora=True,
+                   allow_fp16=False),
+    "rloo": Recipe(SampledArgs, "trl:RLOOConfig", {**SAMPLED, "output_dir": "checkpoint/rloo"}, lora=True,
+                   allow_fp16=False),
+    "dpo": Recipe(DPOArgs, "trl:DPOConfig", DPO, lora=True),
+}
+
+
+def parse(stage: str, argv: list[str] | None = None) -> tuple:
+    """解析 stage 的选项：(项目选项, TRL Config[, LoRAArgs])。脚本、memory、gpu_check 都调用它。"""
+    r = RECIPES[stage]
+    return options.parse(r.types(), {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}, argv)
