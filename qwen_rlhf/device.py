@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import EXIT_ENVIRONMENT, UserError
 
