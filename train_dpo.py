@@ -17,7 +17,7 @@ from functools import partial
 
 from trl import DPOTrainer
 
-from qwen_rlhf import data, errors, models, options, outputs, policy, recipes, training
+from qwen_rlhf import data, device, errors, models, options, outputs, policy, recipes, training
 from qwen_rlhf.cost import Cost
 
 
@@ -29,9 +29,10 @@ def main():
     outputs.check_writable(final, args.overwrite_output_dir)
     sft_path = options.input_path(args.sft_model_path)
     sft_info = outputs.check_kind(sft_path, ("sft",), "--sft_model_path")
+    device.announce_device("dpo", cfg.use_cpu, device.precision_of(cfg), model=sft_path)
 
     # ---------------------------------------------------------------- 数据
-    rows = data.load_rows(args.dataset, args.strict)
+    rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
     outputs.check_same_split({"SFT": sft_info}, split.fingerprint, "train_dpo.py")
     examples = [data.dpo_example(r, args.system_prompt) for r in split.train]  # 只用训练集：留出集留给 benchmark

@@ -16,7 +16,7 @@
 
 from functools import partial
 
-from qwen_rlhf import data, errors, models, options, outputs, policy, recipes, sampled, training
+from qwen_rlhf import data, device, errors, models, options, outputs, policy, recipes, sampled, training
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.sampled import GRPOTrainer  # TRL 的 GRPOTrainer，只在采样时切到 eval（梯度检查点的问题，见 sampled.py）
 
@@ -30,9 +30,10 @@ def main():
     sft_path, rm_path = options.input_path(args.sft_model_path), options.input_path(args.reward_model_path)
     sft_info = outputs.check_kind(sft_path, ("sft",), "--sft_model_path")
     rm_info = outputs.check_kind(rm_path, ("rm",), "--reward_model_path")
+    device.announce_device("grpo", cfg.use_cpu, device.precision_of(cfg), model=sft_path)
 
     # ---------------------------------------------------------------- 数据
-    rows = data.load_rows(args.dataset, args.strict)
+    rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
     outputs.check_same_split({"SFT": sft_info, "RM": rm_info}, split.fingerprint, "train_grpo.py")
     tokenizer = models.load_tokenizer(sft_path, padding_side="left")  # 在提示后面直接生成：左填充
