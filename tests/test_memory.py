@@ -49,7 +49,7 @@ def test_script_defaults_fit_a_24gb_card_and_max_batch_is_the_largest_that_fits(
     for gb in (24, 80):
         n = M.max_batch(QWEN, o, gb)
         assert M.peak(QWEN, replace(o, batch=n))[0] <= gb * M.GiB < M.peak(QWEN, replace(o, batch=n + 1))[0]
-    assert M.max_batch(QWEN, o, 4) == 0  # 4 GB 连批量 1 都放不下
+    assert M.max_batch(QWEN, o, 2) == 0  # 2 GB 连批量 1 都放不下（LoRA 阶段的冻结权重 bf16 也要 1.1 GiB 以上 + 开销）
 
 
 def test_script_flags_and_recipes_reach_the_estimate():
@@ -62,8 +62,8 @@ def test_script_flags_and_recipes_reach_the_estimate():
 def test_cli_prints_a_card_table_per_stage_and_json(capsys):
     M.main([])
     out = capsys.readouterr().out
-    assert [out.count(f"{gb} GB  ") for gb in (24, 32, 80)] == [3, 3, 3]
-    assert all(f"== {name}" in out for name in ("SFT", "RM", "PPO"))
+    assert [out.count(f"{gb} GB  ") for gb in (24, 32, 80)] == [len(M.STAGES)] * 3
+    assert all(f"== {name}" in out for name in ("SFT", "RM", "PPO", "GRPO", "RLOO", "DPO"))
     M.main(["--json", "--stage", "rm", "--", "--max_length", "256"])
     rm = json.loads(capsys.readouterr().out)["stages"][0]
     assert rm["cards"]["24"]["max_batch"] == M.max_batch(QWEN, M.script_options("rm", ["--max_length", "256"]), 24)
