@@ -19,11 +19,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import RESULTS, machine, write_result  # noqa: E402
 
-TESTS = {
-    "ppo": "tests/test_distributed.py::"
-           "test_sigterm_during_ppo_on_two_processes_then_resume_on_two_processes_finishes_the_same_run",
-    "sft": "tests/test_distributed.py::test_ctrl_c_on_two_processes_stops_both_at_the_same_step_and_resume_finishes"
-           "[terminal]",
+TESTS = {  # 名字 -> (测试函数, 选出其中一个参数化的 -k 表达式)
+    "ppo": ("tests/test_distributed.py::"
+            "test_sigterm_during_ppo_on_two_processes_then_resume_on_two_processes_finishes_the_same_run", None),
+    "sft": ("tests/test_distributed.py::test_ctrl_c_on_two_processes_stops_both_at_the_same_step_and_resume_finishes",
+            "terminal"),
 }
 
 PLUGIN = '''
@@ -35,14 +35,26 @@ OUT = os.environ["REPEAT_OUT"]
 runs = []
 
 
+@pytest.fixture
+def repeat_round(request):
+    return request.param
+
+
+def pytest_generate_tests(metafunc):
+    # 和 pytest-repeat 一样：多一个参数化的 fixture，每个测试变成 TIMES 个独立的测试项（各自的 tmp_path、fixture）
+    metafunc.fixturenames.append("repeat_round")
+    metafunc.parametrize("repeat_round", range(1, TIMES + 1), indirect=True, ids=lambda i: f"round{i}")
+
+
 def pytest_collection_modifyitems(items):
-    items[:] = [item for item in items for _ in range(TIMES)]  # 每项连续 TIMES 次
+    items.sort(key=lambda item: item.originalname)  # 同一个测试的 TIMES 次连在一起（sort 是稳定的）
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     started = time.monotonic()
-    runs.append({"test": item.nodeid, "outcome": "passed", "seconds": None, "tail": None})
+    runs.append({"test": item.nodeid, "function": item.originalname, "outcome": "passed", "seconds": None,
+                 "tail": None})
     yield
     runs[-1]["seconds"] = round(time.monotonic() - started, 1)
     with open(OUT, "w", encoding="utf-8") as f:
@@ -63,7 +75,9 @@ def main():
     ap.add_argument("--tests", default="ppo,sft")
     ap.add_argument("--out", default=str(RESULTS / "repeat_distributed.json"))
     a = ap.parse_args()
-    ids = [TESTS[t] for t in a.tests.split(",")]
+    chosen = [TESTS[t] for t in a.tests.split(",")]
+    ids = [node for node, _ in chosen]
+    keys = [f"{node.split('::')[1]}" + (f" and {k}" if k else "") for node, k in chosen]
     plugin_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"repeat-plugin-{os.getpid()}"
     plugin_dir.mkdir(parents=True, exist_ok=True)
     (plugin_dir / "repeat_plugin.py").write_text(PLUGIN, encoding="utf-8")
@@ -73,7 +87,8 @@ def main():
                PYTHONPATH=os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")]))
     load_before = os.getloadavg()
     started = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "repeat_plugin", "-p", "no:cacheprovider", *ids],
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "repeat_plugin", "-p", "no:cacheprovider", *ids,
+                        "-k", " or ".join(f"({k})" for k in keys)],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     import json
 
@@ -93,7 +108,7 @@ def main():
         "tests": {},
     }
     for t in ids:
-        mine = [r for r in runs if r["test"] == t]
+        mine = [r for r in runs if r["function"] == t.split("::")[1]]
         result["tests"][t] = {"runs": len(mine), "passed": sum(r["outcome"] == "passed" for r in mine),
                               "failed": sum(r["outcome"] == "failed" for r in mine),
                               "setup_errors": sum(r["outcome"].startswith("error") for r in mine),
