@@ -124,14 +124,15 @@ def text_with_tokens(tok, rng: random.Random, pool: list[str], n: int) -> str:
 
 
 def synthetic_rows(tok, rows: int, prompt_tokens: int, max_length: int, seed: int = 0) -> list[dict]:
-    """问题的提示（含对话模板）正好 prompt_tokens 个 token；提示 + 回答 + <|im_end|> 正好 max_length 个。"""
+    """问题的提示（含对话模板）正好 prompt_tokens 个 token；RM 的样本（提示 + 回答 + 模板结尾的 <|im_end|>\n，见
+    qwen_rlhf/scoring.py）正好 max_length 个，SFT 的样本（到 <|im_end|> 为止）少一个。"""
     from qwen_rlhf import data
 
     sample = (ROOT / "data" / "sample.jsonl").read_text(encoding="utf-8")
     pool = sorted({c for c in sample if "\u4e00" <= c <= "\u9fff"})
     rng = random.Random(seed)
     template = len(data.prompt_ids(tok, "好")) - len(tok("好", add_special_tokens=False)["input_ids"])
-    answer = max_length - prompt_tokens - 1
+    answer = max_length - prompt_tokens - 2  # <|im_end|> 和其后的 \n
     return [{"question": text_with_tokens(tok, rng, pool, prompt_tokens - template),
              "chosen": text_with_tokens(tok, rng, pool, answer), "rejected": text_with_tokens(tok, rng, pool, answer)}
             for _ in range(rows)]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# 同一个 SFT、同一个 RM、同一批留出问题：PPO / GRPO / RLOO / DPO 各跑几个种子，最后一次评测把它们放在一起比
-# （每个模型相对 SFT 的提升、胜率、KL 带 95% 区间，每个方法跨种子的均值 ± 标准差）。
+# 同一个 SFT、同一个 RM、同一批留出问题：GRPO / RLOO / DPO 各跑几个种子，PPO 用已有的（没有就训练一个），
+# 最后一次评测把它们放在一起比（每个模型相对 SFT 的提升、胜率、KL 带 95% 区间，每个方法跨种子的均值 ± 标准差）。
 #
 #   bash scripts/compare.sh                  # 离线迷你演示（configs/tiny/*.yaml，CPU），3 个种子，产物在 checkpoint/tiny/compare/
 #   SEEDS="1 2" METHODS="grpo dpo" bash scripts/compare.sh   # 只跑其中几个
+#   METHODS="ppo grpo rloo dpo" bash scripts/compare.sh      # PPO 也按种子各跑一个
 #   bash scripts/compare.sh --real           # 真实尺寸：脚本默认值（GPU），读 checkpoint/sft 和 checkpoint/rm，写到 checkpoint/compare/
 #
 # 迷你演示会先建好（或复用）checkpoint/tiny/ 下的基座、SFT 和 RM；真实尺寸要先跑完 train_sft.py 和 train_rm.py。
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-1 2 3}"
-METHODS="${METHODS:-ppo grpo rloo dpo}"
+METHODS="${METHODS:-grpo rloo dpo}"
 if [ "${1:-}" = "--real" ]; then
   PY="${PYTHON:-python}"
   root=checkpoint; out=checkpoint/compare; recipe() { :; }
@@ -30,6 +31,10 @@ fi
   echo "错误：$root/sft 或 $root/rm 还没有训练好；请先运行 python train_sft.py 和 python train_rm.py。" >&2; exit 3; }
 start=$(date +%s)
 models=sft
+if [[ " $METHODS " != *" ppo "* ]]; then   # PPO 不按种子跑：用流水线里那一个（演示 / train_ppo.py 写的），没有就现在训练
+  [ -f "$root/ppo/stage.json" ] || "$PY" train_ppo.py $(recipe ppo) --overwrite_output_dir true
+  models="$models,ppo"
+fi
 for seed in $SEEDS; do
   for m in $METHODS; do
     dir="$out/$m-seed$seed"
@@ -41,6 +46,6 @@ for seed in $SEEDS; do
       --overwrite_output_dir true
   done
 done
-"$PY" benchmark.py $(recipe benchmark) --sft_model_path "$root/sft" --reward_model_path "$root/rm" \
+"$PY" benchmark.py $(recipe benchmark) --sft_model_path "$root/sft" --ppo_model_path "$root/ppo" --reward_model_path "$root/rm" \
   --models "$models" --output_dir "$out/benchmark"
 echo "[对比] 全部完成，用时 $(( $(date +%s) - start )) 秒；报告在 $out/benchmark/ 下最新的文件夹里。"

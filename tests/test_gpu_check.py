@@ -31,7 +31,8 @@ def test_cpu_self_check_runs_every_stage_and_reports_speed_memory_and_estimate(t
     result = json.loads(out.read_text(encoding="utf-8"))
     assert (result["size"], result["device"], result["gpu"], result["ok"]) == ("tiny", "cpu", None, True)
     data = result["prepare"]["data"]
-    assert data["sft_tokens"] == data["rm_tokens"] == [data["max_length"]] * 2  # 每条样本都撑满 max_length
+    # RM 的每条样本都撑满 max_length（模板结尾的 <|im_end|>\n），SFT 的到 <|im_end|> 为止，少一个
+    assert data["rm_tokens"] == [data["max_length"]] * 2 and data["sft_tokens"] == [data["max_length"] - 1] * 2
     stages = result["stages"]
     assert list(stages) == list(STAGES)
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in stages.values())
