@@ -37,23 +37,33 @@ def run(script: str, *args, env) -> float:
     return round(time.time() - start, 1)
 
 
+def done_seconds(folder: Path) -> float | None:
+    """已经跑完的阶段（--work 里上次留下的）不再跑：用时读它自己记在 stage.json / summary.json 里的 cost。"""
+    info = folder / "stage.json"
+    if info.is_file():
+        return json.loads(info.read_text(encoding="utf-8"))["cost"]["wall_s"]
+    summaries = sorted(folder.glob("*/summary.json"))
+    return json.loads(summaries[-1].read_text(encoding="utf-8"))["cost"]["wall_s"] if summaries else None
+
+
 def one_seed(seed: int, work: Path, base: Path, sft: Path, env: dict) -> dict:
     rm, ppo, bench = work / f"rm-{seed}", work / f"ppo-{seed}", work / f"benchmark-{seed}"
-    t = {"rm": run("train_rm.py", "--config", TINY / "rm.yaml", "--model_name_or_path", base, "--output_dir", rm,
-                   "--seed", seed, "--overwrite_output_dir", "true", env=env),
-         "ppo": run("train_ppo.py", "--config", TINY / "ppo.yaml", "--model_name_or_path", base,
-                    "--sft_model_path", sft, "--reward_model_path", rm, "--output_dir", ppo, "--seed", seed,
-                    "--overwrite_output_dir", "true", env=env)}
-    shutil.rmtree(bench, ignore_errors=True)
-    t["benchmark"] = run("benchmark.py", "--config", TINY / "benchmark.yaml", "--model_name_or_path", base,
-                         "--sft_model_path", sft, "--reward_model_path", rm, "--ppo_model_path", ppo,
-                         "--output_dir", bench, env=env)
-    summary = json.loads(next(bench.glob("*/summary.json")).read_text(encoding="utf-8"))
-    versus = summary["ppo_vs_sft"]
+    t = {"rm": done_seconds(rm) or run("train_rm.py", "--config", TINY / "rm.yaml", "--model_name_or_path", base,
+                                       "--output_dir", rm, "--seed", seed, "--overwrite_output_dir", "true", env=env),
+         "ppo": done_seconds(ppo) or run("train_ppo.py", "--config", TINY / "ppo.yaml", "--model_name_or_path", base,
+                                         "--sft_model_path", sft, "--reward_model_path", rm, "--output_dir", ppo,
+                                         "--seed", seed, "--overwrite_output_dir", "true", env=env)}
+    t["benchmark"] = done_seconds(bench) or run(
+        "benchmark.py", "--config", TINY / "benchmark.yaml", "--model_name_or_path", base, "--sft_model_path", sft,
+        "--reward_model_path", rm, "--ppo_model_path", ppo, "--models", "sft,ppo", "--output_dir", bench, env=env)
+    summary = json.loads(sorted(bench.glob("*/summary.json"))[-1].read_text(encoding="utf-8"))
+    versus = summary["models"]["ppo"]
     row = {"seed": seed, "rm_accuracy": round(summary["rm"]["accuracy"], 3),
            "sft_mean_score": round(summary["models"]["sft"]["mean_score"], 3),
-           "ppo_mean_score": round(summary["models"]["ppo"]["mean_score"], 3),
-           "ppo_minus_sft_mean_gain": round(versus["mean_gain"], 3), "win_rate": round(versus["win_rate"], 3),
+           "ppo_mean_score": round(versus["mean_score"], 3),
+           "ppo_minus_sft_mean_gain": round(versus["mean_gain_vs_sft"], 3),
+           "gain_ci95": [round(x, 3) for x in versus["mean_gain_vs_sft_ci95"]],
+           "win_rate": round(versus["win_rate_vs_sft"], 3), "wins_ties_losses": [versus[k] for k in ("wins", "ties", "losses")],
            "answers_compared": versus["n"], "seconds": t}
     print(f"[种子 {seed}] RM 准确率 {row['rm_accuracy']:.3f}  PPO−SFT {row['ppo_minus_sft_mean_gain']:+.3f}  "
           f"胜率 {row['win_rate']:.0%}", flush=True)
