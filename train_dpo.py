@@ -57,8 +57,7 @@ def main():
     training.save_result(
         trainer, final, "dpo", tokenizer,
         {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
-        export=partial(policy.save_policy, sft_path=sft_path, tokenizer=tokenizer),
-        sft_path=str(sft_path.resolve()), sft_path_in_repo=options.display_path(sft_path),
+        export=partial(policy.save_policy, sft_path=sft_path, tokenizer=tokenizer),  # 也写下基座位置（sft_path…）
         split_fingerprint=split.fingerprint, num_pairs=len(examples), optimizer_steps=trainer.state.global_step,
         tensorboard=str(tb),
     )

@@ -64,8 +64,7 @@ def main():
         trainer, final, "grpo", tokenizer,
         {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
         export=partial(policy.save_policy, sft_path=sft_path, tokenizer=tokenizer),
-        answers=reward.answers * cfg.world_size, sft_path=str(sft_path.resolve()),
-        sft_path_in_repo=options.display_path(sft_path), reward_model=str(rm_path), split_fingerprint=split.fingerprint,
+        answers=reward.answers * cfg.world_size, reward_model=str(rm_path), split_fingerprint=split.fingerprint,
         optimizer_steps=trainer.state.global_step, tensorboard=str(tb),
     )
 

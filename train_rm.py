@@ -12,8 +12,6 @@ AutoModelForSequenceClassification + apply_chat_template 都在这里读分。�
 
 from trl import RewardTrainer
 
-from trl import RewardTrainer
-
 from qwen_rlhf import data, device, errors, models, options, outputs, recipes, training
 from qwen_rlhf.cost import Cost
 

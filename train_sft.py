@@ -9,8 +9,6 @@
 
 from trl import SFTTrainer
 
-from trl import SFTTrainer
-
 from qwen_rlhf import data, device, errors, models, options, outputs, recipes, training
 from qwen_rlhf.cost import Cost
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
 import shutil

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .cost import Cost
 from .data import COMMON_QUESTIONS
-from .metrics import BASELINE, EMPTY, Answer, compared, rm_trust
+from .metrics import EMPTY, Answer, compared, rm_trust
 from .outputs import write_json
 from .stages import STAGES
 

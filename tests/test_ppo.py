@@ -2,7 +2,6 @@
 从检查点续训得到和没中断一模一样的结果。"""
 
 import json
-import os
 import shlex
 import shutil
 import signal
