@@ -307,6 +307,8 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
             tokenizer.save_pretrained(str(tmp))
             if export is not None:
                 info.update(export(tmp) or {})  # 例如 LoRA 策略的基座位置
+            if answers:  # 生成了多少个回答（吞吐 answers_per_s 的分子），也写下来
+                info["answers"] = answers
             write_stage_info(tmp, stage, options, launch=launch_info(trainer.args), cost=record, **info)
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
         print(f"[完成] {stage} 已保存到 {display_path(final)}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard",

@@ -71,7 +71,7 @@ def test_each_stage_writes_a_trained_adapter_a_merged_model_cost_and_its_own_cur
         assert info["num_pairs"] > 0 and len(scalars["dpo/rewards/margins"]) == 3
     else:  # RM 分数每步一个点；回答数 = 3 步 × 8 个
         assert len(scalars[f"{stage}/rewards/rm/mean"]) == 3
-        assert speed["answers_per_s"] * info["cost"]["wall_s"] < 24 * 1.01
+        assert info["answers"] == 3 * 8  # 吞吐的分子；分母是 Trainer 记的训练用时（不含加载），所以不和 wall_s 比
 
 
 def test_chat_talks_to_a_new_stage_by_name(rl_runs, pipeline):
