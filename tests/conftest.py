@@ -98,6 +98,16 @@ def run_until(cmd, env, marker, timeout=300, new_session=False):
     return proc, out
 
 
+def assert_one_line_error(r, code, *needles):
+    """被拒绝 / 失败的运行：给定的退出码，最后一行是一行中文错误（含 needles），没有 traceback。"""
+    assert r.returncode == code, (r.returncode, r.stderr[-3000:])
+    line = last_line(r.stderr)
+    assert line.startswith("错误："), line
+    for n in needles:
+        assert n in line, (n, line)
+    assert "Traceback" not in r.stderr
+
+
 def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""

@@ -13,18 +13,24 @@ import signal
 import sys
 
 import pytest
-from conftest import ROOT, TINY, last_line, offline_env, run_inline, run_script, run_until, stage_args
+from conftest import (ROOT, TINY, assert_one_line_error, offline_env, run_inline, run_script, run_until,
+                      stage_args)
 
 from qwen_rlhf import errors, outputs
 
 
-def assert_one_line_error(r, code, *needles):
-    assert r.returncode == code, (r.returncode, r.stderr[-3000:])
-    line = last_line(r.stderr)
-    assert line.startswith("错误："), line
-    for n in needles:
-        assert n in line, (n, line)
-    assert "Traceback" not in r.stderr
+def disk_full_at_optimizer(monkeypatch) -> None:
+    """torch.save 写 optimizer.pt 时磁盘满：抛 C++ 写入器的原话（RuntimeError，不带 errno），其余文件照常写。"""
+    import torch
+
+    real = torch.save
+
+    def full_at_optimizer(obj, f, *a, **k):
+        if str(f).endswith("optimizer.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_at_optimizer)
 
 
 def digest(folder) -> dict:
@@ -114,16 +120,7 @@ def test_disk_full_while_the_trainer_writes_a_checkpoint_drops_that_half_written
                                                                                            monkeypatch):
     """SFT / RM 的检查点由 Trainer 直接写进 checkpoint-N/：torch.save 写优化器时磁盘满，一行中文、退出码 5，
     写了一半的 checkpoint-1 删掉（否则 --resume_from_checkpoint true 会挑中它）。"""
-    import torch
-
-    real = torch.save
-
-    def full_at_optimizer(obj, f, *a, **k):
-        if str(f).endswith("optimizer.pt"):
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
-        return real(obj, f, *a, **k)
-
-    monkeypatch.setattr(torch, "save", full_at_optimizer)
+    disk_full_at_optimizer(monkeypatch)
     out = tmp_path / "sft"
     r = run_inline("train_sft.py", *stage_args("sft", pipeline["tmp"] / "tiny-qwen3", out, "--max_steps", 2,
                                                "--save_strategy", "steps", "--save_steps", 1), tmp=tmp_path)
@@ -153,16 +150,7 @@ def test_output_parent_deleted_during_the_save_is_one_line_and_leaves_nothing(pi
 def test_disk_full_while_writing_a_ppo_checkpoint_removes_the_partial_checkpoint(pipeline, tmp_path, monkeypatch):
     """torch.save 在磁盘满时抛 RuntimeError（C++ 写入器的原话，不带 errno）：一行中文、退出码 5；写了一半的
     .checkpoint-1.tmp 删掉，没有冒充完成的 checkpoint-1，也没有最终结果。"""
-    import torch
-
-    real = torch.save
-
-    def full_at_optimizer(obj, f, *a, **k):
-        if str(f).endswith("optimizer.pt"):
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
-        return real(obj, f, *a, **k)
-
-    monkeypatch.setattr(torch, "save", full_at_optimizer)
+    disk_full_at_optimizer(monkeypatch)
     out = tmp_path / "ppo"
     r = run_inline("train_ppo.py", *stage_args("ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path",
                                                pipeline["sft"], "--reward_model_path", pipeline["rm"],

@@ -8,17 +8,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, last_line, offline_env, run_inline, run_script, run_until, stage_args
+from conftest import (ROOT, TINY, assert_one_line_error, offline_env, run_inline, run_script, run_until,
+                      stage_args)
 from qwen_rlhf import errors, models, outputs
-
-
-def assert_one_line_error(r, code, *needles):
-    assert r.returncode == code, (r.returncode, r.stderr[-2000:])
-    line = last_line(r.stderr)
-    assert line.startswith("错误："), line
-    for n in needles:
-        assert n in line, (n, line)
-    assert "Traceback" not in r.stderr
 
 
 def write(path, text, encoding="utf-8"):
