@@ -52,20 +52,24 @@ def main():
     from datasets import Dataset
 
     tb, stop = training.prepare(cfg, final, "grpo")
+    snapshots = training.Snapshots("grpo", args.snapshots, final, training.seen_per_step(cfg), seed=cfg.seed,
+                                   split_fingerprint=split.fingerprint)
     trainer = GRPOTrainer(
         model=actor, reward_funcs=reward, args=cfg, train_dataset=Dataset.from_list(examples),
-        processing_class=tokenizer, peft_config=lora.peft_config(), callbacks=[training.FiniteGuard("grpo"), stop],
+        processing_class=tokenizer, peft_config=lora.peft_config(),
+        callbacks=[training.FiniteGuard("grpo"), stop, snapshots],
     )
     training.use_stage_tensorboard(trainer, "grpo", tb)
+    snapshots.bind(lambda: trainer.accelerator.unwrap_model(trainer.model))
     training.fit(trainer, stop.bind(trainer), cfg.resume_from_checkpoint)
 
     # ---------------------------------------------------------------- 保存
     training.save_result(
         trainer, final, "grpo", tokenizer,
         {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
-        export=partial(policy.save_policy, sft_path=sft_path, tokenizer=tokenizer),
+        export=partial(policy.save_policy, sft_path=sft_path, tokenizer=tokenizer, snapshots=snapshots.folder),
         answers=reward.answers * cfg.world_size, reward_model=str(rm_path), split_fingerprint=split.fingerprint,
-        optimizer_steps=trainer.state.global_step, tensorboard=str(tb),
+        optimizer_steps=trainer.state.global_step, progress=snapshots.progress(trainer.state), tensorboard=str(tb),
     )
 
 

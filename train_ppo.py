@@ -129,12 +129,15 @@ def main():
     info["tensorboard"] = str(tb)
     cfg.output_dir = str(work)
     stop = training.GracefulStop()
+    snapshots = training.Snapshots("ppo", args.snapshots, final, lambda state: state.episode, seed=cfg.seed,
+                                   split_fingerprint=split.fingerprint)
     trainer = ppo.RLHFPPOTrainer(
         args=cfg, processing_class=tokenizer, model=actor, ref_model=None, reward_model=reward,
         value_model=critic, train_dataset=Dataset.from_list(examples), peft_config=lora.peft_config(),
-        callbacks=[training.FiniteGuard("ppo"), stop], run_info=info, stop=stop,
+        callbacks=[training.FiniteGuard("ppo"), stop, snapshots], run_info=info, stop=stop,
     )
     stop.bind(trainer)
+    snapshots.bind(lambda: trainer.accelerator.unwrap_model(trainer.model).policy)
     training.use_stage_tensorboard(trainer, "ppo", tb)
     if resume:
         trainer.resume(options.input_path(resume))
@@ -149,14 +152,16 @@ def main():
         record = cost.record(episodes_per_s=done / trainer.train_seconds,
                              rollout_tokens_per_s=trainer.rollout_tokens / max(trainer.rollout_seconds, 1e-9))
         with outputs.StagingDir(final) as tmp:
-            where = policy.save_policy(tmp, sft_path, tokenizer, model=trainer.accelerator.unwrap_model(trainer.model).policy)
+            where = policy.save_policy(tmp, sft_path, tokenizer, model=trainer.accelerator.unwrap_model(trainer.model).policy,
+                                       snapshots=snapshots.folder)
             if args.save_critic:
                 trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(str(tmp / "critic"))
             outputs.write_stage_info(
                 tmp, "ppo", {"script": options.to_jsonable(args), "training": cfg.to_dict(),
                              "lora": options.to_jsonable(lora)},
                 **where, reward_model=str(rm_path), base_model=str(base), split_fingerprint=split.fingerprint,
-                optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode, tensorboard=str(tb),
+                optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode,
+                progress=snapshots.progress(trainer.state), tensorboard=str(tb),
                 launch=training.launch_info(cfg), cost=record,
                 resumed={"checkpoint": options.display_path(resume), "at_update": saved["global_step"]} if saved else None,
             )

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,25 +63,76 @@ def adapter_base_path(folder: Path, sft_path: Path) -> str:
     return str(sft)
 
 
-def save_policy(folder: Path, sft_path: Path, tokenizer, model=None) -> dict:
-    """LoRA 策略的唯一导出：适配器（基座路径见 adapter_base_path）+ 分词器（左填充，生成用）+ 合并后的完整模型 merged/。
-    返回要写进 stage.json 的基座位置（inference.resolve_adapter_base 按它找基座）。
+SNAPSHOTS = "snapshots"  # <结果>/snapshots/step-N/：训练中均匀存下的快照（只有适配器和一个小的 stage.json）
 
-    folder 可以是最终位置旁边的临时文件夹（outputs.StagingDir）：基座路径只和上一级有关，改名就位后照样成立。
-    model：要保存的 peft 模型（PPO 传它）；Trainer 派生的阶段（GRPO / RLOO / DPO）已经由所有进程一起调用
-    trainer.save_model 把适配器写进 folder（见 training.save_result），传 None。"""
+
+def snapshot_steps(count: int, total: int) -> list[int]:
+    """total 步（PPO：更新次数；GRPO / RLOO / DPO：优化器步数）里均匀的 count 个点，最后一个就是训练结束。"""
+    if count <= 0 or total <= 0:
+        return []
+    return sorted({math.ceil(k * total / count) for k in range(1, count + 1)})
+
+
+def snapshots_of(folder: Path) -> list[Path]:
+    """一个 LoRA 策略结果文件夹里的快照（写完了的：有 stage.json），按步数排好。"""
+    import re
+
+    root = Path(folder) / SNAPSHOTS
+    found = [(int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else [])
+             if (m := re.fullmatch(r"step-(\d+)", p.name)) and (p / "stage.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def save_snapshot(model, root: Path, step: int, record: dict) -> Path:
+    """训练中的一个快照：peft 模型的适配器 + stage.json（阶段、第几步、看过多少回答 / 偏好对）。先写到旁边的临时文件夹
+    再改名：写到一半被杀不会留下半个快照；续训时重做的那一步覆盖同名的快照。只由主进程调用。
+    这里不是可续训的检查点（没有优化器、计数器）：续训用 <结果>-trainer-checkpoints/checkpoint-N/。"""
+    import shutil
+
+    from .outputs import write_stage_info, writing
+
+    final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
+    with writing(final, tmp):  # 磁盘满等：一行中文，删掉半个快照
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        write_stage_info(tmp, record.pop("stage"), {}, **record)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    return final
+
+
+def point_adapter_at(folder: Path, sft_path: Path) -> dict:
+    """把 folder 里 adapter_config.json 的基座改成 adapter_base_path（TRL / peft 写的是传入的路径原样），
+    返回要写进 stage.json 的基座位置（inference.resolve_adapter_base 按它找基座）。folder 可以是最终位置旁边的
+    临时文件夹：相对路径只和上一级有关，改名就位后照样成立。"""
     import json
     import os
 
     from .options import display_path
     from .outputs import read_json
 
+    config_file = Path(folder) / "adapter_config.json"
+    adapter_config = read_json(config_file, "刚写出的适配器配置读不回来：检查磁盘后重新运行这个阶段的脚本")
+    adapter_config["base_model_name_or_path"] = adapter_base_path(folder, sft_path)
+    config_file.write_text(json.dumps(adapter_config, ensure_ascii=False, indent=2), encoding="utf-8")
+    sft = Path(sft_path).resolve()
+    return {"sft_path": str(sft), "sft_path_in_repo": display_path(sft),
+            "sft_path_from_adapter": os.path.relpath(sft, Path(folder).resolve())}
+
+
+def save_policy(folder: Path, sft_path: Path, tokenizer, model=None, snapshots: Path | None = None) -> dict:
+    """LoRA 策略的唯一导出：适配器（基座路径见 adapter_base_path）+ 分词器（左填充，生成用）+ 合并后的完整模型 merged/，
+    以及训练中存下的快照（snapshots：它们所在的文件夹，搬进 folder/snapshots/，各自的基座路径同样改好）。
+    返回要写进 stage.json 的基座位置。
+
+    folder 可以是最终位置旁边的临时文件夹（outputs.StagingDir）。model：要保存的 peft 模型（PPO 传它）；
+    Trainer 派生的阶段（GRPO / RLOO / DPO）已经由所有进程一起调用 trainer.save_model 把适配器写进 folder
+    （见 training.save_result），传 None。"""
+    from .outputs import read_json, write_json
+
     if model is not None:
         model.save_pretrained(str(folder))
-    config_file = folder / "adapter_config.json"
-    adapter_config = read_json(config_file, "刚写出的适配器配置读不回来：检查磁盘后重新运行这个阶段的脚本")
-    adapter_config["base_model_name_or_path"] = adapter_base_path(folder, sft_path)  # TRL 写的是传入的路径原样
-    config_file.write_text(json.dumps(adapter_config, ensure_ascii=False, indent=2), encoding="utf-8")
+    where = point_adapter_at(folder, sft_path)
     tokenizer.save_pretrained(str(folder))
     # 合并到 fp32 的 SFT 权重上（训练时的冻结基座可能是 bf16，见 frozen_dtype），用 peft 自己的加载与合并
     from peft import PeftModel
@@ -91,7 +143,9 @@ def save_policy(folder: Path, sft_path: Path, tokenizer, model=None) -> dict:
     merged.config.use_cache = True  # 训练时为梯度检查点关掉了；推理要打开
     merged.save_pretrained(str(folder / "merged"))
     tokenizer.save_pretrained(str(folder / "merged"))
-    sft = Path(sft_path).resolve()
-    # folder 和最终位置在同一个上级文件夹里：相对它算出的路径改名后不变
-    return {"sft_path": str(sft), "sft_path_in_repo": display_path(sft),
-            "sft_path_from_adapter": os.path.relpath(sft, Path(folder).resolve())}
+    if snapshots is not None and Path(snapshots).is_dir():
+        Path(snapshots).rename(Path(folder) / SNAPSHOTS)  # 同一磁盘上改名，不复制
+        for snap in snapshots_of(folder):
+            info = read_json(snap / "stage.json", "快照的 stage.json 读不回来：检查磁盘后重新运行这个阶段的脚本")
+            write_json(snap / "stage.json", {**info, **point_adapter_at(snap, sft_path)})
+    return where

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import options
+from .errors import EXIT_BAD_INPUT, UserError
 from .policy import LoRAArgs
 
 
@@ -31,7 +32,22 @@ class RMArgs(options.CommonArgs):
 
 
 @dataclass
-class PPOArgs(options.DataArgs):
+class PolicyArgs(options.DataArgs):
+    """四个 LoRA 策略阶段（PPO / GRPO / RLOO / DPO）共有的项目选项。"""
+
+    snapshots: int = _help("训练中均匀地存多少个只有 LoRA 适配器的快照（<结果>/snapshots/step-N/，最后一个在训练结束时；"
+                           "benchmark.py --trajectory 用它们画得分-KL 轨迹，chat.py --model ppo@step-N 可以和它们对话）；"
+                           "0 = 不存", default=5)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.snapshots < 0:
+            raise UserError(f"--snapshots 不能为负数，现在是 {self.snapshots}（0 = 不存快照）。",
+                                    EXIT_BAD_INPUT)
+
+
+@dataclass
+class PPOArgs(PolicyArgs):
     model_name_or_path: str = _help(options.MODEL_HELP + "；critic 从它初始化", default=options.DEFAULT_MODEL)
     critic_init: str = _help("critic 的初始化：base = 基座 + 新打分头（原仓库做法）；rm = 从奖励模型开始", default="base")
     max_prompt_length: int = _help("提示超过这么多 token 的问题不参与 PPO（会打印数量）", default=256)
@@ -39,7 +55,7 @@ class PPOArgs(options.DataArgs):
 
 
 @dataclass
-class SampledArgs(options.DataArgs):
+class SampledArgs(PolicyArgs):
     """GRPO / RLOO：在线采样、RM 打分（PPO 的 sft_model_path / reward_model_path 是 PPOConfig 自己的字段）。"""
 
     sft_model_path: str = _help(SFT_HELP, default="checkpoint/sft")
@@ -50,7 +66,7 @@ class SampledArgs(options.DataArgs):
 
 
 @dataclass
-class DPOArgs(options.DataArgs):
+class DPOArgs(PolicyArgs):
     sft_model_path: str = _help(SFT_HELP, default="checkpoint/sft")
 
 

@@ -15,7 +15,8 @@ from transformers.integrations import TensorBoardCallback
 
 from .errors import ANYWHERE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
 from .options import display_path, input_path
-from .outputs import StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
+from .outputs import STAGE_FILE, StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
+from .policy import SNAPSHOTS, save_snapshot, snapshot_steps
 from .stages import STAGES, nan_hint
 
 # 这些日志键一旦不是有限数，就说明训练已经发散
@@ -132,6 +133,40 @@ class GracefulStop(TrainerCallback):
         self._previous = {}
 
 
+class Snapshots(TrainerCallback):
+    """--snapshots N：训练中在均匀的 N 个点（policy.snapshot_steps，最后一个在训练结束时）各存一个只有 LoRA 适配器的
+    快照，评测的"得分-KL 轨迹"读它们（benchmark.py --trajectory）。训练中写在 <结果>-trainer-checkpoints/snapshots/
+    （被打断、续训时还在），保存结果时 policy.save_policy 把它们搬进 <结果>/snapshots/。
+
+    TRL 的 PPOTrainer 和 Trainer 一样在每次更新后调用 on_step_end，所以四个 LoRA 阶段用同一个回调；要先
+    bind(取出 peft 模型的函数)。多进程时只有主进程写（LoRA 权重在各进程里相同）。"""
+
+    def __init__(self, stage: str, count: int, final: Path, seen, **record):
+        self.stage, self.count, self.seen, self.record = stage, count, seen, record
+        self.folder = trainer_work_dir(final) / SNAPSHOTS
+        self.policy = None
+
+    def bind(self, policy) -> Snapshots:
+        self.policy = policy
+        return self
+
+    def progress(self, state) -> dict:
+        """第几步、一共几步、看过多少回答（PPO 的 episode、GRPO / RLOO 的回答、DPO 的偏好对）：快照和最终结果都记它。"""
+        return {"step": state.global_step, "steps": state.max_steps, "seen": self.seen(state),
+                "unit": STAGES[self.stage].throughput.removesuffix("_per_s")}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step in snapshot_steps(self.count, state.max_steps):
+            save_snapshot(self.policy(), self.folder, state.global_step,
+                          {"stage": self.stage, "progress": self.progress(state), **self.record})
+
+
+def seen_per_step(cfg):
+    """Trainer 派生的阶段每个优化器步看过多少样本（全部进程合计）：GRPO / RLOO 是回答数，DPO 是偏好对数。"""
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
+    return lambda state: state.global_step * per_step
+
+
 COMPLETE_MARKERS = ("trainer_state.json", "resume.json")  # Trainer / 我们的 PPO 检查点最后写的文件
 
 
@@ -158,6 +193,9 @@ def resume_arg(value: str | bool | None, work: Path) -> str | None:
     path = input_path(value)
     if not path.is_dir():
         raise UserError(f"--resume_from_checkpoint {value} 不存在。用 true 表示 {display_path(work)} 里最新的一个。")
+    if (path / STAGE_FILE).is_file():  # 训练结果或它的快照：只有权重，没有优化器和计数器
+        raise UserError(f"--resume_from_checkpoint {value} 是训练结果或快照（有 {STAGE_FILE}），不是可续训的检查点；"
+                        f"可续训的检查点在 {display_path(work)}/checkpoint-N/，用 true 表示最新的一个。")
     return str(path)
 
 
