@@ -17,10 +17,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, report, scoring
+from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, report, scoring
 from qwen_rlhf.console import table
-from qwen_rlhf.stages import chat_stages, rl_stages
+from qwen_rlhf.stages import STAGES, chat_stages, rl_stages
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.device import announce_device, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
@@ -30,10 +31,17 @@ from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_path / --ppo_model_path / --grpo_model_path …
     models: str = field(default="", metadata={
         "help": "要评测的模型，逗号分隔：base / sft / ppo / grpo / rloo / dpo（对应 --model_name_or_path / "
-                "--<阶段>_model_path）或本地模型文件夹；SFT 是得分提升、胜率和 KL 的基线。"
+                "--<阶段>_model_path）、快照（ppo@step-50）或本地模型文件夹；SFT 是得分提升、胜率和 KL 的基线。"
                 "默认（空）：sft 加上已经训练好（文件夹里有 stage.json）的每个 RL 阶段"})
     reward_model_path: str = field(default="checkpoint/rm", metadata={
-        "help": "奖励模型文件夹（第 2 步的产物），给所有回答打分"})
+        "help": "奖励模型文件夹（第 2 步的产物，RL 训练时优化的就是它：\"代理\" RM），给所有回答打分"})
+    gold_model_path: str = field(default="checkpoint/rm_gold", metadata={
+        "help": "金标准评委：train_rm.py --role gold 训练的第二个 RM（另一个种子、更大的模型，策略训练时从没见过它），"
+                "只用来评测：每个代理 RM 分数旁边再给一个它的分数，看得出代理 RM 有没有被钻空子（奖励过度优化）。"
+                "文件夹不存在时不用（打印一行说明）"})
+    trajectory: bool = field(default=False, metadata={
+        "help": "同时评测 --models 里每个 LoRA 阶段训练中存下的快照（<结果>/snapshots/，同样的问题、同样的解码），"
+                "写 trajectory.csv 和 trajectory.png：代理分和金标准分随离 SFT 的 KL 怎样变化，报告里一段话读出有没有过度优化"})
     num_questions: int = field(default=50, metadata={
         "help": "最多用多少个留出测试问题（另加十个常见问题）；0 = 只用常见问题。--questions 的问题不受此限"})
     questions: str | None = field(default=None, metadata={
@@ -89,6 +97,57 @@ def resolve_models(specs: list[str], args: BenchmarkArgs) -> dict[str, tuple]:
     return resolved
 
 
+def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[dict], dict[str, tuple]]:
+    """得分-KL 图和 trajectory.csv 的"运行"：每个和 SFT 比的模型一条，[{"method", "run", "seed", "points":
+    [(模型名, progress), …]}]，按训练顺序，第一个点是 SFT（第 0 步）。with_snapshots（--trajectory）：LoRA 阶段训练中
+    存下的快照也排进去（和最终结果同一步的最后一个快照不再评测一遍：最终结果就是它），另返回要多评测的快照
+    {名字: (文件夹, stage.json)}。方法标签是阶段名；同一阶段有几种 KL 系数（compare.sh 的 WEAK_KL=1）时加上系数。"""
+    runs, snapshots = [], {}
+    for name, (folder, info) in policies.items():
+        if name == metrics.BASELINE:
+            continue
+        stage = (info or {}).get("stage")
+        final = (info or {}).get("progress") or {"step": None, "seen": None, "unit": ""}  # 完整模型、早于快照功能的结果
+        points = [(metrics.BASELINE, None)]
+        if with_snapshots and stage in STAGES and STAGES[stage].adapter:
+            for snap in policy.snapshots_of(folder):
+                snap_info = outputs.check_kind(snap, (stage,), f"{name} 的快照")
+                if snap_info["progress"]["step"] != final["step"]:
+                    snapshots[f"{name}@{snap.name}"] = (snap, snap_info)
+                    points.append((f"{name}@{snap.name}", snap_info["progress"]))
+        points.append((name, final))
+        training_options = (info or {}).get("options", {}).get("training", {})
+        coef = training_options.get("kl_coef" if stage == "ppo" else "beta")
+        runs.append({"method": stage or name, "run": name, "seed": training_options.get("seed"), "kl_coef": coef,
+                     "points": points})
+    for stage in {r["method"] for r in runs}:
+        same = [r for r in runs if r["method"] == stage]
+        if len({r["kl_coef"] for r in same}) > 1:  # 图例用英文（默认字体没有中文字形）
+            for r in same:
+                r["method"] = f"{stage} ({'kl_coef' if stage == 'ppo' else 'beta'}={r['kl_coef']:g})"
+    return runs, snapshots
+
+
+def gold_judge(args, rm_folder) -> tuple | None:
+    """--gold_model_path：(文件夹, stage.json)；文件夹不存在时 None（说一行）。必须是 train_rm.py --role gold 训练的 RM，
+    而且不能就是代理 RM。"""
+    folder = options.input_path(args.gold_model_path) if args.gold_model_path else None
+    if folder is None or not folder.exists():
+        if folder is not None:
+            print(f"[金标准] 没有 {options.display_path(folder)}：本次只用代理 RM 打分"
+                  "（python train_rm.py --role gold 训练一个独立的金标准评委）。")
+        return None
+    info = outputs.check_kind(folder, ("rm",), "--gold_model_path")
+    if (info or {}).get("role") != "gold":
+        raise UserError(f"--gold_model_path {options.display_path(folder)} 不是金标准评委（stage.json 里没有 role: gold）；"
+                        "请用 python train_rm.py --role gold 训练一个和代理 RM 独立的评委。", EXIT_BAD_INPUT)
+    if folder.resolve() == rm_folder.resolve():
+        raise UserError("--gold_model_path 和 --reward_model_path 是同一个文件夹：金标准评委必须独立于被优化的代理 RM。",
+                        EXIT_BAD_INPUT)
+    models.check_weights(folder, args.allow_pickle)
+    return folder, info
+
+
 def read_questions(path: str) -> list[str]:
     """问题文件：.jsonl 每行一个带 "question" 的对象，其余按纯文本每行一个问题；去掉空行和重复。"""
     file = options.input_path(path)
@@ -132,16 +191,37 @@ def generate_answers(loaded, questions: list[str], args: BenchmarkArgs) -> tuple
     return prompts, responses
 
 
-def score_batched(rm, prompts: list[list[dict]], answers: list[str], batch_size: int) -> list[float]:
-    """RM 给 (提示消息, 回答文本) 打分：scoring.score，和 PPO 的奖励、标准客户端是同一个约定。"""
-    return scoring.score(rm.model, rm.tokenizer, prompts, answers, batch_size)
+def sft_reference(args) -> Path | None:
+    """--models 里没有 sft 时，KL 的参考仍是 --sft_model_path（它确实是一个 SFT 结果时）；否则没有参考。"""
+    folder = options.input_path(args.sft_model_path)
+    return folder if outputs.kind_of(folder) == "sft" else None
 
 
-def free(loaded) -> None:
-    """一次只在设备上放一个模型：用完立刻释放。"""
+def judge(folder: Path, field: str, answers: list, generated: dict, split, args, device) -> dict:
+    """一位评委（代理 RM 或金标准评委）给所有回答打分，写进每个 Answer 的 field（score / gold），再在留出偏好对上给自己
+    打成绩单（准确率、平均分差）。打分都走 scoring.score：和 PPO 的奖励、纯 transformers 的标准客户端是同一个约定。"""
+    rm = inference.load_reward(folder, args.allow_pickle)
+    rm.model.to(device)
+    for name, (_, _, tok) in generated.items():
+        if len(tok) != len(rm.tokenizer):  # 不同基座的 token 编号对不上，分数会读错位置
+            raise UserError(f"{name} 和 {options.display_path(folder)} 的分词器不一样（{len(tok)} vs {len(rm.tokenizer)} "
+                            "个 token），不是同一个基座模型训练出来的。", EXIT_MISSING)
+    scores = scoring.score(rm.model, rm.tokenizer, [data.messages(a.question, args.system_prompt) for a in answers],
+                           [a.response for a in answers], args.batch_size)
+    for a, value in zip(answers, scores):
+        setattr(a, field, metrics.round4(value))
+    prompts = [data.messages(r["question"], r.get("system") or args.system_prompt) for r in split.test]
+    replies = [r[k] for k in ("chosen", "rejected") for r in split.test]
+    both = scoring.score(rm.model, rm.tokenizer, prompts * 2, replies, args.batch_size)
+    free(rm)
+    return metrics.rm_stats(options.display_path(folder), both[: len(prompts)], both[len(prompts):])
+
+
+def free(holder) -> None:
+    """用完的模型立刻释放（评委一次只放一个；Policies 里的 SFT 和适配器在生成全部结束后释放）。"""
     import torch
 
-    loaded.model = None
+    holder.model = holder.sft = holder.peft = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -156,16 +236,19 @@ def main():
     started = time.strftime("%Y%m%d-%H%M%S")
     # 加载任何模型之前先认清每个文件夹：别生成完了才发现 RM 不对、或把 RM 当成了对话模型
     policies = resolve_models(specs, args)
+    runs, snapshots = model_runs(policies, args.trajectory)
     rm_folder = options.input_path(args.reward_model_path)
     rm_info = outputs.check_kind(rm_folder, ("rm",), "--reward_model_path")
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
+    gold = gold_judge(args, rm_folder)
     announce_device("benchmark", args.device == "cpu", "fp32", model=rm_folder)  # 权重按 fp32 加载；RM 与策略同尺寸
 
     # ---------------------------------------------------------------- 数据
     rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
-    outputs.check_same_split({**{n: info for n, (_, info) in policies.items()}, "RM": rm_info}, split.fingerprint,
-                             "benchmark.py")
+    judges = {"RM": rm_info, **({"金标准评委": gold[1]} if gold else {})}
+    outputs.check_same_split({**{n: info for n, (_, info) in {**policies, **snapshots}.items()}, **judges},
+                             split.fingerprint, "benchmark.py")
     if args.questions:
         extra, extra_source = read_questions(args.questions), "file"
     else:
@@ -175,72 +258,68 @@ def main():
     questions = list(data.COMMON_QUESTIONS) + extra
     sources = ["common"] * len(data.COMMON_QUESTIONS) + [extra_source] * len(extra)
     print(f"[数据] {len(questions)} 个问题：常见 {len(data.COMMON_QUESTIONS)} + "
-          f"{'问题文件' if args.questions else '留出测试'} {len(extra)}；RM 准确率用 {len(split.test)} 对留出偏好对。")
+          f"{'问题文件' if args.questions else '留出测试'} {len(extra)}；RM 准确率用 {len(split.test)} 对留出偏好对。"
+          + (f"另评测 {len(snapshots)} 个训练中的快照（--trajectory）。" if snapshots else ""))
 
-    # ---------------------------------------------------------------- 生成（一次一个模型；SFT 最后，顺便算 KL）
-    # KL 在每个模型自己对非常见问题的回答上算（没有这类问题时用全部）：log p_模型 在它自己加载时算，
-    # log p_SFT 等 SFT 加载时一起算，所以 SFT 排在最后生成（每个模型从同一个种子开始，顺序不影响回答）
+    # ---------------------------------------------------------------- 生成，并算每个模型离 SFT 的精确 KL
+    # KL 在每个模型自己对非常见问题的回答上算（没有这类问题时用全部）。SFT 只加载一次：LoRA 模型和快照的适配器挂在它
+    # 上面，参考 = 关掉适配器；完整模型加载在它旁边（inference.Policies）
     kl_rows = [i for i, src in enumerate(sources) if src != "common"] or list(range(len(questions)))
-    generated, folders, timing, own_logps, sft_logps = {}, {}, {"load_s": {}, "generate_s": {}}, {}, {}
-    for name in sorted(policies, key=lambda n: n == metrics.BASELINE):
-        folder, _ = policies[name]
+    sft_folder = policies[metrics.BASELINE][0] if metrics.BASELINE in policies else sft_reference(args)
+    bank = inference.Policies(sft_folder, device, args.allow_pickle)
+    generated, folders, kl = {}, {}, {}
+    timing = {"load_s": {}, "generate_s": {}, "kl_s": {}}
+    for name, (folder, _) in {**policies, **snapshots}.items():
         t = time.perf_counter()
-        loaded = inference.load_policy(name, folder, args.allow_pickle)
-        loaded.model.to(device)
-        folders[name] = options.display_path(loaded.folder)
-        timing["load_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
-        generated[name] = (*generate_answers(loaded, questions, args), loaded.tokenizer)
-        timing["generate_s"][name] = round(time.perf_counter() - t, 3)
-        if metrics.BASELINE in policies:
-            for other, (prompts, responses, _) in generated.items():
-                if other == metrics.BASELINE or (name != other and name != metrics.BASELINE):
-                    continue
-                picked = ([prompts[i] for i in kl_rows], [responses[i] for i in kl_rows])
-                target = own_logps if name == other else sft_logps
-                target[other] = inference.response_logprobs(loaded.model, loaded.tokenizer, *picked, args.batch_size)
-        free(loaded)
-        print(f"[生成] {name}（{folders[name]}）：{len(questions)} 个回答，用时 {timing['generate_s'][name]:.1f}s")
-    generated = {n: generated[n] for n in policies}  # 回到 --models 的顺序
-    kl = {n: metrics.per_token_kl(own_logps[n], sft_logps[n]) for n in own_logps}
+        with bank.use(name, folder) as candidate:
+            folders[name] = options.display_path(candidate.folder)
+            timing["load_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
+            generated[name] = (*generate_answers(candidate, questions, args), candidate.tokenizer)
+            timing["generate_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
+            prompts, responses, _ = generated[name]
+            if candidate.kl is not None:
+                per_position = candidate.kl([prompts[i] for i in kl_rows], [responses[i] for i in kl_rows])
+                kl[name] = metrics.per_token_kl(per_position)
+            timing["kl_s"][name] = round(time.perf_counter() - t, 3)
+        print(f"[生成] {name}（{folders[name]}）：{len(questions)} 个回答，用时 {timing['generate_s'][name]:.1f}s"
+              + (f"；离 SFT 的 KL 每 token {kl[name]:.4f}（{timing['kl_s'][name]:.1f}s）" if name in kl else ""))
+    free(bank)
 
-    # ---------------------------------------------------------------- 打分（所有模型生成完，再放 RM 上去）
+    # ---------------------------------------------------------------- 打分（所有模型生成完，再放 RM 上去；金标准评委同样）
     t = time.perf_counter()
-    rm = inference.load_reward(rm_folder, args.allow_pickle)
-    rm.model.to(device)
     answers = []
     for name, (prompts, responses, tok) in generated.items():
-        if len(tok) != len(rm.tokenizer):  # 不同基座的 token 编号对不上，分数会读错位置
-            raise UserError(f"{name} 和 RM 的分词器不一样（{len(tok)} vs {len(rm.tokenizer)} 个 token），"
-                            "不是同一个基座模型训练出来的。", EXIT_MISSING)
-        texts = [scoring.response_text(tok, r) for r in responses]  # 报告里写的就是打分的这串文本
-        scores = score_batched(rm, [data.messages(q, args.system_prompt) for q in questions], texts, args.batch_size)
-        for q, src, resp, text, s in zip(questions, sources, responses, texts, scores):
+        for q, src, resp in zip(questions, sources, responses):
             stopped = bool(resp) and resp[-1] == tok.eos_token_id
-            answers.append(metrics.Answer(q, src, name, text, metrics.round4(s), len(resp) - stopped, stopped))
-    position = {q: i for i, q in enumerate(questions)}
-    answers.sort(key=lambda a: position[a.question])  # 按问题排；sort 是稳定的，同一问题内保持 --models 的顺序
-    metrics.add_gains(answers)
-
-    # RM 自己的成绩单：留出偏好对上 chosen 和 rejected 的分数，和上面同一个打分函数
-    prompts = [data.messages(r["question"], r.get("system") or args.system_prompt) for r in split.test]
-    replies = [r[k] for k in ("chosen", "rejected") for r in split.test]
-    both = score_batched(rm, prompts * 2, replies, args.batch_size)
-    rm_stats = metrics.rm_stats(options.display_path(rm_folder), both[: len(prompts)], both[len(prompts):])
-    free(rm)
+            text = scoring.response_text(tok, resp)  # 报告里写的就是打分的这串文本
+            answers.append(metrics.Answer(q, src, name, text, 0.0, len(resp) - stopped, stopped))
+    rm_stats = judge(rm_folder, "score", answers, generated, split, args, device)
+    gold_stats = judge(gold[0], "gold", answers, generated, split, args, device) if gold else None
     timing["score_s"] = round(time.perf_counter() - t, 3)
+    position = {q: i for i, q in enumerate(questions)}
+    answers.sort(key=lambda a: position[a.question])  # 按问题排；sort 是稳定的，同一问题内保持 --models 的顺序（快照在后）
+    metrics.add_gains(answers)
 
     # ---------------------------------------------------------------- 汇总与保存
     names = list(policies)
     costs = {n: (info or {}).get("cost") for n, (_, info) in policies.items()}
     methods = {n: (info or {}).get("stage", "base") for n, (_, info) in policies.items()}
-    summary = metrics.summarize(answers, names, rm_stats, kl=kl, costs=costs, methods=methods)
+    held_out = {n: (info or {}).get("held_out") for n, (_, info) in policies.items()}
+    summary = metrics.summarize(answers, names, rm_stats, kl=kl, costs=costs, methods=methods, gold=gold_stats,
+                                held_out=held_out)
+    if metrics.BASELINE in policies:  # 得分-KL 图的点；--trajectory 时还有快照和"有没有过度优化"
+        summary["trajectory"] = metrics.trajectory_rows(answers, runs, kl)
+    if args.trajectory and summary.get("trajectory"):
+        summary["overoptimisation"] = {m: metrics.overoptimisation(c)
+                                       for m, c in metrics.method_curves(summary["trajectory"]).items()}
     spent = cost.record(answers_per_s=len(answers) / max(sum(timing["generate_s"].values()), 1e-9))
     decoding = (f"采样解码（temperature {args.temperature}，top_p {args.top_p}，top_k {args.top_k}，seed {args.seed}）"
                 if args.do_sample else "贪心解码（确定、可复现）")
     with outputs.writing(options.output_path(args.output_dir)):  # 只读 / 没有权限 / 磁盘满：一行中文
         folder = report.new_run_folder(options.output_path(args.output_dir), started)
     meta = {"run": folder.name, "decoding": f"{decoding}，每个回答最多 {args.max_new_tokens} 个新 token",
-            "folders": folders, "rm_folder": rm_stats["folder"], "split_fingerprint": split.fingerprint,
+            "folders": folders, "rm_folder": rm_stats["folder"], "gold_folder": gold_stats and gold_stats["folder"],
+            "split_fingerprint": split.fingerprint,
             "options": options.to_jsonable(args), "device": device, "timing": timing, "cost": spent}
     with outputs.writing(folder, folder):  # 任何失败都删掉这个文件夹，不留半成品：有文件夹就说明写完了
         report_file = report.write_report(folder, answers, names, summary, meta)
@@ -255,9 +334,12 @@ def main():
         print(f"[结果] {v}")
     for w in summary["warnings"]:
         print(f"[警告] {w}")
-    print(f"[RM] {report.rm_line(rm_stats)}")
-    print(f"[完成] 报告：{options.display_path(report_file)}（同一文件夹下还有 results.csv、summary.json 和图）；"
-          f"{Cost.words(spent)}")
+    for line in report.judge_lines(summary):
+        print(f"[评委] {line}")
+    for line in report.trajectory_paragraphs(summary):
+        print(f"[轨迹] {line}")
+    print(f"[完成] 报告：{options.display_path(report_file)}（同一文件夹下还有 results.csv、summary.json 和图"
+          f"{'，以及 trajectory.csv' if summary.get('overoptimisation') else ''}）；{Cost.words(spent)}")
     sys.stdout.flush()
 
 

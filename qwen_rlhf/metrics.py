@@ -28,6 +28,8 @@ class Answer:
     tokens: int  # 回复长度（token，不含 <|im_end|>）
     stopped: bool = True  # 在 --max_new_tokens 之内输出了 <|im_end|>
     gain: float | None = None  # 只有非 SFT 的行有：该模型分数 - 同一问题的 SFT 分数
+    gold: float | None = None  # 金标准评委（--gold_model_path）的分数；没有金标准评委时为 None
+    gold_gain: float | None = None  # 同上，金标准分数相对 SFT 的提升
 
 
 def round4(x: float) -> float:
@@ -40,11 +42,13 @@ def compared(models: list[str]) -> list[str]:
 
 
 def add_gains(answers: list[Answer]) -> None:
-    """给非 SFT 模型的每一行填上相对 SFT 的得分提升（同一个问题）。没有 SFT 时什么都不做。"""
-    sft = {a.question: a.score for a in answers if a.model == BASELINE}
+    """给非 SFT 模型的每一行填上相对 SFT 的得分提升（同一个问题；有金标准分数时它的提升也填上）。没有 SFT 时什么都不做。"""
+    sft = {a.question: a for a in answers if a.model == BASELINE}
     for a in answers:
         if a.model != BASELINE and a.question in sft:
-            a.gain = round4(a.score - sft[a.question])
+            a.gain = round4(a.score - sft[a.question].score)
+            if a.gold is not None and sft[a.question].gold is not None:
+                a.gold_gain = round4(a.gold - sft[a.question].gold)
 
 
 # ---------------------------------------------------------------- 单项指标
@@ -114,17 +118,19 @@ def versus_baseline(gains: list[float]) -> dict:
             "wins": wins, "ties": ties, "losses": n - wins - ties, "n": n}
 
 
-def per_token_kl(model_logprobs: list[list[float]], sft_logprobs: list[list[float]]) -> float | None:
-    """KL(模型 ‖ SFT) 的蒙特卡洛估计：在模型自己的回答上，每个 token 的 log p_模型 − log p_SFT，所有回答的 token 合在一起取平均。
-    两个列表一一对应（同一条回答、同样的 token）。"""
-    diffs = [m - s for ms, ss in zip(model_logprobs, sft_logprobs, strict=True) for m, s in zip(ms, ss, strict=True)]
-    return mean(diffs)
+def per_token_kl(kl_per_position: list[list[float]]) -> float | None:
+    """每 token 的 KL(模型 ‖ SFT)：inference.kl_to_reference 在每条回答每个位置上算出的精确 KL，所有回答的位置合在一起
+    取平均（长回答按它的长度计权）。每一项都 ≥ 0，所以结果也 ≥ 0；没有任何位置时为 None。"""
+    return mean(k for row in kl_per_position for k in row)
 
 
 def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, float | None] | None = None,
-              costs: dict[str, dict | None] | None = None, methods: dict[str, str | None] | None = None) -> dict:
+              costs: dict[str, dict | None] | None = None, methods: dict[str, str | None] | None = None,
+              gold: dict | None = None, held_out: dict[str, dict | None] | None = None) -> dict:
     """全部问题上的汇总数字（summary.json、终端表格和 report.md 都用它）。kl：{模型: 相对 SFT 的每 token KL}；
-    costs：{模型: 它训练时 stage.json 里的 cost}；methods：{模型: 它是哪个阶段训练的}（同一方法的几个种子合在一起看）。"""
+    costs：{模型: 它训练时 stage.json 里的 cost}；methods：{模型: 它是哪个阶段训练的}（同一方法的几个种子合在一起看）；
+    gold：金标准评委在留出偏好对上的成绩单（rm_stats；没有金标准评委时 None）；held_out：{模型: stage.json 里它自己在
+    留出偏好对上的诊断}（DPO 有）。"""
     questions = list(dict.fromkeys(a.question for a in answers))
 
     def texts_of(m):
@@ -148,9 +154,20 @@ def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, 
             "distinct_2": distinct_2(texts),
             "kl_to_sft": 0.0 if m == BASELINE else (kl or {}).get(m),
             "training_cost": (costs or {}).get(m),
+            "held_out": (held_out or {}).get(m),
         }
         if m in compared(models):
             per_model[m].update(versus_baseline([a.gain for a in mine if a.gain is not None]))
+        if gold is not None:
+            golds = [a.gold for a in mine]
+            per_model[m].update(gold_score=mean(golds),
+                                gold_score_ci95=bootstrap_ci(len(golds), lambda idx: mean(golds[i] for i in idx)))
+            if m in compared(models):
+                gains = [a.gold_gain for a in mine if a.gold_gain is not None]
+                versus = versus_baseline(gains)
+                per_model[m].update(gold_gain_vs_sft=versus["mean_gain_vs_sft"],
+                                    gold_gain_vs_sft_ci95=versus["mean_gain_vs_sft_ci95"],
+                                    gold_win_rate_vs_sft=versus["win_rate_vs_sft"])
     return {
         "num_questions": len(questions),
         "num_by_source": {s: sum(1 for q in questions if sources[q] == s) for s in dict.fromkeys(sources.values())},
@@ -158,8 +175,94 @@ def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, 
         "models": per_model,
         "by_method": by_method(per_model, methods or {}),
         "rm": rm,
+        "gold": gold,
         "warnings": [w for m in models if (w := collapse_warning(m, texts_of(m), texts_of(BASELINE) or None))],
     }
+
+
+# ---------------------------------------------------------------- 训练轨迹：代理分、金标准分与 KL
+
+
+def trajectory_rows(answers: list[Answer], runs: list[dict], kl: dict[str, float | None]) -> list[dict]:
+    """runs：[{"method": 方法标签, "run": 最终模型名, "seed": 种子, "points": [(模型名, progress 或 None), …]}]，
+    points 按训练顺序，第一个是 SFT（第 0 步，progress 为 None）。每个点一行：代理 RM 与金标准评委的平均分及 95% 区间
+    （对问题自助重抽）、离 SFT 的精确 KL（每 token）。"""
+    by_model: dict[str, list[Answer]] = {}
+    for a in answers:
+        by_model.setdefault(a.model, []).append(a)
+
+    def stats(values):
+        if not values or any(v is None for v in values):
+            return None, None
+        return mean(values), bootstrap_ci(len(values), lambda idx: mean(values[i] for i in idx))
+
+    cache: dict[str, tuple] = {}
+    rows = []
+    for run in runs:
+        for name, progress in run["points"]:
+            if name not in cache:
+                mine = by_model[name]
+                cache[name] = (*stats([a.score for a in mine]), *stats([a.gold for a in mine]))
+            proxy, proxy_ci, gold, gold_ci = cache[name]
+            rows.append({"method": run["method"], "run": run["run"], "seed": run["seed"], "model": name,
+                         "step": progress["step"] if progress else 0, "seen": progress["seen"] if progress else 0,
+                         "unit": progress["unit"] if progress else "", "proxy_mean": proxy, "proxy_ci95": proxy_ci,
+                         "gold_mean": gold, "gold_ci95": gold_ci, "kl_to_sft": 0.0 if name == BASELINE else kl.get(name)})
+    return rows
+
+
+def method_curves(rows: list[dict]) -> dict[str, list[dict]]:
+    """每个方法一条曲线：同一方法的几次运行（种子）按"第几个点"对齐取平均（第 0 个点是 SFT）；每个点的区间半宽也取平均。
+    几次运行的点数不同时取最短的。"""
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        runs.setdefault(r["method"], {}).setdefault(r["run"], []).append(r)
+    curves = {}
+    for method, by_run in runs.items():
+        n = min(len(points) for points in by_run.values())
+        curve = []
+        for i in range(n):
+            at = [points[i] for points in by_run.values()]
+
+            def avg(key, at=at):
+                vals = [p[key] for p in at]
+                return None if any(v is None for v in vals) else sum(vals) / len(vals)
+
+            def half(key, at=at):
+                cis = [p[key] for p in at]
+                return None if any(c is None for c in cis) else sum((c[1] - c[0]) / 2 for c in cis) / len(cis)
+
+            curve.append({"kl": avg("kl_to_sft"), "proxy": avg("proxy_mean"), "gold": avg("gold_mean"),
+                          "proxy_half": half("proxy_ci95"), "gold_half": half("gold_ci95"), "seeds": len(at)})
+        curves[method] = curve
+    return curves
+
+
+def overoptimisation(curve: list[dict]) -> dict:
+    """从一条方法曲线读出这次有没有"奖励过度优化"（Gao et al. 2022, Scaling Laws for Reward Model Overoptimization）：
+    代理分一路上升，金标准分先升后降或不升。噪声 = 最后一个点上区间的半宽（对问题重抽，几个种子取平均）。
+
+    verdict：proxy_flat（代理分自己都没明显上升）/ overoptimised（金标准分在某个 KL 处最高，之后降了超过噪声）/
+    gold_falls（金标准分从 SFT 起就在降）/ gold_flat（代理分升了，金标准分在噪声之内没变）/ both_rise（一起升）。"""
+    first, last = curve[0], curve[-1]
+    out = {"proxy_gain": last["proxy"] - first["proxy"], "final_kl": last["kl"], "points": len(curve),
+           "proxy_noise": last["proxy_half"], "gold_noise": last["gold_half"]}
+    rose = out["proxy_gain"] > (last["proxy_half"] or 0)
+    if last["gold"] is None:
+        return {**out, "verdict": "no_gold" if rose else "proxy_flat"}
+    peak = max(range(len(curve)), key=lambda i: curve[i]["gold"])
+    out.update(gold_gain=last["gold"] - first["gold"], peak_index=peak, peak_kl=curve[peak]["kl"],
+               peak_gold_gain=curve[peak]["gold"] - first["gold"], gold_drop_after_peak=curve[peak]["gold"] - last["gold"])
+    noise = last["gold_half"] or 0
+    if not rose:
+        verdict = "proxy_flat"
+    elif out["gold_drop_after_peak"] > noise:
+        verdict = "overoptimised" if peak > 0 else "gold_falls"
+    elif abs(out["gold_gain"]) <= noise:
+        verdict = "gold_flat"
+    else:
+        verdict = "both_rise" if out["gold_gain"] > 0 else "gold_falls"
+    return {**out, "verdict": verdict}
 
 
 def mean_sd(xs: list[float | None]) -> list[float] | None:
@@ -178,8 +281,8 @@ def by_method(per_model: dict[str, dict], methods: dict[str, str | None]) -> dic
         if "mean_gain_vs_sft" in m:
             groups.setdefault(methods.get(name) or name, []).append(m)
     return {method: {"models": len(ms),
-                     **{k: mean_sd([m[k] for m in ms]) for k in ("mean_score", "mean_gain_vs_sft", "win_rate_vs_sft",
-                                                                  "kl_to_sft")},
+                     **{k: mean_sd([m.get(k) for m in ms]) for k in ("mean_score", "mean_gain_vs_sft", "win_rate_vs_sft",
+                                                                      "kl_to_sft", "gold_score", "gold_gain_vs_sft")},
                      "beats_sft_in_every_model": all((m["mean_gain_vs_sft"] or 0) > 0 for m in ms)}
             for method, ms in groups.items()}
 

@@ -27,6 +27,7 @@ from trl.experimental.ppo import PPOTrainer
 from trl.experimental.ppo import ppo_trainer as trl_ppo
 
 from . import scoring
+from .inference import fast_cpu_sampling
 from .options import display_path
 from .outputs import pause_point, read_json, write_json, writing
 
@@ -109,7 +110,8 @@ class RLHFPPOTrainer(PPOTrainer):
             policy.eval()
             started = time.perf_counter()
             try:
-                out = generate(*args, **kwargs)
+                with fast_cpu_sampling():  # CPU 上 torch.multinomial 很慢，见 inference.fast_cpu_sampling
+                    out = generate(*args, **kwargs)
             finally:
                 policy.train(was_training)
             context = kwargs["input_ids"].shape[1]
