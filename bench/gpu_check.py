@@ -143,6 +143,7 @@ def prepare(work: Path, size: str | None, device: str) -> None:
     import torch
 
     from qwen_rlhf import data, models
+    from qwen_rlhf.device import native_bf16
 
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
@@ -159,7 +160,7 @@ def prepare(work: Path, size: str | None, device: str) -> None:
     rm = [len(ids) for r in rows for ids in data.rm_example(tok, r).values()]
     prompt = [len(data.ppo_example(tok, r)["input_ids"]) for r in rows]
     info = {"device": device, "size": size, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-            "bf16": device == "cuda" and torch.cuda.is_bf16_supported(),
+            "bf16": device == "cuda" and native_bf16(),  # 和各脚本的默认精度同一个判断（options.precision_defaults）
             "data": {"rows": len(rows), "prompt_tokens": [min(prompt), max(prompt)], "sft_tokens": [min(sft), max(sft)],
                      "rm_tokens": [min(rm), max(rm)], "max_length": p["max_length"]}}
     (work / "prepare.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
@@ -240,6 +241,8 @@ def main():
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     if a.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # 有 GPU 的机器上也强制 CPU：所有脚本都按"没有 CUDA"选默认值
+    else:  # 多卡机器上只测一块卡（和单卡的显存估算对照）；python 直接启动的训练脚本在多卡机器上会拒绝运行（device.py）
+        env.setdefault("CUDA_VISIBLE_DEVICES", "0")
     t0 = time.perf_counter()
 
     # ---------------------------------------------------------------- 模型与数据
@@ -253,7 +256,7 @@ def main():
     size_name, config = SIZES[size]
     p = plan(size, device)
     precision = "bf16" if info["bf16"] else "fp32"
-    # 不支持 bf16 的卡上 SFT / RM 用 fp16 混合精度（字节数与 bf16 相同），PPO 用 fp32
+    # 不支持 bf16 的卡上 SFT / RM / DPO 用 fp16 混合精度（字节数与 bf16 相同），PPO / GRPO / RLOO 用 fp32
     precisions = {"sft": "bf16" if device == "cuda" else "fp32", "rm": "bf16" if device == "cuda" else "fp32",
                   "ppo": precision, "grpo": precision, "rloo": precision, "dpo": "bf16" if device == "cuda" else "fp32"}
     print(f"[自检] {size_name} 在 {info['gpu'] or 'CPU'} 上；数据 {info['data']}；用时 {prep['wall_s']:.0f} 秒", flush=True)
