@@ -183,8 +183,11 @@ class RLHFPPOTrainer(PPOTrainer):
         unwrapped = self.accelerator.unwrap_model(self.model)
         set_peft_model_state_dict(unwrapped.policy, load_file(str(checkpoint / "adapter" / "adapter_model.safetensors")))
         load_model(unwrapped.value_model, str(checkpoint / "critic.safetensors"))
-        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        # map_location：检查点是主进程从它的卡（cuda:0）上存的；不指定时每个进程都把 critic 的 fp32 Adam 状态（0.6B 约
+        # 4.4 GB，见 README）放到 cuda:0 上、并在那里开一个 CUDA 上下文。transformers 的 Trainer 读 optimizer.pt 时也总是指定。
+        device = self.accelerator.device
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", map_location=device, weights_only=True))
         self.optimizer_steps = info["optimizer_steps"]
         self.resumed = {"checkpoint": str(checkpoint), **info}
         # 放在最前面：进度条（ProgressCallback）在 on_train_begin 里读 max_steps，要先看到恢复后的值

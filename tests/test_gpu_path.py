@@ -134,6 +134,53 @@ def test_the_gpu_self_check_runs_every_stage_on_one_gpu(monkeypatch, tmp_path):
     assert all(env["CUDA_VISIBLE_DEVICES"] == "3" for _, env in calls)
 
 
+# ---------------------------------------------------------------- 3. PPO 续训：优化器放到本进程的设备上
+
+
+class TinyPolicy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+
+def test_ppo_resume_loads_the_optimizer_onto_this_process_device_not_the_saving_one(monkeypatch, tmp_path):
+    """多卡续训：检查点是 rank 0 从 cuda:0 上存的（optimizer.pt 里的张量标着 cuda:0），rank 1 读它时必须放到自己的
+    设备上，而不是都挤到 cuda:0。这里本进程的设备是 CPU（替 rank 1 的 cuda:1）：不指定 map_location 时 torch 要把
+    张量放回 cuda:0，在 CPU 版 torch 上直接失败；指定了就读到 CPU 上，数值不变。"""
+    import peft
+    from safetensors.torch import save_model
+
+    from qwen_rlhf.outputs import write_json
+
+    policy = peft.get_peft_model(TinyPolicy(), peft.LoraConfig(target_modules=["lin"], r=2))
+    critic = torch.nn.Linear(4, 1)
+    saved_opt = torch.optim.AdamW(critic.parameters(), lr=0.1)
+    critic(torch.ones(2, 4)).sum().backward()
+    saved_opt.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(saved_opt, lambda step: 1.0)
+    ckpt = tmp_path / "checkpoint-1"
+    policy.save_pretrained(str(ckpt / "adapter"))
+    save_model(critic, str(ckpt / "critic.safetensors"))
+    with monkeypatch.context() as m:  # 存的时候把每个张量标成 cuda:0：和 rank 0 在 GPU 上存的文件一样
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(saved_opt.state_dict(), ckpt / "optimizer.pt")
+        torch.save(scheduler.state_dict(), ckpt / "scheduler.pt")
+    write_json(ckpt / ppo.RESUME_FILE, {"global_step": 1, "episode": 8, "optimizer_steps": 1, "max_steps": 4})
+
+    trainer = object.__new__(ppo.RLHFPPOTrainer)  # 训练中途的 trainer：resume 只用到这几样
+    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"), unwrap_model=lambda model: model)
+    trainer.model = SimpleNamespace(policy=policy, value_model=critic)
+    trainer.optimizer = torch.optim.AdamW(critic.parameters(), lr=0.1)
+    trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
+    trainer.callback_handler = SimpleNamespace(callbacks=[])
+    trainer.resume(ckpt)
+
+    state = trainer.optimizer.state_dict()["state"][0]
+    assert state["exp_avg"].device.type == "cpu"
+    assert torch.equal(state["exp_avg"], saved_opt.state_dict()["state"][0]["exp_avg"])
+    assert trainer.optimizer_steps == 1
+
+
 # ---------------------------------------------------------------- 4. 没有原生 bf16 的卡
 
 
