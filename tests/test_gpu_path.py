@@ -271,3 +271,31 @@ def test_device_cuda_7_on_a_one_gpu_box_is_one_line_before_loading(gpus, monkeyp
                    tmp=tmp_path)
     assert_one_line_error(r, 2, "--device cuda:7", "1 块 GPU", "--device cuda:0")
     assert seen == []
+
+
+def rollout_log(monkeypatch, processes: int, mine: list, theirs: list) -> dict:
+    """一次更新结束时 RLHFPPOTrainer.log 记下的指标。processes > 1 时 gather_object 的替身把另一个进程的 rollout
+    （theirs）接在本进程的后面，和 accelerate 在 gloo / NCCL 上收齐的结果一样。"""
+    from transformers import TrainerControl, TrainerState
+
+    logged = []
+    monkeypatch.setattr(ppo, "gather_object", lambda obj: [*obj, *theirs], raising=False)
+    trainer = object.__new__(ppo.RLHFPPOTrainer)  # 训练中途的 trainer：log 只用到这几样
+    trainer._responses, trainer.optimizer_steps, trainer.resumed = list(mine), 0, None
+    trainer.accelerator = SimpleNamespace(num_processes=processes)
+    trainer.state, trainer.control = TrainerState(), TrainerControl()
+    trainer.args = SimpleNamespace(include_num_input_tokens_seen="no")
+    trainer.callback_handler = SimpleNamespace(on_log=lambda args, state, control, logs: logged.append(logs) or control)
+    trainer.log({"objective/scores": 1.0})
+    (logs,) = logged
+    return logs
+
+
+def test_ppo_rollout_diversity_and_length_cover_every_process(monkeypatch):
+    """DDP 两个进程：rank 0 的两条回复一模一样（它自己看像塌缩了），rank 1 的两条各不相同、更短。不同回复占比和
+    平均长度按两个进程合起来的 4 条算；单进程时照旧只算自己的。"""
+    mine, theirs = [(1, 2, 3), (1, 2, 3)], [(4, 5), (6,)]
+    logs = rollout_log(monkeypatch, 2, mine, theirs)
+    assert (logs["rollout/distinct_ratio"], logs["rollout/response_length"]) == (3 / 4, 9 / 4)
+    logs = rollout_log(monkeypatch, 1, mine, theirs)
+    assert (logs["rollout/distinct_ratio"], logs["rollout/response_length"]) == (1 / 2, 3)
