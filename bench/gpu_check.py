@@ -53,12 +53,14 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
 from qwen_rlhf import console, memory, outputs, tiny  # noqa: E402  父进程不做 CUDA 运算（import torch 本身不占显存）
+from qwen_rlhf.stages import rl_stages  # noqa: E402
 
 SIZES = {"full": ("qwen3-0.6b", tiny.QWEN3_0_6B), "tiny": ("tiny", tiny.TINY)}
 PPO_UPDATES = 8
 PROMPT_TOKENS = memory.PROMPT_TOKENS  # 真实尺寸时提示长度和显存估算的假设一致（64 token）
 CHAT_PROMPT = "你好，你是谁？"
 LABELS = {**{s: s.upper() for s in memory.STAGES}, "benchmark": "评测", "chat": "对话"}  # 训练阶段：sft … dpo
+RL = rl_stages()  # 评测拿来和 SFT 比的阶段（ppo / grpo / rloo / dpo）
 NEEDS = {"ppo": ("sft", "rm"), "grpo": ("sft", "rm"), "rloo": ("sft", "rm"), "dpo": ("sft",),
          "benchmark": ("sft", "rm", "ppo"), "chat": ("ppo",)}
 
@@ -273,8 +275,8 @@ def main():
         **{stage: (f"train_{stage}.py", [*p[stage], "--dataset", data_file, "--sft_model_path", out["sft"],
                                          *(["--reward_model_path", out["rm"]] if stage != "dpo" else []),
                                          "--output_dir", out[stage]]) for stage in ("grpo", "rloo", "dpo")},
-        "benchmark": ("benchmark.py", [*p["benchmark"], *common_args, "--sft_model_path", out["sft"],
-                                       "--ppo_model_path", out["ppo"], "--reward_model_path", out["rm"],
+        "benchmark": ("benchmark.py", [*p["benchmark"], *common_args, "--reward_model_path", out["rm"],
+                                       *(x for s in ("sft", *RL) for x in (f"--{s}_model_path", out[s])),
                                        "--output_dir", out["benchmark"]]),
         "chat": ("chat.py", [*p["chat"], "--model", out["ppo"], "--prompt", CHAT_PROMPT, "--seed", "0"]),
     }
@@ -289,6 +291,8 @@ def main():
             stages[stage] = {"argv": shown(argv), "skipped": f"前面的阶段失败：{', '.join(missing)}"}
             failed.append(stage)
             continue
+        if stage == "benchmark":  # 明确的 --models：只评测这次训练出来的，不让 benchmark 到仓库的 checkpoint/ 里找
+            argv = [*argv, "--models", ",".join(["sft", *(s for s in RL if s not in failed)])]
         print(f"[自检] {LABELS[stage]}：{script} …", flush=True)
         log = work / f"{stage}.log"
         proc = run([sys.executable, ROOT / script, *argv], env, log, work / "chat.out" if stage == "chat" else None)

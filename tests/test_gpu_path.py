@@ -251,6 +251,23 @@ def test_the_gpu_self_check_asks_the_same_bf16_question_as_the_scripts(gpus, mon
     assert (info["gpu"], info["bf16"]) == ("Tesla T4", False)
 
 
+# ---------------------------------------------------------------- 7. GPU 自检的评测只读自己训练出的模型
+
+
+def test_the_gpu_self_check_benchmarks_only_the_models_it_trained(monkeypatch, tmp_path):
+    """一台跑过真实流程的机器（仓库的 checkpoint/ 里有 grpo / rloo / dpo）上的 bash scripts/gpu_check.sh：评测那一步
+    给明确的 --models，每个模型都指向自检自己的工作目录，benchmark 不会去 checkpoint/ 里找（那里的划分指纹不同）。"""
+    import benchmark
+
+    calls = run_gpu_check(monkeypatch, tmp_path, "--device", "cpu",
+                          info={**GPU_INFO, "device": "cpu", "size": "tiny", "gpu": None, "bf16": False})
+    (argv,) = [cmd[2:] for cmd, _ in calls if cmd[1].endswith("benchmark.py")]
+    (args,) = options.parse([benchmark.BenchmarkArgs], args=argv)
+    specs, paths = benchmark.check_options(args), args.paths()
+    assert specs == ["sft", "ppo", "grpo", "rloo", "dpo"]
+    assert all(options.input_path(paths[s]).resolve().is_relative_to((tmp_path / "work").resolve()) for s in specs)
+
+
 # ---------------------------------------------------------------- 8. --device cuda:N；PPO 的 rollout 统计
 
 
