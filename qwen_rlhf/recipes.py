@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import options
+from .errors import EXIT_BAD_INPUT, UserError
 from .policy import LoRAArgs
 
 
@@ -100,6 +101,18 @@ DPO = dict(
 )
 
 
+# 不能用 DeepSpeed ZeRO-3 的阶段和原因。configs/accelerate/zero3.yaml 的 zero3_init_flag 让进程里每个 from_pretrained
+# 都在 deepspeed.zero.Init 下把参数分片（transformers 的 HfDeepSpeedConfig），不在 DeepSpeed 引擎里的模型拿到的是空分片。
+_SAVE_POLICY_UNDER_ZERO3 = ("导出时主进程单独重新加载 SFT 基座合并 LoRA（policy.save_policy），其余进程在等，多半卡住，"
+                            "最好也只是合并出空的模型")
+NO_ZERO3 = {
+    "ppo": "能跑完，但合并 LoRA 时基座的嵌入层是分片的，合并出的模型里嵌入层是空的；0.6B 模型用它也省不了显存",
+    "grpo": f"打分的 RM 不在 DeepSpeed 引擎里，第一次打分时它的权重是空的分片；{_SAVE_POLICY_UNDER_ZERO3}",
+    "rloo": f"打分的 RM 不在 DeepSpeed 引擎里，第一次打分时它的权重是空的分片；{_SAVE_POLICY_UNDER_ZERO3}",
+    "dpo": _SAVE_POLICY_UNDER_ZERO3,
+}
+
+
 @dataclass(frozen=True)
 class Recipe:
     project: type  # 本仓库的选项
@@ -128,6 +141,22 @@ RECIPES: dict[str, Recipe] = {
 
 
 def parse(stage: str, argv: list[str] | None = None) -> tuple:
-    """解析 stage 的选项：(项目选项, TRL Config[, LoRAArgs])。脚本、memory、gpu_check 都调用它。"""
+    """解析 stage 的选项：(项目选项, TRL Config[, LoRAArgs])。脚本、memory、gpu_check 都调用它。
+
+    在任何模型加载之前，这里还拒绝本阶段用不了的 DeepSpeed ZeRO-3（refuse_zero3）。"""
     r = RECIPES[stage]
-    return options.parse(r.types(), {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}, argv)
+    parsed = options.parse(r.types(), {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}, argv)
+    refuse_zero3(stage, parsed[1])
+    return parsed
+
+
+def refuse_zero3(stage: str, cfg) -> None:
+    """NO_ZERO3 里的阶段在 DeepSpeed ZeRO-3 下用一行中文拒绝（退出码 2），指向 ZeRO-2 / DDP。
+
+    cfg.deepspeed_plugin 由 TrainingArguments 自己建好：accelerate launch 的 DeepSpeed 配置和 --deepspeed ds.json 都算。
+    在解析选项之后、任何 from_pretrained 之前拒绝：zero.Init 一旦生效，加载的模型就已经被分片了。"""
+    plugin = getattr(cfg, "deepspeed_plugin", None)
+    if stage in NO_ZERO3 and plugin is not None and plugin.zero_stage == 3:
+        raise UserError(
+            f"{stage.upper()} 不支持 DeepSpeed ZeRO-3（{NO_ZERO3[stage]}）。请改用 ZeRO-2（accelerate launch --config_file "
+            f"configs/accelerate/zero2.yaml）或 DDP（--config_file configs/accelerate/ddp.yaml）。", EXIT_BAD_INPUT)

@@ -134,6 +134,46 @@ def test_the_gpu_self_check_runs_every_stage_on_one_gpu(monkeypatch, tmp_path):
     assert all(env["CUDA_VISIBLE_DEVICES"] == "3" for _, env in calls)
 
 
+# ---------------------------------------------------------------- 2. DeepSpeed ZeRO-3
+
+
+@pytest.fixture
+def zero3_launch(monkeypatch):
+    """accelerate launch --config_file configs/accelerate/zero3.yaml 给每个进程的环境变量（启动器空跑得到）。
+    结束后拆掉 transformers 记下的 DeepSpeed 配置，同一会话里别的测试不会以为自己在 ZeRO-3 下。"""
+    pytest.importorskip("deepspeed")  # 没装 deepspeed 时 TrainingArguments 本身就拒绝 DeepSpeed 配置
+    from test_distributed import dry_run
+
+    for key, value in dry_run("zero3")[2].items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    yield
+    import gc
+
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    gc.collect()
+    unset_hf_deepspeed_config()
+
+
+@pytest.mark.parametrize("stage", ["ppo", "grpo", "rloo", "dpo"])
+def test_every_stage_that_cannot_use_zero3_refuses_it_when_its_options_are_parsed(zero3_launch, tmp_path, stage):
+    """ZeRO-3（zero3_init_flag：进程里每个 from_pretrained 都被分片）：PPO、GRPO、RLOO、DPO 在解析选项时、任何模型
+    加载之前就以一行中文拒绝，指向 ZeRO-2 / DDP。SFT / RM 照常（它们两个进程真跑 ZeRO-3 的测试在 test_distributed.py）。"""
+    with pytest.raises(UserError) as e:
+        recipes.parse(stage, ["--output_dir", str(tmp_path / stage), "--use_cpu", "true"])
+    assert e.value.code == EXIT_BAD_INPUT and "\n" not in e.value.message
+    assert f"{stage.upper()} 不支持 DeepSpeed ZeRO-3" in e.value.message
+    assert "configs/accelerate/zero2.yaml" in e.value.message and "configs/accelerate/ddp.yaml" in e.value.message
+
+
+def test_sft_and_rm_still_accept_zero3(zero3_launch, tmp_path):
+    """同样的 ZeRO-3 环境，SFT / RM 解析出 ZeRO-3 的 DeepSpeed 插件（拒绝只针对用不了它的阶段）。"""
+    for stage in ("sft", "rm"):
+        cfg = recipes.parse(stage, ["--output_dir", str(tmp_path / stage), "--use_cpu", "true"])[1]
+        assert cfg.deepspeed_plugin.zero_stage == 3
+
+
 # ---------------------------------------------------------------- 3. PPO 续训：优化器放到本进程的设备上
 
 
