@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from . import options
@@ -120,12 +121,14 @@ class Recipe:
     defaults: dict
     lora: bool = False  # 再加一组 LoRAArgs
     allow_fp16: bool = True  # 在线采样的阶段不用 fp16（容易 NaN）：不支持 bf16 的卡上用 fp32
+    sampled: bool = False  # GRPO / RLOO：生成长度 / 组大小的中文检查（见 checked_sampled）
 
     def types(self) -> list[type]:
         import importlib
 
         module, name = self.config.split(":")
-        return [self.project, getattr(importlib.import_module(module), name), *([LoRAArgs] if self.lora else [])]
+        config = getattr(importlib.import_module(module), name)
+        return [self.project, checked_sampled(config) if self.sampled else config, *([LoRAArgs] if self.lora else [])]
 
 
 RECIPES: dict[str, Recipe] = {
@@ -133,9 +136,9 @@ RECIPES: dict[str, Recipe] = {
     "rm": Recipe(RMArgs, "trl:RewardConfig", RM),
     "ppo": Recipe(PPOArgs, "trl.experimental.ppo:PPOConfig", PPO, lora=True, allow_fp16=False),
     "grpo": Recipe(SampledArgs, "trl:GRPOConfig", {**SAMPLED, "output_dir": "checkpoint/grpo"}, lora=True,
-                   allow_fp16=False),
+                   allow_fp16=False, sampled=True),
     "rloo": Recipe(SampledArgs, "trl:RLOOConfig", {**SAMPLED, "output_dir": "checkpoint/rloo"}, lora=True,
-                   allow_fp16=False),
+                   allow_fp16=False, sampled=True),
     "dpo": Recipe(DPOArgs, "trl:DPOConfig", DPO, lora=True),
 }
 
@@ -160,3 +163,42 @@ def refuse_zero3(stage: str, cfg) -> None:
         raise UserError(
             f"{stage.upper()} 不支持 DeepSpeed ZeRO-3（{NO_ZERO3[stage]}）。请改用 ZeRO-2（accelerate launch --config_file "
             f"configs/accelerate/zero2.yaml）或 DDP（--config_file configs/accelerate/ddp.yaml）。", EXIT_BAD_INPUT)
+
+
+@functools.cache
+def checked_sampled(config: type) -> type:
+    """TRL 的 GRPOConfig / RLOOConfig，只多一步：两种常见的取值错误先用一行中文说清改哪个选项、改成多少，
+    而不是 TRL 的英文句子（组大小）或生成时的库 traceback（"max_new_tokens must be greater than 0"）。"""
+
+    class Checked(config):
+        def __post_init__(self):
+            if self.max_completion_length is not None and self.max_completion_length <= 0:
+                raise UserError(f"--max_completion_length 必须是正整数（每个回答最多生成多少个 token，默认 200），"
+                                f"现在是 {self.max_completion_length}。", EXIT_BAD_INPUT)
+            if self.num_generations is not None and self.num_generations < 2:
+                raise UserError(f"--num_generations 至少是 2（同一个问题要几个回答才有组内基线，默认 8），"
+                                f"现在是 {self.num_generations}。", EXIT_BAD_INPUT)
+            try:
+                super().__post_init__()
+            except ValueError:
+                explain_group_size(self)  # 是组大小的问题就换成中文；别的照原样（options.parse 再包一层）
+                raise
+
+    Checked.__name__ = Checked.__qualname__ = config.__name__
+    return Checked
+
+
+def explain_group_size(cfg) -> None:
+    """TRL 在 __post_init__ 里算出每次生成的回答数（进程数 × 每卡批量 × steps_per_generation）后要求它能被
+    num_generations 整除；不能时说出一个能用的 --num_generations（不超过原值的最大因数）。"""
+    batch, group = cfg.generation_batch_size, cfg.num_generations
+    if not batch or not group or batch % group == 0:
+        return
+    fits = [d for d in range(2, batch + 1) if batch % d == 0]
+    good = max((d for d in fits if d <= group), default=min(fits, default=None))
+    instead = f"改成 --num_generations {good}，或" if good else ""
+    raise UserError(
+        f"每次生成的回答数 {batch}（{cfg.world_size} 个进程 × --per_device_train_batch_size "
+        f"{cfg.per_device_train_batch_size} × --steps_per_generation {cfg.steps_per_generation}，后者默认等于 "
+        f"--gradient_accumulation_steps）不能被 --num_generations {group} 整除：同一个问题的 {group} 个回答必须在同一批里。"
+        f"{instead}把 --per_device_train_batch_size 改成 {group} 的倍数。", EXIT_BAD_INPUT) from None

@@ -356,3 +356,29 @@ def test_ppo_rollout_diversity_and_length_cover_every_process(monkeypatch):
     assert (logs["rollout/distinct_ratio"], logs["rollout/response_length"]) == (3 / 4, 9 / 4)
     logs = rollout_log(monkeypatch, 1, mine, theirs)
     assert (logs["rollout/distinct_ratio"], logs["rollout/response_length"]) == (1 / 2, 3)
+
+
+# ---------------------------------------------------------------- 9. GRPO / RLOO 的生成长度与组大小
+
+
+@pytest.mark.parametrize("script", ["train_grpo.py", "train_rloo.py"])
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_a_zero_or_negative_answer_length_is_one_line_before_loading(tmp_path, script, value):
+    """--max_completion_length 0（或负数）：一行中文说出是哪个选项、该是什么样的值（退出码 2），在检查输入模型之前，
+    而不是生成时 transformers 的 traceback。"""
+    r = run_inline(script, "--max_completion_length", value, "--sft_model_path", tmp_path / "no-sft",
+                   "--reward_model_path", tmp_path / "no-rm", "--output_dir", tmp_path / "out", tmp=tmp_path)
+    assert_one_line_error(r, 2, f"--max_completion_length 必须是正整数", f"现在是 {value}")
+
+
+@pytest.mark.parametrize("script", ["train_grpo.py", "train_rloo.py"])
+def test_an_indivisible_group_size_names_the_options_and_a_value_that_works(tmp_path, script):
+    """默认每次生成 8 个回答（1 个进程 × 每卡 2 × 累积 4），--num_generations 3 不能整除：一行中文说出这几个选项和一个
+    能用的值，而不是 TRL 的英文句子；照着改（--num_generations 2）就能通过选项检查。"""
+    common = ["--sft_model_path", tmp_path / "no-sft", "--reward_model_path", tmp_path / "no-rm",
+              "--output_dir", tmp_path / "out"]
+    r = run_inline(script, "--num_generations", 3, *common, tmp=tmp_path)
+    assert_one_line_error(r, 2, "--num_generations 3", "--per_device_train_batch_size 2", "改成 --num_generations 2")
+    assert "must be divisible" not in r.stderr
+    stage = script[len("train_"):-len(".py")]
+    assert recipes.parse(stage, ["--num_generations", "2", "--output_dir", str(tmp_path / "out")])[1].num_generations == 2
