@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 
 from . import options
@@ -49,6 +50,9 @@ class SampledArgs(options.DataArgs):
     max_prompt_length: int = _help("提示超过这么多 token 的问题不参与训练（会打印数量）", default=256)
     missing_eos_penalty: float = _help("回答到 --max_completion_length 还没停（没有 <|im_end|>）时从 RM 分数里减去多少"
                                        "（和 PPO 的 missing_eos_penalty 相同）", default=1.0)
+    total_answers: int = _help("所有进程合计一共生成多少个回答（= PPO 的 total_episodes）：训练步数 = 它 ÷ 每步的回答数"
+                               "（进程数 × --per_device_train_batch_size × --gradient_accumulation_steps），多卡时步数自动减少、"
+                               "总预算不变。给了 --max_steps 时以 --max_steps 为准（每个进程的步数）", default=1000)
 
 
 @dataclass
@@ -82,13 +86,14 @@ PPO = dict(
     missing_eos_penalty=1.0, report_to=["tensorboard"], logging_steps=1, save_strategy="steps", save_steps=25,
     save_total_limit=1, num_sample_generations=0,
 )
-# GRPO / RLOO 和 PPO 同样的预算：每次更新 8 个回答（单卡 2 × 累积 4，= 1 个问题 × 8 个回答），125 次更新
-# = 125 个问题 × 8 = 1000 个回答（PPO 的 1000 个 episode）；回答最长 200、采样温度 0.7（PPOConfig 的默认值，
-# top_p 1 / top_k 0 同 PPO）、KL 系数 0.05（= PPO 的 kl_coef；GRPOConfig 默认 beta=0 根本没有 KL）、lr 5e-6。
+# GRPO / RLOO 和 PPO 同样的预算：所有进程合计 1000 个回答（--total_answers，= PPO 的 1000 个 episode，按进程数换成
+# 步数，见 steps_for_answers）；单卡时每次更新 8 个回答（单卡 2 × 累积 4，= 1 个问题 × 8 个回答），125 次更新
+# = 125 个问题 × 8；回答最长 200、采样温度 0.7（PPOConfig 的默认值，top_p 1 / top_k 0 同 PPO）、KL 系数 0.05
+# （= PPO 的 kl_coef；GRPOConfig 默认 beta=0 根本没有 KL）、lr 5e-6。
 # RLOO 也用 8 个回答一组（TRL 默认 2）：两者看到同样的问题、同样多的回答，差别只剩基线怎么算
 # （GRPO：组内均值、除以组内标准差；RLOO：除自己以外另外 7 个的均值）。生成提示关闭思考（enable_thinking=False）。
 SAMPLED = dict(
-    per_device_train_batch_size=2, gradient_accumulation_steps=4, num_generations=8, max_steps=125,
+    per_device_train_batch_size=2, gradient_accumulation_steps=4, num_generations=8,
     learning_rate=5e-6, beta=0.05, max_completion_length=200, temperature=0.7, top_p=1.0, top_k=0,
     chat_template_kwargs={"enable_thinking": False}, report_to=["tensorboard"], logging_steps=1,
     save_strategy="steps", save_steps=25, save_total_limit=1,
@@ -121,7 +126,7 @@ class Recipe:
     defaults: dict
     lora: bool = False  # 再加一组 LoRAArgs
     allow_fp16: bool = True  # 在线采样的阶段不用 fp16（容易 NaN）：不支持 bf16 的卡上用 fp32
-    sampled: bool = False  # GRPO / RLOO：生成长度 / 组大小的中文检查（见 checked_sampled）
+    sampled: bool = False  # GRPO / RLOO：回答预算（--total_answers）和生成长度 / 组大小的中文检查（见 checked_sampled）
 
     def types(self) -> list[type]:
         import importlib
@@ -146,10 +151,13 @@ RECIPES: dict[str, Recipe] = {
 def parse(stage: str, argv: list[str] | None = None) -> tuple:
     """解析 stage 的选项：(项目选项, TRL Config[, LoRAArgs])。脚本、memory、gpu_check 都调用它。
 
-    在任何模型加载之前，这里还拒绝本阶段用不了的 DeepSpeed ZeRO-3（refuse_zero3）。"""
+    在任何模型加载之前，这里还拒绝本阶段用不了的 DeepSpeed ZeRO-3（refuse_zero3），并按进程数把 GRPO / RLOO 的
+    回答预算换成步数（steps_for_answers）。"""
     r = RECIPES[stage]
     parsed = options.parse(r.types(), {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}, argv)
     refuse_zero3(stage, parsed[1])
+    if r.sampled and parsed[1].max_steps <= 0:
+        parsed[1].max_steps = steps_for_answers(parsed[0].total_answers, parsed[1])
     return parsed
 
 
@@ -163,6 +171,17 @@ def refuse_zero3(stage: str, cfg) -> None:
         raise UserError(
             f"{stage.upper()} 不支持 DeepSpeed ZeRO-3（{NO_ZERO3[stage]}）。请改用 ZeRO-2（accelerate launch --config_file "
             f"configs/accelerate/zero2.yaml）或 DDP（--config_file configs/accelerate/ddp.yaml）。", EXIT_BAD_INPUT)
+
+
+def steps_for_answers(total_answers: int, cfg) -> int:
+    """GRPO / RLOO 的步数，使所有进程合计生成 total_answers 个回答，和 PPO 的 total_episodes 一样按全局算
+    （PPO 是 ceil(total_episodes / 全局 rollout 批量)）。每个优化器步用掉 进程数 × 每卡批量 × 累积 个回答，
+    每批回答被用 num_iterations 次（TRL 的 GRPOConfig / RLOOConfig）。"""
+    if total_answers <= 0:
+        raise UserError(f"--total_answers 必须是正整数（默认 1000，= PPO 的 total_episodes），现在是 {total_answers}。",
+                        EXIT_BAD_INPUT)
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
+    return math.ceil(total_answers * cfg.num_iterations / per_step)
 
 
 @functools.cache

@@ -291,6 +291,27 @@ def test_the_gpu_self_check_asks_the_same_bf16_question_as_the_scripts(gpus, mon
     assert (info["gpu"], info["bf16"]) == ("Tesla T4", False)
 
 
+# ---------------------------------------------------------------- 5. GRPO / RLOO 的预算按全局回答数
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_grpo_and_rloo_generate_as_many_answers_as_ppo_has_episodes_whatever_the_process_count(monkeypatch, tmp_path,
+                                                                                                processes):
+    """accelerate launch --num_processes N（TrainingArguments.world_size 报 N）：GRPO / RLOO 的默认预算是所有进程合计的
+    回答数，和 PPO 的 total_episodes 一样按全局算；步数随进程数减少，回答总数 = PPO 的 episode 数（同样向上取整到
+    整批）。"""
+    from transformers import TrainingArguments
+
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: processes))
+    ppo_batch = recipes.PPO["per_device_train_batch_size"] * recipes.PPO["gradient_accumulation_steps"] * processes
+    ppo_episodes = math.ceil(recipes.PPO["total_episodes"] / ppo_batch) * ppo_batch  # TRL：num_total_batches × 批量
+    for stage in ("grpo", "rloo"):
+        args, cfg, _ = recipes.parse(stage, ["--output_dir", str(tmp_path / stage)])
+        per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * processes
+        assert cfg.max_steps * per_step == ppo_episodes
+        assert args.total_answers == recipes.PPO["total_episodes"]
+
+
 # ---------------------------------------------------------------- 7. GPU 自检的评测只读自己训练出的模型
 
 

@@ -56,6 +56,7 @@ ONLY = {
     ("qwen_rlhf/outputs.py", "lock_output"): TRAIN,
     ("qwen_rlhf/outputs.py", "check_same_split"): ("train_ppo.py", "benchmark.py"),
     ("qwen_rlhf/recipes.py", "SampledArgs"): SAMPLED,
+    ("qwen_rlhf/recipes.py", "steps_for_answers"): SAMPLED,
     ("qwen_rlhf/recipes.py", "checked_sampled"): SAMPLED,
     ("qwen_rlhf/recipes.py", "explain_group_size"): SAMPLED,
     ("qwen_rlhf/training.py", "warn_zero_ppo_not_resumable"): ("train_ppo.py",),
