@@ -126,23 +126,22 @@ class Recipe:
     defaults: dict
     lora: bool = False  # 再加一组 LoRAArgs
     allow_fp16: bool = True  # 在线采样的阶段不用 fp16（容易 NaN）：不支持 bf16 的卡上用 fp32
-    sampled: bool = False  # GRPO / RLOO：回答预算（--total_answers）和生成长度 / 组大小的中文检查（见 checked_sampled）
+    sampled: bool = False  # GRPO / RLOO：回答预算 --total_answers 按进程数换成步数（见 steps_for_answers）
 
     def types(self) -> list[type]:
         import importlib
 
         module, name = self.config.split(":")
-        config = getattr(importlib.import_module(module), name)
-        return [self.project, checked_sampled(config) if self.sampled else config, *([LoRAArgs] if self.lora else [])]
+        return [self.project, getattr(importlib.import_module(module), name), *([LoRAArgs] if self.lora else [])]
 
 
 RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTArgs, "trl:SFTConfig", SFT),
     "rm": Recipe(RMArgs, "trl:RewardConfig", RM),
     "ppo": Recipe(PPOArgs, "trl.experimental.ppo:PPOConfig", PPO, lora=True, allow_fp16=False),
-    "grpo": Recipe(SampledArgs, "trl:GRPOConfig", {**SAMPLED, "output_dir": "checkpoint/grpo"}, lora=True,
+    "grpo": Recipe(SampledArgs, "qwen_rlhf.recipes:GRPOConfig", {**SAMPLED, "output_dir": "checkpoint/grpo"}, lora=True,
                    allow_fp16=False, sampled=True),
-    "rloo": Recipe(SampledArgs, "trl:RLOOConfig", {**SAMPLED, "output_dir": "checkpoint/rloo"}, lora=True,
+    "rloo": Recipe(SampledArgs, "qwen_rlhf.recipes:RLOOConfig", {**SAMPLED, "output_dir": "checkpoint/rloo"}, lora=True,
                    allow_fp16=False, sampled=True),
     "dpo": Recipe(DPOArgs, "trl:DPOConfig", DPO, lora=True),
 }
@@ -182,6 +181,16 @@ def steps_for_answers(total_answers: int, cfg) -> int:
                         EXIT_BAD_INPUT)
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
     return math.ceil(total_answers * cfg.num_iterations / per_step)
+
+
+def __getattr__(name: str):
+    """recipes.GRPOConfig / recipes.RLOOConfig：checked_sampled 包过的 TRL 配置类（RECIPES 里 GRPO / RLOO 用它们）。
+    用到时才导入 TRL；放在模块属性上，是因为 Trainer 把配置 pickle 进检查点的 training_args.bin，pickle 按"模块.类名"找类。"""
+    if name in ("GRPOConfig", "RLOOConfig"):
+        import trl
+
+        return checked_sampled(getattr(trl, name))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache

@@ -262,13 +262,13 @@ def base_folder(tmp_path):
 
 
 def test_chat_on_a_card_without_native_bf16_loads_fp32_and_says_so(gpus, monkeypatch, tmp_path):
-    """T4 上 python chat.py：按 fp32 加载（不是模拟的 bf16），设备那一行也写 fp32。"""
-    gpus(T4)
-    seen = stop_at_load(monkeypatch)
-    r = run_inline("chat.py", "--model", "base", "--model_name_or_path", base_folder(tmp_path), "--prompt", "你好",
-                   tmp=tmp_path)
-    assert seen == [torch.float32], r.stderr[-2000:]
-    assert "设备：Tesla T4（15 GB）· fp32" in r.stderr
+    """T4 上 python chat.py：按 fp32 加载（不是模拟的 bf16），设备那一行也写 fp32；A800 上按 bf16。"""
+    seen, folder = stop_at_load(monkeypatch), base_folder(tmp_path)
+    for card, dtype, words in ((T4, torch.float32, "Tesla T4（15 GB）· fp32"),
+                               (A800, torch.bfloat16, "NVIDIA A800 80GB PCIe（80 GB）· bf16")):
+        gpus(card)
+        r = run_inline("chat.py", "--model", "base", "--model_name_or_path", folder, "--prompt", "你好", tmp=tmp_path)
+        assert seen[-1] == dtype and f"设备：{words}" in r.stderr, r.stderr[-2000:]
 
 
 def test_the_gpu_self_check_asks_the_same_bf16_question_as_the_scripts(gpus, monkeypatch, tmp_path):
@@ -403,3 +403,16 @@ def test_an_indivisible_group_size_names_the_options_and_a_value_that_works(tmp_
     assert "must be divisible" not in r.stderr
     stage = script[len("train_"):-len(".py")]
     assert recipes.parse(stage, ["--num_generations", "2", "--output_dir", str(tmp_path / "out")])[1].num_generations == 2
+
+
+def test_the_checked_grpo_and_rloo_configs_survive_the_pickle_trainer_writes_into_its_checkpoints(tmp_path):
+    """Trainer 把配置 torch.save 进每个检查点的 training_args.bin：包过检查的配置类要能按"模块.类名"存、读回来。"""
+    import io
+
+    for stage in ("grpo", "rloo"):
+        cfg = recipes.parse(stage, ["--output_dir", str(tmp_path / stage)])[1]
+        buffer = io.BytesIO()
+        torch.save(cfg, buffer)
+        buffer.seek(0)
+        again = torch.load(buffer, weights_only=False)
+        assert type(again) is type(cfg) and again.max_steps == cfg.max_steps
