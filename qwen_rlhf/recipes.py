@@ -122,7 +122,7 @@ NO_ZERO3 = {
 @dataclass(frozen=True)
 class Recipe:
     project: type  # 本仓库的选项
-    config: str  # TRL 的 Config："模块:类名"，用到时才导入（trl.experimental.ppo 导入要好几秒）
+    config: str  # TRL 的 Config（GRPO / RLOO 是包过检查的子类）："模块:类名"，用到时才导入（trl.experimental.ppo 导入要好几秒）
     defaults: dict
     lora: bool = False  # 再加一组 LoRAArgs
     allow_fp16: bool = True  # 在线采样的阶段不用 fp16（容易 NaN）：不支持 bf16 的卡上用 fp32
@@ -139,10 +139,10 @@ RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTArgs, "trl:SFTConfig", SFT),
     "rm": Recipe(RMArgs, "trl:RewardConfig", RM),
     "ppo": Recipe(PPOArgs, "trl.experimental.ppo:PPOConfig", PPO, lora=True, allow_fp16=False),
-    "grpo": Recipe(SampledArgs, "qwen_rlhf.recipes:GRPOConfig", {**SAMPLED, "output_dir": "checkpoint/grpo"}, lora=True,
-                   allow_fp16=False, sampled=True),
-    "rloo": Recipe(SampledArgs, "qwen_rlhf.recipes:RLOOConfig", {**SAMPLED, "output_dir": "checkpoint/rloo"}, lora=True,
-                   allow_fp16=False, sampled=True),
+    "grpo": Recipe(SampledArgs, "qwen_rlhf.recipes:GRPOConfig", {**SAMPLED, "output_dir": "checkpoint/grpo"},
+                   lora=True, allow_fp16=False, sampled=True),
+    "rloo": Recipe(SampledArgs, "qwen_rlhf.recipes:RLOOConfig", {**SAMPLED, "output_dir": "checkpoint/rloo"},
+                   lora=True, allow_fp16=False, sampled=True),
     "dpo": Recipe(DPOArgs, "trl:DPOConfig", DPO, lora=True),
 }
 
