@@ -25,7 +25,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from qwen_rlhf import data, errors, inference, options
-from qwen_rlhf.device import announce_device, pick_device
+from qwen_rlhf.device import announce_device, native_bf16, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, UserError
 from qwen_rlhf.options import display_path
 
@@ -351,7 +351,7 @@ def main():
 
     hf_logging.disable_progress_bar()
     device = pick_device(args.device)
-    dtype = torch.bfloat16 if device != "cpu" and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch.bfloat16 if device != "cpu" and native_bf16() else torch.float32  # 不原生支持 bf16 的卡上用 fp32
     chat = Chat(load(args.model, args, device, dtype, announce=True), args, device, dtype)  # 只由 chat 持有：/model 换掉后能释放
     if args.seed is not None:
         set_seed(args.seed)

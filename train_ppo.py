@@ -75,7 +75,6 @@ def main():
     cost = Cost()
     args, cfg, lora = recipes.parse("ppo")  # 选项与默认值在 qwen_rlhf/recipes.py
     check_options(args, cfg)
-    training.refuse_zero3_for_ppo(cfg)
     training.warn_zero_ppo_not_resumable(cfg)
     final = options.output_path(cfg.output_dir)
     work = outputs.trainer_work_dir(final)

@@ -53,12 +53,14 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
 from qwen_rlhf import console, memory, outputs, tiny  # noqa: E402  父进程不做 CUDA 运算（import torch 本身不占显存）
+from qwen_rlhf.stages import rl_stages  # noqa: E402
 
 SIZES = {"full": ("qwen3-0.6b", tiny.QWEN3_0_6B), "tiny": ("tiny", tiny.TINY)}
 PPO_UPDATES = 8
 PROMPT_TOKENS = memory.PROMPT_TOKENS  # 真实尺寸时提示长度和显存估算的假设一致（64 token）
 CHAT_PROMPT = "你好，你是谁？"
 LABELS = {**{s: s.upper() for s in memory.STAGES}, "benchmark": "评测", "chat": "对话"}  # 训练阶段：sft … dpo
+RL = rl_stages()  # 评测拿来和 SFT 比的阶段（ppo / grpo / rloo / dpo）
 NEEDS = {"ppo": ("sft", "rm"), "grpo": ("sft", "rm"), "rloo": ("sft", "rm"), "dpo": ("sft",),
          "benchmark": ("sft", "rm", "ppo"), "chat": ("ppo",)}
 
@@ -143,6 +145,7 @@ def prepare(work: Path, size: str | None, device: str) -> None:
     import torch
 
     from qwen_rlhf import data, models
+    from qwen_rlhf.device import native_bf16
 
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
@@ -159,7 +162,7 @@ def prepare(work: Path, size: str | None, device: str) -> None:
     rm = [len(ids) for r in rows for ids in data.rm_example(tok, r).values()]
     prompt = [len(data.ppo_example(tok, r)["input_ids"]) for r in rows]
     info = {"device": device, "size": size, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-            "bf16": device == "cuda" and torch.cuda.is_bf16_supported(),
+            "bf16": device == "cuda" and native_bf16(),  # 和各脚本的默认精度同一个判断（options.precision_defaults）
             "data": {"rows": len(rows), "prompt_tokens": [min(prompt), max(prompt)], "sft_tokens": [min(sft), max(sft)],
                      "rm_tokens": [min(rm), max(rm)], "max_length": p["max_length"]}}
     (work / "prepare.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
@@ -240,6 +243,8 @@ def main():
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     if a.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # 有 GPU 的机器上也强制 CPU：所有脚本都按"没有 CUDA"选默认值
+    else:  # 多卡机器上只测一块卡（和单卡的显存估算对照）；python 直接启动的训练脚本在多卡机器上会拒绝运行（device.py）
+        env.setdefault("CUDA_VISIBLE_DEVICES", "0")
     t0 = time.perf_counter()
 
     # ---------------------------------------------------------------- 模型与数据
@@ -253,7 +258,7 @@ def main():
     size_name, config = SIZES[size]
     p = plan(size, device)
     precision = "bf16" if info["bf16"] else "fp32"
-    # 不支持 bf16 的卡上 SFT / RM 用 fp16 混合精度（字节数与 bf16 相同），PPO 用 fp32
+    # 不支持 bf16 的卡上 SFT / RM / DPO 用 fp16 混合精度（字节数与 bf16 相同），PPO / GRPO / RLOO 用 fp32
     precisions = {"sft": "bf16" if device == "cuda" else "fp32", "rm": "bf16" if device == "cuda" else "fp32",
                   "ppo": precision, "grpo": precision, "rloo": precision, "dpo": "bf16" if device == "cuda" else "fp32"}
     print(f"[自检] {size_name} 在 {info['gpu'] or 'CPU'} 上；数据 {info['data']}；用时 {prep['wall_s']:.0f} 秒", flush=True)
@@ -270,8 +275,8 @@ def main():
         **{stage: (f"train_{stage}.py", [*p[stage], "--dataset", data_file, "--sft_model_path", out["sft"],
                                          *(["--reward_model_path", out["rm"]] if stage != "dpo" else []),
                                          "--output_dir", out[stage]]) for stage in ("grpo", "rloo", "dpo")},
-        "benchmark": ("benchmark.py", [*p["benchmark"], *common_args, "--sft_model_path", out["sft"],
-                                       "--ppo_model_path", out["ppo"], "--reward_model_path", out["rm"],
+        "benchmark": ("benchmark.py", [*p["benchmark"], *common_args, "--reward_model_path", out["rm"],
+                                       *(x for s in ("sft", *RL) for x in (f"--{s}_model_path", out[s])),
                                        "--output_dir", out["benchmark"]]),
         "chat": ("chat.py", [*p["chat"], "--model", out["ppo"], "--prompt", CHAT_PROMPT, "--seed", "0"]),
     }
@@ -286,6 +291,8 @@ def main():
             stages[stage] = {"argv": shown(argv), "skipped": f"前面的阶段失败：{', '.join(missing)}"}
             failed.append(stage)
             continue
+        if stage == "benchmark":  # 明确的 --models：只评测这次训练出来的，不让 benchmark 到仓库的 checkpoint/ 里找
+            argv = [*argv, "--models", ",".join(["sft", *(s for s in RL if s not in failed)])]
         print(f"[自检] {LABELS[stage]}：{script} …", flush=True)
         log = work / f"{stage}.log"
         proc = run([sys.executable, ROOT / script, *argv], env, log, work / "chat.out" if stage == "chat" else None)

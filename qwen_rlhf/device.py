@@ -6,9 +6,10 @@
     device.announce_device("benchmark", args.device == "cpu", "fp32", model=args.sft_model_path)        # 推理脚本
 
 它打印一行"设备：NVIDIA GeForce RTX 4090（24 GB）· bf16"或"设备：CPU · fp32"（accelerate 多进程时只由主进程打印）；
-nvidia-smi 列出了 GPU 而 torch 用不了时抛 UserError（除非用户明确要 CPU）；在 CPU 上跑超过约 1 亿参数的模型时
-打印一行警告和粗略的速度。本模块只在函数里导入 torch / accelerate：`python -m qwen_rlhf.preflight --install-plan`
-要在还没装依赖、甚至 Python 3.8 的镜像上也能运行并说清楚该换哪个镜像。
+nvidia-smi 列出了 GPU 而 torch 用不了时抛 UserError（除非用户明确要 CPU）；训练脚本在多卡机器上不经 accelerate launch
+直接启动时抛 UserError（见 one_process_many_gpus）；在 CPU 上跑超过约 1 亿参数的模型时打印一行警告和粗略的速度。
+bf16 支不支持只由 native_bf16 判断（看计算能力，不认模拟的 bf16）。本模块只在函数里导入 torch / accelerate：
+`python -m qwen_rlhf.preflight --install-plan` 要在还没装依赖、甚至 Python 3.8 的镜像上也能运行并说清楚该换哪个镜像。
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from .errors import EXIT_ENVIRONMENT, UserError
+from .errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, UserError
 
 GOOD_IMAGES = "AutoDL 的 PyTorch 2.6 / 2.7 / 2.8（Python 3.12）镜像"
 INSTALL = "bash scripts/install_gpu.sh"
@@ -106,11 +108,27 @@ def precision_of(cfg) -> str:
     return "bf16" if getattr(cfg, "bf16", False) else "fp16" if getattr(cfg, "fp16", False) else "fp32"
 
 
-def pick_device(spec: str) -> str:
-    """benchmark.py / chat.py 的 --device：auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …"""
+def native_bf16(index: int | None = None) -> bool:
+    """这块 GPU（默认当前的）是否原生支持 bf16：计算能力 ≥ 8.0（A100 / A800、30 / 40 系、H100 …），AMD 的卡都支持。
+    精度的唯一判断：options.precision_defaults（各训练阶段的默认值）、chat.py、bench/gpu_check.py、preflight 都问它。
+
+    不用 torch.cuda.is_bf16_supported() 的默认值：它默认 including_emulation=True，在 T4 / V100 / 2080 Ti（计算能力 7.x）
+    上只要能建出 bf16 张量就返回 True，跑的是模拟的 bf16，慢得多（torch/cuda/__init__.py 的 is_bf16_supported）。"""
     import torch
 
-    from .errors import EXIT_BAD_INPUT
+    if not torch.cuda.is_available():
+        return False
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def pick_device(spec: str) -> str:
+    """benchmark.py / chat.py 的 --device：auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …
+
+    cuda:N 先核对这台机器有第 N 块卡（没有就一行拒绝，什么都还没加载），再把它设成本进程的当前 GPU：设备那一行、
+    bf16 的判断（native_bf16）和不带编号的 "cuda" 都指向它，而不是 0 号卡。"""
+    import torch
 
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -120,6 +138,13 @@ def pick_device(spec: str) -> str:
         raise UserError(f"--device {spec} 不是合法的设备名；用 auto / cpu / cuda / cuda:0 …", EXIT_BAD_INPUT) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {spec}：这台机器上没有可用的 CUDA GPU。用 --device cpu 或 auto。", EXIT_BAD_INPUT)
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            numbers = "编号 0" if count == 1 else f"编号 0–{count - 1}"
+            raise UserError(f"--device {spec}：torch 在这台机器上只看得到 {count} 块 GPU（{numbers}，"
+                            f"设了 CUDA_VISIBLE_DEVICES 时按它重新编号）。用 --device cuda:0 或 auto。", EXIT_BAD_INPUT)
+        torch.cuda.set_device(device.index)
     return spec
 
 
@@ -164,6 +189,23 @@ def cpu_warning(params: int | None, cores: int, training: bool) -> str | None:
             f"以参数量和 {cores} 个核换算。有 GPU 请用 GPU；只想看流程请用 configs/tiny/ 的迷你模型。")
 
 
+def one_process_many_gpus(stage: str, count: int) -> str:
+    """训练脚本在有多块 GPU 的机器上被 python 直接启动（一个进程）时的一行说明。
+
+    拒绝，而不是悄悄只用一块卡：transformers 在解析选项时（TrainingArguments._setup_devices）就按
+    torch.cuda.device_count() 定下 n_gpu，Trainer 据此把模型包进 nn.DataParallel，包好之后 accelerate 不再加 bf16
+    autocast（transformers/training_args.py、trainer.py 的 _wrap_model）；TRL 的 PPOTrainer 则只用 0 号卡。
+    只用一块卡要在 CUDA 初始化之前设 CUDA_VISIBLE_DEVICES，脚本里已经太晚（改私有的 _n_gpu 又是在和库对着干）；
+    而租了几块卡的人该自己选：用一块，还是用 accelerate launch 把它们都用上。"""
+    from .stages import STAGES
+
+    command = shlex.join([STAGES[stage].script, *sys.argv[1:]])
+    return (f"这台机器有 {count} 块 GPU，而 {STAGES[stage].script} 是用 python 直接启动的（一个进程）：transformers 会用 "
+            f"DataParallel 在一个进程里带 {count} 块卡（慢、bf16 混合精度不生效；PPO 只用第一块）。只用一块卡："
+            f"CUDA_VISIBLE_DEVICES=0 python {command}；用全部 {count} 块：accelerate launch --config_file "
+            f"configs/accelerate/ddp.yaml --num_processes {count} {command}")
+
+
 def announce_device(stage: str, use_cpu: bool, precision: str = "fp32", model: str | os.PathLike | None = None,
                     file=None) -> str:
     """每个阶段加载模型之前调用一次：打印设备那一行，返回 "cuda" 或 "cpu"。
@@ -171,7 +213,9 @@ def announce_device(stage: str, use_cpu: bool, precision: str = "fp32", model: s
     stage：阶段名（stages.STAGES 里的训练阶段，或 "benchmark" / "chat"）；use_cpu：用户是否明确要 CPU
     （Trainer 的 --use_cpu、benchmark / chat 的 --device cpu）；precision：训练 / 推理用的精度（precision_of(cfg)）；
     model：要加载的模型（本地文件夹或 ID），只用来在 CPU 上估计参数量；file：默认 stdout（chat.py 用 stderr）。
-    nvidia-smi 列出了 GPU 而 torch 用不了、用户也没要 CPU 时，抛 UserError（什么都还没加载）。
+    nvidia-smi 列出了 GPU 而 torch 用不了、用户也没要 CPU 时，抛 UserError（什么都还没加载）；训练阶段在多卡机器上
+    只有一个进程时也抛（one_process_many_gpus）。GPU 是本进程的当前 GPU（benchmark / chat 的 --device cuda:N 由
+    pick_device 设好）。
     """
     import torch
 
@@ -182,10 +226,16 @@ def announce_device(stage: str, use_cpu: bool, precision: str = "fp32", model: s
     cpu_flag = "--use_cpu true" if training else "--device cpu"
     messages = []
     if not use_cpu and torch.cuda.is_available():
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if training and world == 1 and torch.cuda.device_count() > 1:
+            raise UserError(one_process_many_gpus(stage, torch.cuda.device_count()), EXIT_BAD_INPUT)
         i = torch.cuda.current_device()
         name, mem = torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / 2**30
-        world = int(os.environ.get("WORLD_SIZE", "1"))
         messages.append(f"设备：{f'{world} 个进程 × ' if world > 1 else ''}{name}（{mem:.0f} GB）· {precision}")
+        if precision == "bf16" and not native_bf16(i):
+            major, minor = torch.cuda.get_device_capability(i)
+            messages.append(f"注意：这张卡（计算能力 {major}.{minor}）没有原生 bf16，bf16 是模拟的、很慢；"
+                            "去掉 --bf16 true，用默认精度（这张卡上 SFT / RM / DPO 用 fp16，PPO / GRPO / RLOO 用 fp32）。")
         where = "cuda"
     else:
         if not cpu_explicitly_requested(use_cpu):

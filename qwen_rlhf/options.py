@@ -143,12 +143,15 @@ def parse(dataclass_types: list, defaults: dict | None = None, args: list[str] |
 
 
 def precision_defaults(allow_fp16: bool = True) -> dict:
-    """GPU 支持 bf16 就用 bf16；否则 SFT/RM 用 fp16（PPO 不用 fp16，易出 NaN）；CPU 上用 fp32。"""
+    """GPU 原生支持 bf16（device.native_bf16：计算能力 ≥ 8.0）就用 bf16；T4 / V100 这类卡上 SFT / RM / DPO 用 fp16，
+    在线采样的阶段（PPO / GRPO / RLOO，allow_fp16=False）用 fp32（fp16 易出 NaN）；CPU 上用 fp32。"""
     import torch
 
+    from .device import native_bf16
+
+    if native_bf16():
+        return {"bf16": True, "fp16": False}
     if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return {"bf16": True, "fp16": False}
         return {"bf16": False, "fp16": allow_fp16}
     return {"bf16": False, "fp16": False}
 

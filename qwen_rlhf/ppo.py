@@ -2,7 +2,7 @@
 
 - 多进程（DDP）时 `model.policy` 不存在（huggingface/trl#2375）：把未包装的 policy / value_model 挂到包装器上。
 - `max_grad_norm` 从不裁剪：包一层 optimizer.step，在真正更新参数前裁剪梯度。
-- 记录每批 rollout 的"不同回复占比"和平均回复长度：看出奖励投机（所有问题都回同一句话）。
+- 记录每批 rollout 的"不同回复占比"和平均回复长度（多进程时收齐所有进程的）：看出奖励投机（所有问题都回同一句话）。
 - RM 的奖励按文本算（scoring.score），和 benchmark、标准客户端一样：见 _text_reward。
 - 开了梯度检查点时，rollout 生成临时切到 eval：训练模式下每层会丢掉 KV cache，生成既慢又错（见 recording_generate）。
 - 可续训的检查点（TRL 的维护者认为 PPO 续训不在范围内，huggingface/trl#2657）：`_save_checkpoint` 存 LoRA 适配器、
@@ -21,6 +21,7 @@ from pathlib import Path
 from statistics import mean
 
 import torch
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 from trl.experimental.ppo import PPOTrainer
@@ -125,10 +126,13 @@ class RLHFPPOTrainer(PPOTrainer):
         return recording_generate
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if self._responses:
-            logs["rollout/distinct_ratio"] = len(set(self._responses)) / len(self._responses)
-            logs["rollout/response_length"] = mean(len(r) for r in self._responses)
-            self._responses = []
+        # 多进程时每个进程只看到自己那份 rollout：先收齐所有进程的再算（和 TRL 用 gather_for_metrics 算其余指标一样）。
+        # TRL 的训练循环每次更新在所有进程上各调用一次 log（trl/experimental/ppo/ppo_trainer.py），收集不会单方面等。
+        responses = gather_object(self._responses) if self.accelerator.num_processes > 1 else self._responses
+        self._responses = []
+        if responses:
+            logs["rollout/distinct_ratio"] = len(set(responses)) / len(responses)
+            logs["rollout/response_length"] = mean(len(r) for r in responses)
         if self.optimizer_steps:
             logs["policy/grad_norm"] = self.last_grad_norm
         if self.resumed and "eps" in logs:  # TRL 用"累计 episode / 本次运行的秒数"，续训后要减去之前的 episode
@@ -185,8 +189,11 @@ class RLHFPPOTrainer(PPOTrainer):
         unwrapped = self.accelerator.unwrap_model(self.model)
         set_peft_model_state_dict(unwrapped.policy, load_file(str(checkpoint / "adapter" / "adapter_model.safetensors")))
         load_model(unwrapped.value_model, str(checkpoint / "critic.safetensors"))
-        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        # map_location：检查点是主进程从它的卡（cuda:0）上存的；不指定时每个进程都把 critic 的 fp32 Adam 状态（0.6B 约
+        # 4.4 GB，见 README）放到 cuda:0 上、并在那里开一个 CUDA 上下文。transformers 的 Trainer 读 optimizer.pt 时也总是指定。
+        device = self.accelerator.device
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", map_location=device, weights_only=True))
         self.optimizer_steps = info["optimizer_steps"]
         self.resumed = {"checkpoint": str(checkpoint), **info}
         # 放在最前面：进度条（ProgressCallback）在 on_train_begin 里读 max_steps，要先看到恢复后的值

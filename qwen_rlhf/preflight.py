@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .console import table
-from .device import GOOD_IMAGES, INSTALL, Driver, driver_info, version_tuple, why_no_gpu
+from .device import GOOD_IMAGES, INSTALL, Driver, driver_info, native_bf16, version_tuple, why_no_gpu
 from .errors import EXIT_ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parent.parent  # 与 options.ROOT 相同（不导入 options：它导入 trl）
@@ -241,7 +241,7 @@ def gather(network: bool = True) -> Observed:
         o.torch, o.torch_cuda = torch.__version__, torch.version.cuda
         if torch.cuda.is_available():
             o.gpus = [(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / 2**30,
-                       torch.cuda.get_device_capability(i)[0] >= 8) for i in range(torch.cuda.device_count())]
+                       native_bf16(i)) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001  没装、或装坏了（例如配不上的 torchvision）：都当作没有 torch
         pass
     o.packages = {name: (pin, installed_version(name)) for name, pin in read_pins(ROOT / "requirements.txt").items()}

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 
 from . import options
@@ -63,6 +65,9 @@ class SampledArgs(PolicyArgs):
     max_prompt_length: int = _help("提示超过这么多 token 的问题不参与训练（会打印数量）", default=256)
     missing_eos_penalty: float = _help("回答到 --max_completion_length 还没停（没有 <|im_end|>）时从 RM 分数里减去多少"
                                        "（和 PPO 的 missing_eos_penalty 相同）", default=1.0)
+    total_answers: int = _help("所有进程合计一共生成多少个回答（= PPO 的 total_episodes）：训练步数 = 它 ÷ 每步的回答数"
+                               "（进程数 × --per_device_train_batch_size × --gradient_accumulation_steps），多卡时步数自动减少、"
+                               "总预算不变。给了 --max_steps 时以 --max_steps 为准（每个进程的步数）", default=1000)
 
 
 @dataclass
@@ -96,13 +101,14 @@ PPO = dict(
     missing_eos_penalty=1.0, report_to=["tensorboard"], logging_steps=1, save_strategy="steps", save_steps=25,
     save_total_limit=1, num_sample_generations=0,
 )
-# GRPO / RLOO 和 PPO 同样的预算：每次更新 8 个回答（单卡 2 × 累积 4，= 1 个问题 × 8 个回答），125 次更新
-# = 125 个问题 × 8 = 1000 个回答（PPO 的 1000 个 episode）；回答最长 200、采样温度 0.7（PPOConfig 的默认值，
-# top_p 1 / top_k 0 同 PPO）、KL 系数 0.05（= PPO 的 kl_coef；GRPOConfig 默认 beta=0 根本没有 KL）、lr 5e-6。
+# GRPO / RLOO 和 PPO 同样的预算：所有进程合计 1000 个回答（--total_answers，= PPO 的 1000 个 episode，按进程数换成
+# 步数，见 steps_for_answers）；单卡时每次更新 8 个回答（单卡 2 × 累积 4，= 1 个问题 × 8 个回答），125 次更新
+# = 125 个问题 × 8；回答最长 200、采样温度 0.7（PPOConfig 的默认值，top_p 1 / top_k 0 同 PPO）、KL 系数 0.05
+# （= PPO 的 kl_coef；GRPOConfig 默认 beta=0 根本没有 KL）、lr 5e-6。
 # RLOO 也用 8 个回答一组（TRL 默认 2）：两者看到同样的问题、同样多的回答，差别只剩基线怎么算
 # （GRPO：组内均值、除以组内标准差；RLOO：除自己以外另外 7 个的均值）。生成提示关闭思考（enable_thinking=False）。
 SAMPLED = dict(
-    per_device_train_batch_size=2, gradient_accumulation_steps=4, num_generations=8, max_steps=125,
+    per_device_train_batch_size=2, gradient_accumulation_steps=4, num_generations=8,
     learning_rate=5e-6, beta=0.05, max_completion_length=200, temperature=0.7, top_p=1.0, top_k=0,
     chat_template_kwargs={"enable_thinking": False}, report_to=["tensorboard"], logging_steps=1,
     save_strategy="steps", save_steps=25, save_total_limit=1,
@@ -116,13 +122,26 @@ DPO = dict(
 )
 
 
+# 不能用 DeepSpeed ZeRO-3 的阶段和原因。configs/accelerate/zero3.yaml 的 zero3_init_flag 让进程里每个 from_pretrained
+# 都在 deepspeed.zero.Init 下把参数分片（transformers 的 HfDeepSpeedConfig），不在 DeepSpeed 引擎里的模型拿到的是空分片。
+_SAVE_POLICY_UNDER_ZERO3 = ("导出时主进程单独重新加载 SFT 基座合并 LoRA（policy.save_policy），其余进程在等，多半卡住，"
+                            "最好也只是合并出空的模型")
+NO_ZERO3 = {
+    "ppo": "能跑完，但合并 LoRA 时基座的嵌入层是分片的，合并出的模型里嵌入层是空的；0.6B 模型用它也省不了显存",
+    "grpo": f"打分的 RM 不在 DeepSpeed 引擎里，第一次打分时它的权重是空的分片；{_SAVE_POLICY_UNDER_ZERO3}",
+    "rloo": f"打分的 RM 不在 DeepSpeed 引擎里，第一次打分时它的权重是空的分片；{_SAVE_POLICY_UNDER_ZERO3}",
+    "dpo": _SAVE_POLICY_UNDER_ZERO3,
+}
+
+
 @dataclass(frozen=True)
 class Recipe:
     project: type  # 本仓库的选项
-    config: str  # TRL 的 Config："模块:类名"，用到时才导入（trl.experimental.ppo 导入要好几秒）
+    config: str  # TRL 的 Config（GRPO / RLOO 是包过检查的子类）："模块:类名"，用到时才导入（trl.experimental.ppo 导入要好几秒）
     defaults: dict
     lora: bool = False  # 再加一组 LoRAArgs
     allow_fp16: bool = True  # 在线采样的阶段不用 fp16（容易 NaN）：不支持 bf16 的卡上用 fp32
+    sampled: bool = False  # GRPO / RLOO：回答预算 --total_answers 按进程数换成步数（见 steps_for_answers）
 
     def types(self) -> list[type]:
         import importlib
@@ -135,15 +154,94 @@ RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTArgs, "trl:SFTConfig", SFT),
     "rm": Recipe(RMArgs, "trl:RewardConfig", RM),
     "ppo": Recipe(PPOArgs, "trl.experimental.ppo:PPOConfig", PPO, lora=True, allow_fp16=False),
-    "grpo": Recipe(SampledArgs, "trl:GRPOConfig", {**SAMPLED, "output_dir": "checkpoint/grpo"}, lora=True,
-                   allow_fp16=False),
-    "rloo": Recipe(SampledArgs, "trl:RLOOConfig", {**SAMPLED, "output_dir": "checkpoint/rloo"}, lora=True,
-                   allow_fp16=False),
+    "grpo": Recipe(SampledArgs, "qwen_rlhf.recipes:GRPOConfig", {**SAMPLED, "output_dir": "checkpoint/grpo"},
+                   lora=True, allow_fp16=False, sampled=True),
+    "rloo": Recipe(SampledArgs, "qwen_rlhf.recipes:RLOOConfig", {**SAMPLED, "output_dir": "checkpoint/rloo"},
+                   lora=True, allow_fp16=False, sampled=True),
     "dpo": Recipe(DPOArgs, "trl:DPOConfig", DPO, lora=True),
 }
 
 
 def parse(stage: str, argv: list[str] | None = None) -> tuple:
-    """解析 stage 的选项：(项目选项, TRL Config[, LoRAArgs])。脚本、memory、gpu_check 都调用它。"""
+    """解析 stage 的选项：(项目选项, TRL Config[, LoRAArgs])。脚本、memory、gpu_check 都调用它。
+
+    在任何模型加载之前，这里还拒绝本阶段用不了的 DeepSpeed ZeRO-3（refuse_zero3），并按进程数把 GRPO / RLOO 的
+    回答预算换成步数（steps_for_answers）。"""
     r = RECIPES[stage]
-    return options.parse(r.types(), {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}, argv)
+    parsed = options.parse(r.types(), {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}, argv)
+    refuse_zero3(stage, parsed[1])
+    if r.sampled and parsed[1].max_steps <= 0:
+        parsed[1].max_steps = steps_for_answers(parsed[0].total_answers, parsed[1])
+    return parsed
+
+
+def refuse_zero3(stage: str, cfg) -> None:
+    """NO_ZERO3 里的阶段在 DeepSpeed ZeRO-3 下用一行中文拒绝（退出码 2），指向 ZeRO-2 / DDP。
+
+    cfg.deepspeed_plugin 由 TrainingArguments 自己建好：accelerate launch 的 DeepSpeed 配置和 --deepspeed ds.json 都算。
+    在解析选项之后、任何 from_pretrained 之前拒绝：zero.Init 一旦生效，加载的模型就已经被分片了。"""
+    plugin = getattr(cfg, "deepspeed_plugin", None)
+    if stage in NO_ZERO3 and plugin is not None and plugin.zero_stage == 3:
+        raise UserError(
+            f"{stage.upper()} 不支持 DeepSpeed ZeRO-3（{NO_ZERO3[stage]}）。请改用 ZeRO-2（accelerate launch --config_file "
+            f"configs/accelerate/zero2.yaml）或 DDP（--config_file configs/accelerate/ddp.yaml）。", EXIT_BAD_INPUT)
+
+
+def steps_for_answers(total_answers: int, cfg) -> int:
+    """GRPO / RLOO 的步数，使所有进程合计生成 total_answers 个回答，和 PPO 的 total_episodes 一样按全局算
+    （PPO 是 ceil(total_episodes / 全局 rollout 批量)）。每个优化器步用掉 进程数 × 每卡批量 × 累积 个回答，
+    每批回答被用 num_iterations 次（TRL 的 GRPOConfig / RLOOConfig）。"""
+    if total_answers <= 0:
+        raise UserError(f"--total_answers 必须是正整数（默认 1000，= PPO 的 total_episodes），现在是 {total_answers}。",
+                        EXIT_BAD_INPUT)
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
+    return math.ceil(total_answers * cfg.num_iterations / per_step)
+
+
+def __getattr__(name: str):
+    """recipes.GRPOConfig / recipes.RLOOConfig：checked_sampled 包过的 TRL 配置类（RECIPES 里 GRPO / RLOO 用它们）。
+    用到时才导入 TRL；放在模块属性上，是因为 Trainer 把配置 pickle 进检查点的 training_args.bin，pickle 按"模块.类名"找类。"""
+    if name in ("GRPOConfig", "RLOOConfig"):
+        import trl
+
+        return checked_sampled(getattr(trl, name))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def checked_sampled(config: type) -> type:
+    """TRL 的 GRPOConfig / RLOOConfig，只多一步：两种常见的取值错误先用一行中文说清改哪个选项、改成多少，
+    而不是 TRL 的英文句子（组大小）或生成时的库 traceback（"max_new_tokens must be greater than 0"）。"""
+
+    class Checked(config):
+        def __post_init__(self):
+            if self.max_completion_length is not None and self.max_completion_length <= 0:
+                raise UserError(f"--max_completion_length 必须是正整数（每个回答最多生成多少个 token，默认 200），"
+                                f"现在是 {self.max_completion_length}。", EXIT_BAD_INPUT)
+            if self.num_generations is not None and self.num_generations < 2:
+                raise UserError(f"--num_generations 至少是 2（同一个问题要几个回答才有组内基线，默认 8），"
+                                f"现在是 {self.num_generations}。", EXIT_BAD_INPUT)
+            try:
+                super().__post_init__()
+            except ValueError:
+                explain_group_size(self)  # 是组大小的问题就换成中文；别的照原样（options.parse 再包一层）
+                raise
+
+    Checked.__name__ = Checked.__qualname__ = config.__name__
+    return Checked
+
+
+def explain_group_size(cfg) -> None:
+    """TRL 在 __post_init__ 里算出每次生成的回答数（进程数 × 每卡批量 × steps_per_generation）后要求它能被
+    num_generations 整除；不能时说出一个能用的 --num_generations（不超过原值的最大因数）。"""
+    batch, group = cfg.generation_batch_size, cfg.num_generations
+    if not batch or not group or batch % group == 0:
+        return
+    fits = [d for d in range(2, batch + 1) if batch % d == 0]
+    good = max((d for d in fits if d <= group), default=min(fits, default=None))
+    instead = f"改成 --num_generations {good}，或" if good else ""
+    raise UserError(
+        f"每次生成的回答数 {batch}（{cfg.world_size} 个进程 × --per_device_train_batch_size "
+        f"{cfg.per_device_train_batch_size} × --steps_per_generation {cfg.steps_per_generation}，后者默认等于 "
+        f"--gradient_accumulation_steps）不能被 --num_generations {group} 整除：同一个问题的 {group} 个回答必须在同一批里。"
+        f"{instead}把 --per_device_train_batch_size 改成 {group} 的倍数。", EXIT_BAD_INPUT) from None

@@ -13,7 +13,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
-from .errors import ANYWHERE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
+from .errors import ANYWHERE, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
 from .options import display_path, input_path
 from .outputs import STAGE_FILE, StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
 from .policy import SNAPSHOTS, save_snapshot, snapshot_steps
@@ -277,18 +277,6 @@ def announce_global_batch(trainer) -> None:
         # train_batch_size 是每个进程一步的批量（单进程多卡 DataParallel 时是每卡批量 × 卡数）
         print(f"[训练] 全局批量 {trainer.get_total_train_batch_size(args)}（{args.world_size} 个进程 × "
               f"每进程 {args.train_batch_size} × 累积 {args.gradient_accumulation_steps}）。", flush=True)
-
-
-def refuse_zero3_for_ppo(cfg) -> None:
-    """PPO 不支持 DeepSpeed ZeRO-3：在加载任何模型之前用一行中文拒绝。
-
-    cfg.deepspeed_plugin 由 TrainingArguments 自己建好：accelerate launch 的 DeepSpeed 配置和 --deepspeed ds.json 都算。
-    """
-    plugin = getattr(cfg, "deepspeed_plugin", None)
-    if plugin is not None and plugin.zero_stage == 3:
-        raise UserError(
-            "PPO 不支持 DeepSpeed ZeRO-3（能跑完，但合并出的模型里嵌入层是空的；0.6B 模型用它也省不了显存）。"
-            "请改用 accelerate launch --config_file configs/accelerate/zero2.yaml 或 ddp.yaml。", EXIT_BAD_INPUT)
 
 
 def warn_zero_ppo_not_resumable(cfg) -> None:

@@ -227,9 +227,8 @@ def test_launcher_dry_run_passes_the_recipe_to_each_process(recipe, launcher, ze
 
 
 PPO_CHECK = """
-from trl.experimental.ppo import PPOConfig
-from qwen_rlhf import errors, training
-errors.run(lambda: training.refuse_zero3_for_ppo(PPOConfig(output_dir={out!r}, use_cpu=True, report_to=[])), "ppo")
+from qwen_rlhf import errors, recipes
+errors.run(lambda: recipes.parse("ppo", ["--output_dir", {out!r}, "--use_cpu", "true", "--report_to", "none"]), "ppo")
 """
 
 

@@ -37,6 +37,7 @@ SHARED = {
     "qwen_rlhf/report.py": ("benchmark.py",),
     "qwen_rlhf/metrics.py": ("benchmark.py",),
     "qwen_rlhf/training.py": TRAIN,
+    "qwen_rlhf/recipes.py": TRAIN,
     "qwen_rlhf/ppo.py": ("train_ppo.py",),
     "qwen_rlhf/policy.py": LORA,
     "qwen_rlhf/sampled.py": SAMPLED,
@@ -54,7 +55,10 @@ ONLY = {
     ("qwen_rlhf/outputs.py", "check_writable"): TRAIN,
     ("qwen_rlhf/outputs.py", "lock_output"): TRAIN,
     ("qwen_rlhf/outputs.py", "check_same_split"): ("train_ppo.py", "benchmark.py"),
-    ("qwen_rlhf/training.py", "refuse_zero3_for_ppo"): ("train_ppo.py",),
+    ("qwen_rlhf/recipes.py", "SampledArgs"): SAMPLED,
+    ("qwen_rlhf/recipes.py", "steps_for_answers"): SAMPLED,
+    ("qwen_rlhf/recipes.py", "checked_sampled"): SAMPLED,
+    ("qwen_rlhf/recipes.py", "explain_group_size"): SAMPLED,
     ("qwen_rlhf/training.py", "warn_zero_ppo_not_resumable"): ("train_ppo.py",),
 }
 # 别的程序的选项：accelerate launch（--config_file --num_processes）和 tensorboard（--logdir）
