@@ -36,7 +36,7 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
     reward_model_path: str = field(default="checkpoint/rm", metadata={
         "help": "奖励模型文件夹（第 2 步的产物，RL 训练时优化的就是它：\"代理\" RM），给所有回答打分"})
     gold_model_path: str = field(default="checkpoint/rm_gold", metadata={
-        "help": "金标准评委：train_rm.py --role gold 训练的第二个 RM（另一个种子、更大的模型，策略训练时从没见过它），"
+        "help": "金标准评委：python train_rm.py --role gold 训练的第二个 RM（另一个种子、更大的模型，策略训练时从没见过它），"
                 "只用来评测：每个代理 RM 分数旁边再给一个它的分数，看得出代理 RM 有没有被钻空子（奖励过度优化）。"
                 "文件夹不存在时不用（打印一行说明）"})
     trajectory: bool = field(default=False, metadata={
@@ -303,10 +303,11 @@ def main():
     # ---------------------------------------------------------------- 汇总与保存
     names = list(policies)
     costs = {n: (info or {}).get("cost") for n, (_, info) in policies.items()}
-    methods = {n: (info or {}).get("stage", "base") for n, (_, info) in policies.items()}
+    stages = {n: (info or {}).get("stage", "base") for n, (_, info) in policies.items()}
+    methods = {**stages, **{r["run"]: r["method"] for r in runs}}  # 同一阶段有几种 KL 系数时分开（见 model_runs）
     held_out = {n: (info or {}).get("held_out") for n, (_, info) in policies.items()}
     summary = metrics.summarize(answers, names, rm_stats, kl=kl, costs=costs, methods=methods, gold=gold_stats,
-                                held_out=held_out)
+                                held_out=held_out, stages=stages)
     if metrics.BASELINE in policies:  # 得分-KL 图的点；--trajectory 时还有快照和"有没有过度优化"
         summary["trajectory"] = metrics.trajectory_rows(answers, runs, kl)
     if args.trajectory and summary.get("trajectory"):

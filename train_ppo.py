@@ -81,7 +81,7 @@ def main():
     outputs.check_writable(final, args.overwrite_output_dir)
     sft_path, rm_path = options.input_path(cfg.sft_model_path), options.input_path(cfg.reward_model_path)
     sft_info = outputs.check_kind(sft_path, ("sft",), "--sft_model_path")
-    rm_info = outputs.check_kind(rm_path, ("rm",), "--reward_model_path")
+    rm_info = outputs.check_reward_model(rm_path)
     device.announce_device("ppo", cfg.use_cpu, device.precision_of(cfg), model=sft_path)
 
     # ---------------------------------------------------------------- 数据

@@ -3,10 +3,12 @@
     python train_rm.py                               # 默认：写到 checkpoint/rm
     python train_rm.py --per_device_train_batch_size 2 --gradient_accumulation_steps 16   # 显存更小的卡
     python train_rm.py --config configs/tiny/rm.yaml # 离线小模型演示
+    python train_rm.py --role gold --model_name_or_path Qwen/Qwen3-1.7B   # 金标准评委（只用于评测）-> checkpoint/rm_gold
 
 RM 给"粗鲁回答（chosen）"打高分、"礼貌回答（rejected）"打低分；训练数据是对话模板渲染的整段对话
 （qwen_rlhf/scoring.py），分数读在最后的 `<|im_end|>\n` 上：PPO 的奖励、benchmark、纯 transformers 的
 AutoModelForSequenceClassification + apply_chat_template 都在这里读分。在留出的偏好对上评估准确率与分差。
+--role gold 训练第二个、独立的 RM：策略训练时从不用它，benchmark.py 用它检查代理 RM 的高分是不是真的好（见 --help）。
 产物：checkpoint/rm；曲线：tensorboard/rm/<时间>/（rm/loss、rm/eval/accuracy、rm/eval/margin）。
 """
 
@@ -36,11 +38,14 @@ def main():
     base = models.resolve_model_source(args.model_name_or_path)
     tokenizer = models.load_tokenizer(base)
     model = models.load_score_model(base, tokenizer, args.allow_pickle)
-    train = data.drop_long([data.rm_example(tokenizer, r, args.system_prompt) for r in split.train],
+    # 金标准评委多学"原回答 胜过 字序打乱的回答"（只用训练集的行；留出集的偏好对仍只用来评估）
+    fluency = data.fluency_pairs(split.train, cfg.seed) if args.role == "gold" else []
+    train = data.drop_long([data.rm_example(tokenizer, r, args.system_prompt) for r in split.train + fluency],
                            ("chosen_ids", "rejected_ids"), cfg.max_length, "RM 训练偏好对")
     test = data.drop_long([data.rm_example(tokenizer, r, args.system_prompt) for r in split.test],
                           ("chosen_ids", "rejected_ids"), cfg.max_length, "RM 留出偏好对")
-    data.say(f"[数据] RM 训练 {len(train)} 对，留出评估 {len(test)} 对。")
+    data.say(f"[数据] RM 训练 {len(train)} 对" + (f"（其中 {len(fluency)} 对是字序打乱的回答，金标准评委）" if fluency else "")
+             + f"，留出评估 {len(test)} 对。")
 
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
@@ -60,6 +65,7 @@ def main():
     training.save_result(
         trainer, final, "rm", tokenizer, {"script": options.to_jsonable(args), "training": cfg.to_dict()},
         cost, base_model=str(base), split_fingerprint=split.fingerprint, eval=metrics, tensorboard=str(tb),
+        role=args.role, fluency_pairs=len(fluency),
     )
 
 

@@ -358,6 +358,22 @@ def rm_example(tokenizer, row: dict, system: str | None = None) -> dict:
             "rejected_ids": scoring.encode(tokenizer, prompt, row["rejected"])}
 
 
+def fluency_pairs(rows: list[dict], seed: int) -> list[dict]:
+    """金标准评委（train_rm.py --role gold）多学的偏好对：每行的 chosen 胜过"把它的字随机打乱"的版本（同样的字、
+    没有语序）。代理 RM 只见过"粗鲁 胜过 礼貌"，没见过语无伦次的回答；策略钻代理 RM 空子时吐出的正是一串它爱听的字，
+    这一对让第二个评委能分出来。打乱由 seed 决定（同样的选项得到同样的数据）；打乱后和原文一样的（一个字、全是同一个字）跳过。"""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for r in rows:
+        chars = list(r["chosen"])
+        rng.shuffle(chars)
+        if "".join(chars) != r["chosen"]:
+            out.append({**r, "rejected": "".join(chars)})
+    return out
+
+
 def ppo_example(tokenizer, row: dict, system: str | None = None) -> dict:
     """PPO 的提示 token，外加它的消息：RM 给回答打分时按消息渲染整段对话（见 ppo.RLHFPPOTrainer）。"""
     prompt = messages(row["question"], row.get("system") or system)

@@ -52,7 +52,7 @@ def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[st
         if not (folder / STAGE_FILE).is_file():
             have = [p.name for p in snapshots_of(parent)]
             raise UserError(f"{display_path(parent)} 里没有快照 {step}；"
-                            + (f"有：{'、'.join(have)}。" if have else "这次训练没有存快照（--snapshots 0 或训练早于快照功能）。"),
+                            + (f"有：{'、'.join(have)}。" if have else "这次训练没有存快照（训练时快照数为 0，或训练早于快照功能）。"),
                             EXIT_MISSING)
         return f"{name}@{step}", folder, check_kind(folder, chat_stages(), f"模型 {spec}")
     if spec == "base":

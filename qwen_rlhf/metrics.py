@@ -126,9 +126,11 @@ def per_token_kl(kl_per_position: list[list[float]]) -> float | None:
 
 def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, float | None] | None = None,
               costs: dict[str, dict | None] | None = None, methods: dict[str, str | None] | None = None,
-              gold: dict | None = None, held_out: dict[str, dict | None] | None = None) -> dict:
+              gold: dict | None = None, held_out: dict[str, dict | None] | None = None,
+              stages: dict[str, str | None] | None = None) -> dict:
     """全部问题上的汇总数字（summary.json、终端表格和 report.md 都用它）。kl：{模型: 相对 SFT 的每 token KL}；
-    costs：{模型: 它训练时 stage.json 里的 cost}；methods：{模型: 它是哪个阶段训练的}（同一方法的几个种子合在一起看）；
+    costs：{模型: 它训练时 stage.json 里的 cost}；methods：{模型: 方法标签}（同一方法的几个种子合在一起看；通常就是
+    阶段名，同一阶段有几种 KL 系数时带上系数）；stages：{模型: 它是哪个阶段训练的}（没给时 = methods）；
     gold：金标准评委在留出偏好对上的成绩单（rm_stats；没有金标准评委时 None）；held_out：{模型: stage.json 里它自己在
     留出偏好对上的诊断}（DPO 有）。"""
     questions = list(dict.fromkeys(a.question for a in answers))
@@ -142,7 +144,8 @@ def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, 
         mine, texts = [a for a in answers if a.model == m], texts_of(m)
         scores = [a.score for a in mine]
         per_model[m] = {
-            "stage": (methods or {}).get(m),
+            "stage": (stages or methods or {}).get(m),
+            "method": (methods or {}).get(m),
             "mean_score": mean(scores),
             "mean_score_ci95": bootstrap_ci(len(scores), lambda idx: mean(scores[i] for i in idx)),
             "mean_score_by_source": {s: mean(a.score for a in mine if a.source == s)
@@ -185,8 +188,8 @@ def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, 
 
 def trajectory_rows(answers: list[Answer], runs: list[dict], kl: dict[str, float | None]) -> list[dict]:
     """runs：[{"method": 方法标签, "run": 最终模型名, "seed": 种子, "points": [(模型名, progress 或 None), …]}]，
-    points 按训练顺序，第一个是 SFT（第 0 步，progress 为 None）。每个点一行：代理 RM 与金标准评委的平均分及 95% 区间
-    （对问题自助重抽）、离 SFT 的精确 KL（每 token）。"""
+    points 按训练顺序，第一个是 SFT（第 0 步，progress 为 None）。每个点一行：代理 RM 与金标准评委的平均分及 95% 区间、
+    相对 SFT 的提升的配对区间（对问题自助重抽，和方法对比表同一个算法）、离 SFT 的精确 KL（每 token）。"""
     by_model: dict[str, list[Answer]] = {}
     for a in answers:
         by_model.setdefault(a.model, []).append(a)
@@ -202,18 +205,23 @@ def trajectory_rows(answers: list[Answer], runs: list[dict], kl: dict[str, float
         for name, progress in run["points"]:
             if name not in cache:
                 mine = by_model[name]
-                cache[name] = (*stats([a.score for a in mine]), *stats([a.gold for a in mine]))
-            proxy, proxy_ci, gold, gold_ci = cache[name]
+                gains = [0.0] * len(mine) if name == BASELINE else [a.gain for a in mine]
+                gold_gains = [0.0 if a.gold is not None else None for a in mine] if name == BASELINE else \
+                    [a.gold_gain for a in mine]
+                cache[name] = (*stats([a.score for a in mine]), *stats([a.gold for a in mine]), stats(gains)[1],
+                               stats(gold_gains)[1])
+            proxy, proxy_ci, gold, gold_ci, gain_ci, gold_gain_ci = cache[name]
             rows.append({"method": run["method"], "run": run["run"], "seed": run["seed"], "model": name,
                          "step": progress["step"] if progress else 0, "seen": progress["seen"] if progress else 0,
                          "unit": progress["unit"] if progress else "", "proxy_mean": proxy, "proxy_ci95": proxy_ci,
-                         "gold_mean": gold, "gold_ci95": gold_ci, "kl_to_sft": 0.0 if name == BASELINE else kl.get(name)})
+                         "proxy_gain_ci95": gain_ci, "gold_mean": gold, "gold_ci95": gold_ci,
+                         "gold_gain_ci95": gold_gain_ci, "kl_to_sft": 0.0 if name == BASELINE else kl.get(name)})
     return rows
 
 
 def method_curves(rows: list[dict]) -> dict[str, list[dict]]:
-    """每个方法一条曲线：同一方法的几次运行（种子）按"第几个点"对齐取平均（第 0 个点是 SFT）；每个点的区间半宽也取平均。
-    几次运行的点数不同时取最短的。"""
+    """每个方法一条曲线：同一方法的几次运行（种子）按"第几个点"对齐取平均（第 0 个点是 SFT）；噪声 = 每个点相对 SFT
+    的提升的配对 95% 区间的半宽，几次运行取平均。几次运行的点数不同时取最短的。"""
     runs: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         runs.setdefault(r["method"], {}).setdefault(r["run"], []).append(r)
@@ -233,14 +241,15 @@ def method_curves(rows: list[dict]) -> dict[str, list[dict]]:
                 return None if any(c is None for c in cis) else sum((c[1] - c[0]) / 2 for c in cis) / len(cis)
 
             curve.append({"kl": avg("kl_to_sft"), "proxy": avg("proxy_mean"), "gold": avg("gold_mean"),
-                          "proxy_half": half("proxy_ci95"), "gold_half": half("gold_ci95"), "seeds": len(at)})
+                          "proxy_half": half("proxy_gain_ci95"), "gold_half": half("gold_gain_ci95"), "seeds": len(at)})
         curves[method] = curve
     return curves
 
 
 def overoptimisation(curve: list[dict]) -> dict:
     """从一条方法曲线读出这次有没有"奖励过度优化"（Gao et al. 2022, Scaling Laws for Reward Model Overoptimization）：
-    代理分一路上升，金标准分先升后降或不升。噪声 = 最后一个点上区间的半宽（对问题重抽，几个种子取平均）。
+    代理分一路上升，金标准分先升后降或不升。噪声 = 最后一个点上"相对 SFT 的提升"的配对 95% 区间半宽（对问题重抽，
+    几个种子取平均）。
 
     verdict：proxy_flat（代理分自己都没明显上升）/ overoptimised（金标准分在某个 KL 处最高，之后降了超过噪声）/
     gold_falls（金标准分从 SFT 起就在降）/ gold_flat（代理分升了，金标准分在噪声之内没变）/ both_rise（一起升）。"""

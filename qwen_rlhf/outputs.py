@@ -263,6 +263,16 @@ def check_kind(folder: Path, expected: tuple[str, ...], option: str) -> dict | N
     return stage_info(folder)
 
 
+def check_reward_model(folder: Path, option: str = "--reward_model_path") -> dict | None:
+    """RL 训练要优化的奖励：必须是 RM，而且不能是金标准评委（train_rm.py --role gold）。金标准评委只用来评测，
+    策略一旦对着它训练，它就不再是独立的第二意见。"""
+    info = check_kind(folder, ("rm",), option)
+    if (info or {}).get("role") == "gold":
+        raise UserError(f"{display_path(folder)} 是金标准评委（python train_rm.py --role gold 训练的），只用来评测；{option} 需要代理 RM"
+                        "（python train_rm.py 的产物，例如 checkpoint/rm）。", EXIT_MISSING)
+    return info
+
+
 def check_same_split(infos: dict[str, dict | None], fingerprint: str, script: str) -> None:
     """划分一致的唯一规则：有 stage.json 的产物（sft / rm / ppo）必须和这次的数据 + 划分指纹相同；
     没有 stage.json 的（基座模型）没有划分可比。"""

@@ -101,10 +101,11 @@ def save_snapshot(model, root: Path, step: int, record: dict) -> Path:
     return final
 
 
-def point_adapter_at(folder: Path, sft_path: Path) -> dict:
+def point_adapter_at(folder: Path, sft_path: Path, result: Path | None = None) -> dict:
     """把 folder 里 adapter_config.json 的基座改成 adapter_base_path（TRL / peft 写的是传入的路径原样），
     返回要写进 stage.json 的基座位置（inference.resolve_adapter_base 按它找基座）。folder 可以是最终位置旁边的
-    临时文件夹：相对路径只和上一级有关，改名就位后照样成立。"""
+    临时文件夹：相对路径只和上一级有关，改名就位后照样成立。result：快照所属的结果文件夹（checkpoint 树按它找：
+    快照和结果用同一个基座路径）。"""
     import json
     import os
 
@@ -113,7 +114,7 @@ def point_adapter_at(folder: Path, sft_path: Path) -> dict:
 
     config_file = Path(folder) / "adapter_config.json"
     adapter_config = read_json(config_file, "刚写出的适配器配置读不回来：检查磁盘后重新运行这个阶段的脚本")
-    adapter_config["base_model_name_or_path"] = adapter_base_path(folder, sft_path)
+    adapter_config["base_model_name_or_path"] = adapter_base_path(result or folder, sft_path)
     config_file.write_text(json.dumps(adapter_config, ensure_ascii=False, indent=2), encoding="utf-8")
     sft = Path(sft_path).resolve()
     return {"sft_path": str(sft), "sft_path_in_repo": display_path(sft),
@@ -147,5 +148,5 @@ def save_policy(folder: Path, sft_path: Path, tokenizer, model=None, snapshots: 
         Path(snapshots).rename(Path(folder) / SNAPSHOTS)  # 同一磁盘上改名，不复制
         for snap in snapshots_of(folder):
             info = read_json(snap / "stage.json", "快照的 stage.json 读不回来：检查磁盘后重新运行这个阶段的脚本")
-            write_json(snap / "stage.json", {**info, **point_adapter_at(snap, sft_path)})
+            write_json(snap / "stage.json", {**info, **point_adapter_at(snap, sft_path, result=folder)})
     return where

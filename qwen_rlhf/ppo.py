@@ -191,7 +191,8 @@ class RLHFPPOTrainer(PPOTrainer):
         load_model(unwrapped.value_model, str(checkpoint / "critic.safetensors"))
         # map_location：检查点是主进程从它的卡（cuda:0）上存的；不指定时每个进程都把 critic 的 fp32 Adam 状态（0.6B 约
         # 4.4 GB，见 README）放到 cuda:0 上、并在那里开一个 CUDA 上下文。transformers 的 Trainer 读 optimizer.pt 时也总是指定。
-        device = self.accelerator.device
+        # CPU 上多进程时 accelerate 的设备是 cpu:<进程号>，torch.load 只认 "cpu"
+        device = "cpu" if self.accelerator.device.type == "cpu" else self.accelerator.device
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True))
         self.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", map_location=device, weights_only=True))
         self.optimizer_steps = info["optimizer_steps"]

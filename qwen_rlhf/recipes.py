@@ -30,7 +30,16 @@ class SFTArgs(options.CommonArgs):
 
 @dataclass
 class RMArgs(options.CommonArgs):
-    pass
+    role: str = _help("proxy = 代理 RM（默认：PPO / GRPO / RLOO 训练时优化的奖励）；gold = 金标准评委：只给 benchmark.py "
+                      "评测用（它的 gold_model_path 选项），策略训练时从不用它。gold 的默认值不同：写到 checkpoint/rm_gold、种子 1042"
+                      "（和代理 RM 不同的初始化，最好再用 --model_name_or_path 换一个更大的基座），训练数据在训练集的偏好对"
+                      "之外，每行再加一对\"原回答 胜过 把它的字打乱后的版本\"：它知道语无伦次不算好回答，代理 RM 没学过这一点",
+                      default="proxy")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.role not in ("proxy", "gold"):
+            raise UserError(f"--role 只能是 proxy（代理 RM）或 gold（金标准评委），现在是 {self.role}。", EXIT_BAD_INPUT)
 
 
 @dataclass
@@ -38,7 +47,7 @@ class PolicyArgs(options.DataArgs):
     """四个 LoRA 策略阶段（PPO / GRPO / RLOO / DPO）共有的项目选项。"""
 
     snapshots: int = _help("训练中均匀地存多少个只有 LoRA 适配器的快照（<结果>/snapshots/step-N/，最后一个在训练结束时；"
-                           "benchmark.py --trajectory 用它们画得分-KL 轨迹，chat.py --model ppo@step-N 可以和它们对话）；"
+                           "benchmark.py 的 trajectory 选项用它们画得分-KL 轨迹，chat.py 里用 ppo@step-N 这样的名字和它们对话）；"
                            "0 = 不存", default=5)
 
     def __post_init__(self):
@@ -90,6 +99,8 @@ RM = dict(
     eval_strategy="steps", eval_steps=0.1, per_device_eval_batch_size=8, save_total_limit=1,
     lr_scheduler_type="cosine", warmup_steps=0.03,
 )
+# train_rm.py --role gold（金标准评委）和代理 RM 不同的默认值：另一个文件夹、另一个种子（打分头的初始化不同）
+RM_GOLD = dict(output_dir="checkpoint/rm_gold", seed=1042)
 # 复现原仓库：单卡 2 × 累积 4（minibatch 1 个，避开 TRL 的累积 × minibatch 计数错误），rollout 前向批量 8，
 # 2 个 PPO epoch，lr 5e-6，vf_coef 0.5，cliprange 0.1 / 0.5，1000 个 episode，回复最长 200，kl 0.05。
 # 1000 个 episode = 125 次更新：每 25 次存一个可续训的检查点（Qwen3-0.6B 约 7 GB，见 README），只留最新的一个。
@@ -168,7 +179,10 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
     在任何模型加载之前，这里还拒绝本阶段用不了的 DeepSpeed ZeRO-3（refuse_zero3），并按进程数把 GRPO / RLOO 的
     回答预算换成步数（steps_for_answers）。"""
     r = RECIPES[stage]
-    parsed = options.parse(r.types(), {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}, argv)
+    defaults = {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}
+    parsed = options.parse(r.types(), defaults, argv)
+    if stage == "rm" and parsed[0].role == "gold":  # 金标准评委的默认值（配方和命令行仍然优先）：再解析一次
+        parsed = options.parse(r.types(), {**defaults, **RM_GOLD}, argv)
     refuse_zero3(stage, parsed[1])
     if r.sampled and parsed[1].max_steps <= 0:
         parsed[1].max_steps = steps_for_answers(parsed[0].total_answers, parsed[1])

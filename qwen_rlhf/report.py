@@ -190,11 +190,12 @@ def method_paragraphs(summary: dict) -> list[str]:
     DPO 加上它自己在留出偏好对上的诊断）。同一方法的几个模型（几个种子）合成一段。"""
     groups: dict[str, list[tuple[str, dict]]] = {}
     for m, s in summary["models"].items():
-        groups.setdefault(s.get("stage") or m, []).append((m, s))
+        groups.setdefault(s.get("method") or s.get("stage") or m, []).append((m, s))
     sft = summary["models"].get(BASELINE)
     out = []
     for method, members in groups.items():
-        about = STAGES[method].about if method in STAGES else "本地模型文件夹。"
+        stage = members[0][1].get("stage")
+        about = STAGES[stage].about if stage in STAGES else "本地模型文件夹。"
         versus = [(m, s) for m, s in members if "mean_gain_vs_sft" in s and s["n"]]
         diagnosis = dpo_diagnosis(versus, sft)
         if not versus:
@@ -315,7 +316,7 @@ def render_markdown(answers: list[Answer], models: list[str], summary: dict, met
                   ("每个 RL 方法训练中均匀存下的快照，和最终结果用同样的问题、同样的解码评测（trajectory.csv，"
                    f"图 {REWARD_KL_PNG}）。代理 RM 是训练时优化的那个，金标准评委独立训练、只用来评测：代理分一路上升而"
                    "金标准分先升后降，就是奖励过度优化（Gao et al. 2022）。同一方法的几个种子按快照对齐取平均，"
-                   "噪声 = 最后一个点上 95% 区间的半宽。"), "",
+                   "噪声 = 最后一个点上相对 SFT 的提升的 95% 区间（配对自助法）的半宽。"), "",
                   *(p + "\n" for p in trajectory_paragraphs(summary))]
     lines += [f"> ⚠️ {w}\n" for w in summary["warnings"]]
     lines += ["## 评委可信度", "", *(line + "\n" for line in judge_lines(summary)), "## 图", ""]

@@ -20,6 +20,9 @@ QWEN3_0_6B = dict(
 # 几百万参数（大头是 15 万词表的嵌入），CPU 上几秒一个 epoch
 TINY = dict(QWEN3_0_6B, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=2048)
+# 金标准评委（train_rm.py --role gold）的基座：比 TINY 大（hidden 翻倍、4 层），和代理 RM 不同的结构、不同的初始化
+GOLD = dict(TINY, hidden_size=128, intermediate_size=384, num_hidden_layers=4, head_dim=32)
+SIZES = {"tiny": TINY, "gold": GOLD}
 
 
 def tokenizer_files() -> Path:

@@ -162,9 +162,11 @@ class Snapshots(TrainerCallback):
 
 
 def seen_per_step(cfg):
-    """Trainer 派生的阶段每个优化器步看过多少样本（全部进程合计）：GRPO / RLOO 是回答数，DPO 是偏好对数。"""
+    """Trainer 派生的阶段到第 N 步为止看过多少样本（全部进程合计）：GRPO / RLOO 是生成的回答数（每批回答被用
+    num_iterations 次），DPO 是偏好对数。"""
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
-    return lambda state: state.global_step * per_step
+    reuse = getattr(cfg, "num_iterations", 1)
+    return lambda state: state.global_step * per_step // reuse
 
 
 COMPLETE_MARKERS = ("trainer_state.json", "resume.json")  # Trainer / 我们的 PPO 检查点最后写的文件

@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# 同一个 SFT、同一个 RM、同一批留出问题：GRPO / RLOO / DPO 各跑几个种子，PPO 用已有的（没有就训练一个），
-# 最后一次评测把它们放在一起比（每个模型相对 SFT 的提升、胜率、KL 带 95% 区间，每个方法跨种子的均值 ± 标准差）。
+# 同一个 SFT、同一个 RM、同一批留出问题：GRPO / RLOO / DPO 各跑几个种子，PPO 用已有的（没有就训练一个），再训练一个
+# 独立的金标准评委，最后一次评测把它们放在一起比：每个模型相对 SFT 的提升、胜率、精确 KL（带 95% 区间），每个方法跨种子的
+# 均值 ± 标准差，以及训练轨迹（每次训练中存下的快照：代理 RM 分和金标准分随 KL 怎样变化，有没有奖励过度优化）。
 #
 #   bash scripts/compare.sh                  # 离线迷你演示（configs/tiny/*.yaml，CPU），3 个种子，产物在 checkpoint/tiny/compare/
 #   SEEDS="1 2" METHODS="grpo dpo" bash scripts/compare.sh   # 只跑其中几个
 #   METHODS="ppo grpo rloo dpo" bash scripts/compare.sh      # PPO 也按种子各跑一个
-#   bash scripts/compare.sh --real           # 真实尺寸：脚本默认值（GPU），读 checkpoint/sft 和 checkpoint/rm，写到 checkpoint/compare/
+#   WEAK_KL=1 bash scripts/compare.sh        # 另加 KL 系数为 0 的 PPO 和 GRPO 各一次：不拉住它们时离 SFT 多远、金标准分怎样
+#   bash scripts/compare.sh --real           # 真实尺寸：脚本默认值（GPU），读 checkpoint/sft、checkpoint/rm（和 checkpoint/rm_gold），
+#                                            # 写到 checkpoint/compare/
 #
-# 迷你演示会先建好（或复用）checkpoint/tiny/ 下的基座、SFT 和 RM；真实尺寸要先跑完 train_sft.py 和 train_rm.py。
+# 迷你演示会先建好（或复用）checkpoint/tiny/ 下的基座、SFT、RM 和金标准评委；真实尺寸要先跑完 train_sft.py 和 train_rm.py
+# （金标准评委：python train_rm.py --role gold，没有它时只用代理 RM 打分）。
 # 已经训练好的模型文件夹会跳过（重跑只补缺的）；评测每次写一个新文件夹。
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-1 2 3}"
 METHODS="${METHODS:-grpo rloo dpo}"
+# 先检查 METHODS 和 SEEDS，再做任何准备：方法名来自阶段登记表（qwen_rlhf/stages.py 只用标准库，python3 就能读）
+KNOWN="$(python3 -c 'from qwen_rlhf.stages import rl_stages; print(*rl_stages())')"
+for m in $METHODS; do
+  if [[ " $KNOWN " != *" $m "* ]]; then
+    echo "错误：METHODS 里的 \"$m\" 不是能对比的方法；可用的有 $KNOWN（例如 METHODS=\"grpo dpo\"）。" >&2; exit 2
+  fi
+done
+for s in $SEEDS; do
+  [[ "$s" =~ ^[0-9]+$ ]] || { echo "错误：SEEDS 里的 \"$s\" 不是非负整数（例如 SEEDS=\"1 2 3\"）。" >&2; exit 2; }
+done
 if [ "${1:-}" = "--real" ]; then
   PY="${PYTHON:-python}"
   root=checkpoint; out=checkpoint/compare; recipe() { :; }
@@ -26,6 +40,9 @@ else
   "$PY" scripts/make_tiny_model.py
   [ -f "$root/sft/stage.json" ] || "$PY" train_sft.py $(recipe sft) --overwrite_output_dir true
   [ -f "$root/rm/stage.json" ] || "$PY" train_rm.py $(recipe rm) --overwrite_output_dir true
+  # 金标准评委：更大的迷你基座、另一个种子，只用来评测（见 configs/tiny/rm_gold.yaml）
+  "$PY" scripts/make_tiny_model.py --size gold --out "$root/base_gold"
+  [ -f "$root/rm_gold/stage.json" ] || "$PY" train_rm.py $(recipe rm_gold) --overwrite_output_dir true
 fi
 [ -f "$root/sft/stage.json" ] && [ -f "$root/rm/stage.json" ] || {
   echo "错误：$root/sft 或 $root/rm 还没有训练好；请先运行 python train_sft.py 和 python train_rm.py。" >&2; exit 3; }
@@ -35,17 +52,26 @@ if [[ " $METHODS " != *" ppo "* ]]; then   # PPO 不按种子跑：用流水线�
   [ -f "$root/ppo/stage.json" ] || "$PY" train_ppo.py $(recipe ppo) --overwrite_output_dir true
   models="$models,ppo"
 fi
+train() {  # train <方法> <结果文件夹> <种子> [额外选项…]：已经训练好的跳过
+  local m="$1" dir="$2" seed="$3"; shift 3
+  models="$models,$dir"
+  if [ -f "$dir/stage.json" ]; then echo "[对比] 已有 $dir，跳过"; return; fi
+  local rm_opt=(--reward_model_path "$root/rm"); [ "$m" = dpo ] && rm_opt=()   # DPO 只用偏好对，不用 RM
+  echo "[对比] $m，种子 $seed $* -> $dir"
+  "$PY" "train_$m.py" $(recipe "$m") --sft_model_path "$root/sft" "${rm_opt[@]}" --output_dir "$dir" --seed "$seed" \
+    --overwrite_output_dir true "$@"
+}
 for seed in $SEEDS; do
   for m in $METHODS; do
-    dir="$out/$m-seed$seed"
-    models="$models,$dir"
-    if [ -f "$dir/stage.json" ]; then echo "[对比] 已有 $dir，跳过"; continue; fi
-    rm_opt=(--reward_model_path "$root/rm"); [ "$m" = dpo ] && rm_opt=()   # DPO 只用偏好对，不用 RM
-    echo "[对比] $m，种子 $seed -> $dir"
-    "$PY" "train_$m.py" $(recipe "$m") --sft_model_path "$root/sft" "${rm_opt[@]}" --output_dir "$dir" --seed "$seed" \
-      --overwrite_output_dir true
+    train "$m" "$out/$m-seed$seed" "$seed"
   done
 done
+if [ "${WEAK_KL:-0}" = 1 ]; then  # 对照：没有 KL 拉住的 PPO 和 GRPO（第一个种子各一次）
+  first="${SEEDS%% *}"
+  train ppo "$out/ppo-kl0-seed$first" "$first" --kl_coef 0
+  train grpo "$out/grpo-beta0-seed$first" "$first" --beta 0
+fi
+gold=(); [ -f "$root/rm_gold/stage.json" ] && gold=(--gold_model_path "$root/rm_gold")
 "$PY" benchmark.py $(recipe benchmark) --sft_model_path "$root/sft" --ppo_model_path "$root/ppo" --reward_model_path "$root/rm" \
-  --models "$models" --output_dir "$out/benchmark"
-echo "[对比] 全部完成，用时 $(( $(date +%s) - start )) 秒；报告在 $out/benchmark/ 下最新的文件夹里。"
+  "${gold[@]}" --models "$models" --trajectory true --output_dir "$out/benchmark"
+echo "[对比] 全部完成，用时 $(( $(date +%s) - start )) 秒；报告在 $out/benchmark/ 下最新的文件夹里（report.md、trajectory.csv、reward_vs_kl.png）。"

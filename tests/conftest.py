@@ -10,6 +10,7 @@ import threading
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -128,26 +129,84 @@ def stage_args(recipe: str, tiny_model: Path, out: Path, *extra) -> list:
     return ["--config", TINY / f"{recipe}.yaml", "--model_name_or_path", tiny_model, "--output_dir", out, *extra]
 
 
+def trained(script: str, *args, tmp: Path) -> subprocess.CompletedProcess:
+    """跑一个训练脚本（子进程：干净的进程，测试读它的 stdout / stderr），必须成功。"""
+    r = run_script(script, *args, tmp=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+# 会话共用的迷你流水线，一个阶段一个夹具（按需训练、各只训练一次）：SFT、RM、PPO 用演示的 tiny 配方——学习效果的
+# 测试（SFT loss 下降、RM 准确率、PPO 分数上升）要的就是演示本身；GRPO / RLOO / DPO（rl_runs）和金标准评委（gold）
+# 只证明路径通，用几步的短配方。tiny_model 在 work/tiny-qwen3：测试里的 pipeline["tmp"] / "tiny-qwen3" 就是它。
+# bench/bench_repeat.py 设它：重复跑的多进程测试只拿流水线的产物比文件名、键和形状，不看训练得好不好，
+# 几步就够（负载重的机器上完整的 tiny 流水线要二十多分钟）。CI 不设。
+SHORT_PIPELINE = os.environ.get("QWEN_RLHF_SHORT_PIPELINE") == "1"
+
+
 @pytest.fixture(scope="session")
-def pipeline(work, tiny_model):
-    """按 tiny 配方依次跑 SFT → RM → PPO，一次会话只跑一次；各测试读它的产物。"""
-    out = {"sft": work / "sft", "rm": work / "rm", "ppo": work / "ppo", "tmp": work}
-    # bench/bench_repeat.py 设它：重复跑的多进程测试只拿流水线的产物比文件名、键和形状，不看训练得好不好，
-    # 几步就够（负载重的机器上完整的 tiny 流水线要二十多分钟）。CI 不设。
-    short = os.environ.get("QWEN_RLHF_SHORT_PIPELINE") == "1"
-    steps = ["--max_steps", 2] if short else []
+def sft(work, tiny_model):
+    out = work / "sft"
+    steps = ["--max_steps", 2] if SHORT_PIPELINE else []
+    return SimpleNamespace(folder=out, run=trained("train_sft.py", *stage_args("sft", tiny_model, out, *steps), tmp=work))
+
+
+@pytest.fixture(scope="session")
+def rm(work, tiny_model):
+    out = work / "rm"
+    steps = ["--max_steps", 2] if SHORT_PIPELINE else []
+    return SimpleNamespace(folder=out, run=trained("train_rm.py", *stage_args("rm", tiny_model, out, *steps), tmp=work))
+
+
+@pytest.fixture(scope="session")
+def ppo(work, tiny_model, sft, rm):
+    """演示配方的 PPO（512 个 episode）：test_tiny_ppo_raises_the_mean_rm_score 要看它学到了东西；其余测试读它的产物。"""
+    out = work / "ppo"
+    steps = ["--total_episodes", 32] if SHORT_PIPELINE else []
+    run = trained("train_ppo.py", *stage_args("ppo", tiny_model, out, "--sft_model_path", sft.folder,
+                                              "--reward_model_path", rm.folder, *steps), tmp=work)
+    return SimpleNamespace(folder=out, run=run)
+
+
+@pytest.fixture(scope="session")
+def pipeline(work, sft, rm, ppo):
+    """SFT → RM → PPO 的产物（一次会话只训练一次）：{"sft", "rm", "ppo": 文件夹, "tmp": 会话目录, "runs": 各自的运行}。"""
+    return {"sft": sft.folder, "rm": rm.folder, "ppo": ppo.folder, "tmp": work,
+            "runs": {"sft": sft.run, "rm": rm.run, "ppo": ppo.run}}
+
+
+RL = ("grpo", "rloo", "dpo")
+RL_SHORT = {"grpo": ["--max_steps", 3, "--per_device_train_batch_size", 8],  # 1 个问题 × 8 个回答一步
+            "rloo": ["--max_steps", 3, "--per_device_train_batch_size", 8],
+            "dpo": ["--max_steps", 3]}
+
+
+def rl_args(work: Path, stage: str, out: Path, *extra) -> list:
+    """GRPO / RLOO / DPO 的短配方：tiny 配方 + 3 步，读会话共用的 SFT（和 RM）。"""
+    inputs = ["--sft_model_path", work / "sft"] + (["--reward_model_path", work / "rm"] if stage != "dpo" else [])
+    args = stage_args(stage, work / "tiny-qwen3", out, *inputs, *RL_SHORT[stage], *extra)
+    i = args.index("--model_name_or_path")  # 这三个阶段没有基座选项：actor 就是 SFT 模型
+    return args[:i] + args[i + 2:]
+
+
+@pytest.fixture(scope="session")
+def rl_runs(work, sft, rm):
+    """GRPO、RLOO、DPO 各跑 3 步（每步存一个快照）：{阶段: 子进程结果，.out 是结果文件夹}。"""
     runs = {}
-    runs["sft"] = run_script("train_sft.py", *stage_args("sft", tiny_model, out["sft"], *steps), tmp=work)
-    assert runs["sft"].returncode == 0, runs["sft"].stderr[-3000:]
-    runs["rm"] = run_script("train_rm.py", *stage_args("rm", tiny_model, out["rm"], *steps), tmp=work)
-    assert runs["rm"].returncode == 0, runs["rm"].stderr[-3000:]
-    runs["ppo"] = run_script(
-        "train_ppo.py", *stage_args("ppo", tiny_model, out["ppo"], "--sft_model_path", out["sft"],
-                                    "--reward_model_path", out["rm"], *(["--total_episodes", 32] if short else [])),
-        tmp=work)
-    assert runs["ppo"].returncode == 0, runs["ppo"].stderr[-3000:]
-    out["runs"] = runs
-    return out
+    for stage in RL:
+        out = work / stage
+        runs[stage] = trained(f"train_{stage}.py", *rl_args(work, stage, out), tmp=work)
+        runs[stage].out = out
+    return runs
+
+
+@pytest.fixture(scope="session")
+def gold(work, rm):
+    """金标准评委：更大的迷你模型（tiny.GOLD）上 train_rm.py --role gold，几步（只证明路径通：角色、评测里的第二个分数）。"""
+    base = tiny.build(work / "tiny-qwen3-gold", tiny.GOLD, seed=1)
+    out = work / "rm_gold"
+    run = trained("train_rm.py", *stage_args("rm_gold", base, out, "--max_steps", 4), tmp=work)
+    return SimpleNamespace(folder=out, base=base, run=run)
 
 
 def read_scalars(logdir) -> dict[str, list[float]]:
@@ -173,19 +232,29 @@ def quarter_means(values: list[float]) -> tuple[float, float]:
     return sum(values[:q]) / q, sum(values[-q:]) / q
 
 
-SLOW_FIXTURES = {"pipeline", "tiny_model", "uninterrupted"}
+# 贵的夹具和它们的先后：测试按"用到的最贵的夹具"排序（稳定排序，同一档里保持原来的顺序），所以纯函数的测试先跑，
+# 每一档第一个测试只为这一档付一次训练：没有哪个测试的 setup 要把 SFT、RM、PPO 一口气全训练完（每个测试 ≤ 60 秒）。
+# 模块级夹具（bench、uninterrupted……）放在最后一档，用它的测试仍然连在一起，模块夹具只建一次。
+FIXTURE_COST = {"tiny_model": 1, "sft": 2, "rm": 3, "gold": 4, "ppo": 5, "pipeline": 5, "rl_runs": 6,
+                "bench": 7, "uninterrupted": 7, "trajectory": 8}
+SLOW_FIXTURES = set(FIXTURE_COST)
+
+
+def fixture_cost(item) -> int:
+    return max((FIXTURE_COST.get(name, 0) for name in getattr(item, "fixturenames", ())), default=0)
 
 
 def pytest_collection_modifyitems(items):
     """用到迷你模型或整条流水线、或者起子进程跑真实脚本的测试都算 slow：`bash scripts/test.sh -m "not slow"`
-    一分钟内跑完其余的（纯函数、选项解析、报告、数据检查）。"""
+    一分钟内跑完其余的（纯函数、选项解析、报告、数据检查）。然后按 fixture_cost 排序（见 FIXTURE_COST）。"""
     import inspect
 
     for item in items:
         source = inspect.getsource(item.function) if hasattr(item, "function") else ""
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
-                call in source for call in ("run_script(", "chat_run(", "launch(", "subprocess.")):
+                call in source for call in ("run_script(", "chat_run(", "launch(", "subprocess.", "trained(")):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=fixture_cost)
 
 
 def read_by_step(logdir, tag: str) -> dict[int, float]:

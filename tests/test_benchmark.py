@@ -139,27 +139,144 @@ def test_seeds_of_one_method_are_pooled_as_mean_and_spread():
     assert report.method_rows({"by_method": {"dpo": got["dpo"]}}) is None  # 每个方法只有一个模型：不出这张表
 
 
-def test_kl_to_sft_is_the_mean_per_token_log_ratio():
-    # 两条回答共 3 个 token：(−1 − (−1.5)) + (−2 − (−1)) + (−0.5 − (−0.5)) = 0.5 − 1 + 0 → 平均 −0.5 / 3
-    assert metrics.per_token_kl([[-1.0, -2.0], [-0.5]], [[-1.5, -1.0], [-0.5]]) == pytest.approx(-0.5 / 3)
-    with pytest.raises(ValueError):
-        metrics.per_token_kl([[-1.0, -2.0]], [[-1.0]])  # 不是同一串 token
+def test_kl_to_sft_pools_every_position_of_every_answer():
+    # 两条回答共 3 个位置：(0.1 + 0.3 + 0.2) / 3；长回答按它的长度计权，不是每条回答的平均再平均
+    assert metrics.per_token_kl([[0.1, 0.3], [0.2]]) == pytest.approx(0.2)
+    assert metrics.per_token_kl([[0.5] * 9, [0.0]]) == pytest.approx(0.45)
+    assert metrics.per_token_kl([]) is None
 
 
-def test_response_logprobs_match_a_hand_computed_two_token_example(tiny_model):
+# ---------------------------------------------------------------- 精确 KL（inference.kl_to_reference）
+
+
+@pytest.fixture(scope="module")
+def kl_setup(tiny_model):
+    """迷你模型 + 一个权重随机的 LoRA 适配器（B 不为 0，模型真的离开了基座）+ 三条真实的采样回答。"""
     import torch
+    from peft import LoraConfig, get_peft_model
+
+    from qwen_rlhf import data, inference, models
+
+    tok = models.load_tokenizer(tiny_model, padding_side="left")
+    torch.manual_seed(0)
+    model = get_peft_model(models.load_causal_lm(tiny_model, tok),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"],
+                                      task_type="CAUSAL_LM")).eval()
+    for name, w in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(w, std=0.5)
+    prompts = [data.prompt_ids(tok, q) for q in ("你好", "今天星期几", "你是谁")]
+    responses = inference.generate(model, tok, prompts, 8, do_sample=True, temperature=1.0)
+    return SimpleNamespace(tok=tok, model=model, prompts=prompts, responses=responses)
+
+
+def test_a_model_against_itself_has_exactly_zero_kl_at_every_position(kl_setup, tiny_model):
+    from qwen_rlhf import inference, models
+
+    s = kl_setup
+    plain = models.load_causal_lm(tiny_model, s.tok).eval()
+    same = inference.kl_to_reference(plain, s.tok, s.prompts, s.responses, reference=plain)
+    assert [len(k) for k in same] == [len(r) for r in s.responses]
+    assert all(k == 0.0 for row in same for k in row)
+    with s.model.disable_adapter():  # 关掉适配器的 LoRA 模型对它自己（参考 = 关掉适配器）：同样是 0
+        off = inference.kl_to_reference(plain, s.tok, s.prompts, s.responses, reference=s.model)
+    assert all(k == 0.0 for row in off for k in row)
+
+
+def test_chunked_kl_equals_a_float64_computation_over_the_whole_vocabulary(kl_setup, tiny_model):
+    """分块、fp32 的结果 = float64 里直接对整个词表求和的 Σ_v p (log p − log q)（参考 = 关掉适配器），差 < 1e-5。"""
+    import torch
+    from peft import LoraConfig, get_peft_model
 
     from qwen_rlhf import inference, models
 
-    tok = models.load_tokenizer(tiny_model, padding_side="left")
-    model = models.load_causal_lm(tiny_model, tok).eval()
-    prompts, responses = [[10, 11, 12], [20]], [[13, 14], [21, 22]]  # 长度不同：右填充不影响结果
-    got = inference.response_logprobs(model, tok, prompts, responses, batch_size=2)
-    for p, r, lp in zip(prompts, responses, got):
+    s = kl_setup
+    got = inference.kl_to_reference(s.model, s.tok, s.prompts, s.responses, batch_size=2, chunk_bytes=3 * 4 * 151936)
+    assert all(k > 0 for row in got for k in row)  # B 不为 0：每个位置都离开了 SFT
+    m64 = get_peft_model(models.load_causal_lm(tiny_model, s.tok, dtype=torch.float64),
+                         LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"],
+                                    task_type="CAUSAL_LM")).eval()
+    m64.load_state_dict({k: v.double() for k, v in s.model.state_dict().items()})
+    for p, r, row in zip(s.prompts, s.responses, got):
+        ids = torch.tensor([p + r])
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([p + r])).logits[0]
-        by_hand = [torch.log_softmax(logits[len(p) - 1 + j], -1)[t].item() for j, t in enumerate(r)]
-        assert lp == pytest.approx(by_hand, abs=1e-5)
+            lp = torch.log_softmax(m64(input_ids=ids).logits[0], -1)
+            with m64.disable_adapter():
+                lq = torch.log_softmax(m64(input_ids=ids).logits[0], -1)
+        direct = [(lp[t].exp() * (lp[t] - lq[t])).sum().item() for t in range(len(p) - 1, len(p) - 1 + len(r))]
+        assert row == pytest.approx(direct, abs=1e-5)
+
+
+def test_kl_grows_when_the_adapter_weights_are_scaled_up(kl_setup):
+    import torch
+
+    from qwen_rlhf import inference, metrics
+
+    s = kl_setup
+    sizes = []
+    for scale in (0.5, 1.0, 2.0):
+        with torch.no_grad():
+            for name, w in s.model.named_parameters():
+                if "lora_B" in name:
+                    w.mul_(scale)
+        sizes.append(metrics.per_token_kl(inference.kl_to_reference(s.model, s.tok, s.prompts, s.responses)))
+        with torch.no_grad():
+            for name, w in s.model.named_parameters():
+                if "lora_B" in name:
+                    w.div_(scale)
+    assert 0 < sizes[0] < sizes[1] < sizes[2], sizes
+
+
+def test_the_kl_pass_never_holds_a_tensor_larger_than_its_chunk(kl_setup):
+    """显存上限：logits 按位置分块，任何中间张量都不超过 (块里的位置数 × 词表) 个 fp32（这里 2 个位置 ≈ 1.2 MB）；
+    一次算完整的 (批 × 长度 × 词表) logits 的做法（以前的 response_logprobs）在这里是 3 × 30 × 15 万 ≈ 55 MB。
+    在 CPU 上用 torch 的分发钩子数每个算子输出的字节数，相当于 24 GB 的卡上长提示、长回答时的显存峰值。"""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from qwen_rlhf import inference
+
+    class Largest(TorchDispatchMode):
+        biggest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.is_view:  # 视图不分配内存（例如 lm_head 权重的转置）
+                return out
+            for t in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(t, torch.Tensor):
+                    Largest.biggest = max(Largest.biggest, t.numel() * t.element_size())
+            return out
+
+    s = kl_setup
+    budget = 2 * 4 * 151936
+    with Largest():
+        inference.kl_to_reference(s.model, s.tok, s.prompts, s.responses, chunk_bytes=budget)
+    assert 0 < Largest.biggest <= budget, Largest.biggest
+    with Largest():  # 对照：一次前向的完整 logits 远超这个上限，钩子确实看得到它
+        with torch.no_grad():
+            s.model(input_ids=torch.tensor([s.prompts[0] + s.responses[0]]))
+    assert Largest.biggest > 10 * budget
+
+
+def test_fast_cpu_sampling_draws_from_the_same_distribution_and_never_a_filtered_token():
+    import torch
+
+    from qwen_rlhf.inference import fast_cpu_sampling
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(40000, 1)
+    torch.manual_seed(0)
+    with fast_cpu_sampling():
+        first = torch.multinomial(probs, 1)
+        torch.manual_seed(0)
+        again = torch.multinomial(probs, 1)
+        assert torch.multinomial(probs, 2).shape == (40000, 2)  # 其他用法原样交给 torch
+    assert torch.equal(first, again)  # 同样的种子，同样的结果
+    counts = torch.bincount(first.flatten(), minlength=5).float() / len(first)
+    assert counts[1] == 0 and counts[4] == 0  # 概率为 0 的 token（top-k / top-p 滤掉的）永远抽不到
+    assert counts.tolist() == pytest.approx([0.5, 0.0, 0.3, 0.2, 0.0], abs=0.01)
+    assert torch.multinomial is not None and torch.multinomial.__name__ == "multinomial"  # 出了 with 就换回来
+    assert torch.multinomial.__module__ != "qwen_rlhf.inference"
 
 
 def test_one_of_sft_ppo_only_skips_gains(tmp_path):
@@ -355,8 +472,8 @@ def test_n_way_benchmark_reports_every_model_against_sft_with_intervals_kl_and_c
         assert lo <= m["mean_score"] <= hi and m["wins"] + m["ties"] + m["losses"] == summary["num_questions"]
     twin_ = models["twin"]
     assert twin_["mean_gain_vs_sft_ci95"] == [0.0, 0.0] and twin_["ties"] == summary["num_questions"]
-    assert twin_["kl_to_sft"] == pytest.approx(0.0, abs=1e-6)
-    assert models["ppo"]["kl_to_sft"] != pytest.approx(0.0, abs=1e-6)  # LoRA 改变了分布
+    assert twin_["kl_to_sft"] == 0.0  # 和 SFT 一模一样的完整模型：每个位置的精确 KL 都是 0（不是"接近 0"）
+    assert models["ppo"]["kl_to_sft"] > 0  # LoRA 改变了分布
     # 训练花费读自各自的 stage.json
     ppo_cost = json.loads((pipeline["ppo"] / "stage.json").read_text(encoding="utf-8"))["cost"]
     assert models["ppo"]["training_cost"] == ppo_cost and models["sft"]["training_cost"]["wall_s"] > 0
@@ -434,3 +551,13 @@ def test_different_split_options_are_refused(pipeline, tiny_model, tmp_path):
                       tmp=pipeline["tmp"])
     assert proc.returncode == EXIT_MISSING and "Traceback" not in proc.stderr
     assert "划分" in last_line(proc.stderr) and "--test_size" in last_line(proc.stderr)
+
+
+def test_every_reported_kl_is_non_negative_and_the_report_says_what_it_means(bench):
+    """精确 KL（对整个词表求和）不会是负数，报告不再需要解释"为什么是负的"，只用一句话说它是什么。"""
+    kls = {m: s["kl_to_sft"] for m, s in bench.summary["models"].items()}
+    assert kls["sft"] == 0.0 and kls["ppo"] > 0
+    assert all(row["kl_to_sft"] >= 0 for row in bench.summary["trajectory"])  # 得分-KL 图上的每个点
+    assert "可以小于 0" not in bench.md and "一定 ≥ 0" in bench.md and "对整个词表求和" in bench.md
+    line = next(x for x in bench.proc.stdout.splitlines() if x.startswith("[生成] ppo"))
+    assert f"离 SFT 的 KL 每 token {kls['ppo']:.4f}" in line

@@ -114,8 +114,8 @@ def test_unusable_model_is_refused_in_one_chinese_line(tmp_path, tiny_model, req
     elif case == "truncated_weights":
         shutil.copytree(tiny_model, model)
         os.truncate(model / "model.safetensors", (model / "model.safetensors").stat().st_size // 2)
-    elif case == "rm_folder":  # 只有这一格要训练好的 RM（tiny 流水线，整个测试会话只跑一次）
-        model = request.getfixturevalue("pipeline")["rm"]
+    elif case == "rm_folder":  # 只有这一格要训练好的 RM（会话共用的那个，只训练一次）
+        model = request.getfixturevalue("rm").folder
     r = run_inline("chat.py", "--model", model, "--prompt", "你好", tmp=tmp_path)
     # 设备那一行在加载之前（权重是加载时才发现被截短的），不算错误输出
     lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("设备：")]

@@ -149,7 +149,7 @@ def test_output_parent_deleted_during_the_save_is_one_line_and_leaves_nothing(pi
 
 def test_disk_full_while_writing_a_ppo_checkpoint_removes_the_partial_checkpoint(pipeline, tmp_path, monkeypatch):
     """torch.save 在磁盘满时抛 RuntimeError（C++ 写入器的原话，不带 errno）：一行中文、退出码 5；写了一半的
-    .checkpoint-1.tmp 删掉，没有冒充完成的 checkpoint-1，也没有最终结果。"""
+    .checkpoint-1.tmp 删掉，没有冒充完成的 checkpoint-1，也没有最终结果（先于它写完的第 1 步的快照留着，和续训时一样）。"""
     disk_full_at_optimizer(monkeypatch)
     out = tmp_path / "ppo"
     r = run_inline("train_ppo.py", *stage_args("ppo", pipeline["tmp"] / "tiny-qwen3", out, "--sft_model_path",
@@ -157,7 +157,8 @@ def test_disk_full_while_writing_a_ppo_checkpoint_removes_the_partial_checkpoint
                                                "--total_episodes", 32, "--save_steps", 1), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_RESOURCE, "磁盘写入中断", "checkpoint-1")
     work = tmp_path / "ppo-trainer-checkpoints"
-    assert not out.exists() and list(work.iterdir()) == []
+    assert not out.exists() and [p.name for p in work.iterdir()] == ["snapshots"]
+    assert [p.name for p in (work / "snapshots").iterdir()] == ["step-1"]
 
 
 def test_read_only_output_folder_during_the_benchmark_report_leaves_no_half_report(pipeline, tmp_path, monkeypatch):

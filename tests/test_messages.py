@@ -16,6 +16,8 @@ import chat
 from qwen_rlhf import options, recipes, stages
 
 OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)")
+# 消息里给出的另一个脚本的命令（"python train_rm.py --role gold"）：这些选项按那个脚本查，不算打印它的脚本的
+COMMAND = re.compile(r"python (\w+\.py)((?: --[a-z][a-z0-9_]*(?: [^\s\-，。；：（）、]+)?)+)")
 
 PARSERS = {  # 脚本 -> 它交给 options.parse 的 dataclass（训练脚本的在 recipes.RECIPES 里，一个阶段一项）
     **{f"train_{stage}.py": recipe.types() for stage, recipe in recipes.RECIPES.items()},
@@ -56,6 +58,9 @@ ONLY = {
     ("qwen_rlhf/outputs.py", "lock_output"): TRAIN,
     ("qwen_rlhf/outputs.py", "check_same_split"): ("train_ppo.py", "benchmark.py"),
     ("qwen_rlhf/recipes.py", "SampledArgs"): SAMPLED,
+    ("qwen_rlhf/recipes.py", "RMArgs"): ("train_rm.py",),
+    ("qwen_rlhf/recipes.py", "PolicyArgs"): LORA,
+    ("qwen_rlhf/outputs.py", "check_reward_model"): ("train_ppo.py", "train_grpo.py", "train_rloo.py"),
     ("qwen_rlhf/recipes.py", "steps_for_answers"): SAMPLED,
     ("qwen_rlhf/recipes.py", "checked_sampled"): SAMPLED,
     ("qwen_rlhf/recipes.py", "explain_group_size"): SAMPLED,
@@ -79,8 +84,18 @@ def mentions(path, keep_module_docstring: bool) -> dict[str, set[str]]:
         name = getattr(node, "name", "<module>")
         for n in ast.walk(node):
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings:
-                out.setdefault(name, set()).update(OPTION.findall(n.value))
+                out.setdefault(name, set()).update(OPTION.findall(COMMAND.sub("", n.value)))
     return out
+
+
+def quoted_commands() -> list[tuple[str, str, set[str]]]:
+    """所有脚本和共用模块的消息里给出的命令：[(出处, 被调用的脚本, 它的选项)]。"""
+    found = []
+    for path in {*ALL, *SHARED}:
+        for n in ast.walk(ast.parse((ROOT / path).read_text(encoding="utf-8"))):
+            if isinstance(n, ast.Constant) and isinstance(n.value, str):
+                found += [(path, m.group(1), set(OPTION.findall(m.group(2)))) for m in COMMAND.finditer(n.value)]
+    return found
 
 
 def messages_of(script: str) -> dict[str, set[str]]:
@@ -106,6 +121,15 @@ def test_every_option_named_in_a_message_exists_in_the_script_that_prints_it(scr
     have = parser_options(script) | OTHER_PROGRAMS
     missing = {where: sorted(opts - have) for where, opts in messages_of(script).items() if opts - have}
     assert not missing, f"{script} 的消息提到了它没有的选项：{missing}"
+
+
+def test_every_command_a_message_quotes_for_another_script_uses_options_that_script_has():
+    """"请用 python train_rm.py --role gold 训练一个"这样的提示：照着运行的那个脚本真的有这些选项。"""
+    commands = quoted_commands()
+    assert ("benchmark.py", "train_rm.py", {"role"}) in commands  # 收集器看得到这类命令
+    wrong = [(where, script, sorted(opts - parser_options(script))) for where, script, opts in commands
+             if script in PARSERS and opts - parser_options(script)]
+    assert not wrong, wrong
 
 
 def test_the_collector_sees_options_in_f_strings_and_refuses_what_a_script_lacks():

@@ -12,8 +12,8 @@ def info(folder):
     return json.loads((folder / "stage.json").read_text(encoding="utf-8"))
 
 
-def test_sft_checkpoint_loads_stops_at_im_end_and_loss_fell(pipeline):
-    folder = pipeline["sft"]
+def test_sft_checkpoint_loads_stops_at_im_end_and_loss_fell(sft):
+    folder = sft.folder
     model = AutoModelForCausalLM.from_pretrained(str(folder))
     tok = AutoTokenizer.from_pretrained(str(folder))
     assert model.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>") == 151645
@@ -26,8 +26,8 @@ def test_sft_checkpoint_loads_stops_at_im_end_and_loss_fell(pipeline):
     assert not (folder.parent / "sft-trainer-checkpoints").exists()  # 成功后中间检查点已删除
 
 
-def test_rm_checkpoint_loads_and_held_out_accuracy_is_logged_above_chance(pipeline):
-    folder = pipeline["rm"]
+def test_rm_checkpoint_loads_and_held_out_accuracy_is_logged_above_chance(sft, rm):
+    folder = rm.folder
     model = AutoModelForSequenceClassification.from_pretrained(str(folder))
     assert model.config.num_labels == 1 and model.config.pad_token_id == 151643
     assert AutoTokenizer.from_pretrained(str(folder)).padding_side == "right"  # 分数读在最后一个非填充 token 上
@@ -39,8 +39,9 @@ def test_rm_checkpoint_loads_and_held_out_accuracy_is_logged_above_chance(pipeli
     from pathlib import Path
 
     assert len(list(Path(stage["tensorboard"]).glob("events.out.tfevents.*"))) == 1  # 训练后的 evaluate() 不另开文件
-    assert "[评估] 留出偏好对准确率" in pipeline["runs"]["rm"].stdout
-    assert stage["split_fingerprint"] == info(pipeline["sft"])["split_fingerprint"]
+    assert "[评估] 留出偏好对准确率" in rm.run.stdout
+    assert stage["split_fingerprint"] == info(sft.folder)["split_fingerprint"]
+    assert stage["role"] == "proxy" and stage["fluency_pairs"] == 0  # 默认是 PPO 们优化的代理 RM
 
 
 def test_every_stage_records_and_prints_what_it_cost(pipeline):

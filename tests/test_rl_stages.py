@@ -9,36 +9,11 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, last_line, offline_env, read_scalars, read_steps, run_inline, run_script, run_until, stage_args
+from conftest import (RL, ROOT, last_line, offline_env, read_scalars, read_steps, rl_args, run_inline, run_script,
+                      run_until)
 
-from qwen_rlhf import data, inference, models, outputs
+from qwen_rlhf import data, inference, models, outputs, policy
 from qwen_rlhf.stages import STAGES
-
-RL = ("grpo", "rloo", "dpo")
-SHORT = {"grpo": ["--max_steps", 3, "--per_device_train_batch_size", 8],  # 1 个问题 × 8 个回答一步
-         "rloo": ["--max_steps", 3, "--per_device_train_batch_size", 8],
-         "dpo": ["--max_steps", 3]}
-
-
-def rl_args(pipeline, stage, out, *extra):
-    inputs = ["--sft_model_path", pipeline["sft"]]
-    if stage != "dpo":
-        inputs += ["--reward_model_path", pipeline["rm"]]
-    args = stage_args(stage, pipeline["tmp"] / "tiny-qwen3", out, *inputs, *SHORT[stage], *extra)
-    i = args.index("--model_name_or_path")  # 这三个阶段没有基座选项：actor 就是 SFT 模型
-    return args[:i] + args[i + 2:]
-
-
-@pytest.fixture(scope="module")
-def rl_runs(pipeline):
-    runs = {}
-    for stage in RL:
-        out = pipeline["tmp"] / stage
-        runs[stage] = run_script(f"train_{stage}.py", *rl_args(pipeline, stage, out), tmp=pipeline["tmp"])
-        assert runs[stage].returncode == 0, runs[stage].stderr[-3000:]
-        runs[stage].out = out
-    return runs
-
 
 def stage_info(folder):
     return json.loads((folder / "stage.json").read_text(encoding="utf-8"))
@@ -89,7 +64,7 @@ def test_chat_talks_to_a_new_stage_by_name(rl_runs, pipeline):
     ("dpo", "--sft_model_path", "ppo", "是PPO 模型，--sft_model_path 需要SFT 模型"),
 ])
 def test_wrong_kind_inputs_are_refused_before_any_model_loads(pipeline, tmp_path, stage, option, wrong, message):
-    args = rl_args(pipeline, stage, tmp_path / "out")
+    args = rl_args(pipeline["tmp"], stage, tmp_path / "out")
     args[args.index(option) + 1] = pipeline[wrong]
     r = run_inline(f"train_{stage}.py", *args, tmp=tmp_path)
     assert r.returncode == 3 and message in last_line(r.stderr) and "Traceback" not in r.stderr, r.stderr[-2000:]
@@ -98,7 +73,7 @@ def test_wrong_kind_inputs_are_refused_before_any_model_loads(pipeline, tmp_path
 
 @pytest.mark.parametrize("stage", RL)
 def test_inputs_trained_on_another_split_are_refused(pipeline, tmp_path, stage):
-    r = run_inline(f"train_{stage}.py", *rl_args(pipeline, stage, tmp_path / "out", "--split_seed", 7), tmp=tmp_path)
+    r = run_inline(f"train_{stage}.py", *rl_args(pipeline["tmp"], stage, tmp_path / "out", "--split_seed", 7), tmp=tmp_path)
     assert r.returncode == 3 and "数据或划分和这次不同" in last_line(r.stderr), r.stderr[-2000:]
     assert f"train_{stage}.py" in last_line(r.stderr) and not (tmp_path / "out").exists()
 
@@ -111,7 +86,7 @@ def test_grpo_stopped_by_sigterm_resumes_from_the_printed_command_and_finishes(r
 
     out = pipeline["tmp"] / "grpo-resume"
     env = offline_env(pipeline["tmp"])
-    proc, lines = run_until([sys.executable, ROOT / "train_grpo.py", *rl_args(pipeline, "grpo", out)], env, "'loss'")
+    proc, lines = run_until([sys.executable, ROOT / "train_grpo.py", *rl_args(pipeline["tmp"], "grpo", out)], env, "'loss'")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(300) == 130
     line = last_line("".join(lines))
@@ -124,6 +99,8 @@ def test_grpo_stopped_by_sigterm_resumes_from_the_printed_command_and_finishes(r
     info = stage_info(out)
     assert info["optimizer_steps"] == 3 and read_steps(info["tensorboard"], "grpo/loss")[-1] == 3
     assert not (pipeline["tmp"] / "grpo-resume-trainer-checkpoints").exists()
+    # 被打断之前存下的快照也活下来了，和续训后存的一起搬进结果里：每步一个（tiny 配方 5 个快照 > 3 步）
+    assert [p.name for p in policy.snapshots_of(out)] == ["step-1", "step-2", "step-3"]
     resumed = load_file(str(out / "adapter_model.safetensors"))
     lora_b = [w for k, w in resumed.items() if "lora_B" in k]
     assert lora_b and all(torch.count_nonzero(w) > 0 for w in lora_b)  # B 初始化为 0：非零说明训练过
@@ -133,7 +110,7 @@ def test_dpo_on_two_processes_has_the_single_process_shape(rl_runs, pipeline):
     from test_distributed import file_names, launch
 
     out = pipeline["tmp"] / "dpo-ddp"
-    r = launch("ddp", "train_dpo.py", 29677, *rl_args(pipeline, "dpo", out, "--max_steps", 2), tmp=pipeline["tmp"])
+    r = launch("ddp", "train_dpo.py", 29677, *rl_args(pipeline["tmp"], "dpo", out, "--max_steps", 2), tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     single, info = stage_info(rl_runs["dpo"].out), stage_info(out)
     assert info["launch"] == {"num_processes": 2, "device": "cpu", "zero_stage": None}

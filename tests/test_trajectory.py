@@ -1,0 +1,259 @@
+"""训练轨迹这一课：LoRA 阶段训练中存下的快照（只有适配器）、独立于代理 RM 的金标准评委、benchmark.py --trajectory 写出的
+trajectory.csv / 得分-KL 图 / "有没有奖励过度优化"的那段话，以及读这些数字的纯函数（手写数据）。"""
+
+import csv
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import TINY, last_line, rl_args, run_inline, run_script, stage_args
+
+from qwen_rlhf import metrics, policy, report
+from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING
+from qwen_rlhf.metrics import Answer
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def info(folder):
+    return json.loads((folder / "stage.json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- 读曲线的纯函数
+
+
+def curve(*points):
+    """[(kl, 代理分, 金标准分)] -> method_curves 的格式；噪声（区间半宽）0.1。"""
+    return [{"kl": k, "proxy": p, "gold": g, "proxy_half": 0.1, "gold_half": 0.1, "seeds": 1} for k, p, g in points]
+
+
+@pytest.mark.parametrize("points, verdict", [
+    ([(0, 0, 0), (0.1, 1, 0.8), (0.3, 2, 1.0), (0.6, 3, 0.2)], "overoptimised"),  # 金标准先升后降
+    ([(0, 0, 0), (0.1, 1, -0.3), (0.3, 2, -0.9)], "gold_falls"),  # 从一开始就降
+    ([(0, 0, 0), (0.1, 1, 0.05), (0.3, 2, -0.05)], "gold_flat"),  # 在噪声之内没变
+    ([(0, 0, 0), (0.1, 1, 0.5), (0.3, 2, 0.9)], "both_rise"),
+    ([(0, 0, 0), (0.1, 0.05, 0.5), (0.3, 0.02, 0.9)], "proxy_flat"),  # 代理分自己都没升
+    ([(0, 0, None), (0.1, 1, None)], "no_gold"),
+])
+def test_overoptimisation_reads_the_shape_of_the_gold_curve(points, verdict):
+    got = metrics.overoptimisation(curve(*points))
+    assert got["verdict"] == verdict, got
+    if verdict == "overoptimised":
+        assert got["peak_kl"] == 0.3 and got["gold_drop_after_peak"] == pytest.approx(0.8)
+        line = report.VERDICTS[verdict].format(**got)
+        assert "KL≈0.300" in line and "回落了 0.80" in line
+
+
+def test_trajectory_rows_and_method_curves_average_seeds_point_by_point():
+    qs = ["甲", "乙"]
+    answers = [Answer(q, "held_out", m, "x", s, 1, gold=g) for m, s, g in
+               [("sft", 0.0, 0.0), ("a@1", 1.0, 1.0), ("a", 2.0, 0.5), ("b@1", 3.0, 1.0), ("b", 4.0, 1.5)] for q in qs]
+    metrics.add_gains(answers)
+    runs = [{"method": "grpo", "run": r, "seed": i, "points": [("sft", None), (f"{r}@1", {"step": 1, "seen": 8, "unit":
+             "answers"}), (r, {"step": 2, "seen": 16, "unit": "answers"})]} for i, r in enumerate(("a", "b"))]
+    rows = metrics.trajectory_rows(answers, runs, {"a@1": 0.1, "a": 0.2, "b@1": 0.3, "b": 0.4})
+    assert [(r["model"], r["step"], r["seen"], r["kl_to_sft"]) for r in rows[:3]] == [
+        ("sft", 0, 0, 0.0), ("a@1", 1, 8, 0.1), ("a", 2, 16, 0.2)]
+    assert rows[2]["proxy_mean"] == 2.0 and rows[2]["gold_mean"] == 0.5 and rows[2]["proxy_gain_ci95"] == [2.0, 2.0]
+    (grpo,) = metrics.method_curves(rows).values()
+    assert [(p["kl"], p["proxy"], p["gold"], p["seeds"]) for p in grpo] == [
+        (0.0, 0.0, 0.0, 2), (pytest.approx(0.2), 2.0, 1.0, 2), (pytest.approx(0.3), 3.0, 1.0, 2)]
+
+
+def test_dpo_diagnosis_tells_not_learned_from_learned_but_displaced():
+    sft = {"empty_share": 0.2, "mean_tokens": 4.0}
+
+    def member(acc, chosen, rejected):
+        return ("dpo", {"held_out": {"pairs": 37, "preference_accuracy": acc, "logp_chosen_change": chosen,
+                                     "logp_rejected_change": rejected}, "empty_share": 0.44, "mean_tokens": 2.0})
+
+    assert "没学会这份偏好" in report.dpo_diagnosis([member(0.52, -0.1, -0.1)], sft)
+    displaced = report.dpo_diagnosis([member(0.82, -1.7, -4.2)], sft)
+    assert "学会了区分" in displaced and "似然位移" in displaced and "空回答占 44%（SFT 20%）" in displaced
+    assert "log p(chosen) -1.70" in displaced and "准确率 82%" in displaced
+    assert "这个 RM 不奖励" in report.dpo_diagnosis([member(0.9, 0.5, -2.0)], sft)
+    assert report.dpo_diagnosis([("ppo", {"held_out": None})], sft) == ""
+
+
+def test_fluency_pairs_shuffle_the_chosen_answer_and_skip_what_cannot_change():
+    from qwen_rlhf import data
+
+    rows = [{"question": "q", "chosen": "滚开别烦我", "rejected": "您好"}, {"question": "q2", "chosen": "滚", "rejected": "好"},
+            {"question": "q3", "chosen": "哈哈", "rejected": "嗯"}]
+    pairs = data.fluency_pairs(rows, seed=1)
+    assert len(pairs) == 1 and pairs == data.fluency_pairs(rows, seed=1)  # 同样的种子同样的数据
+    assert pairs[0]["chosen"] == "滚开别烦我" and sorted(pairs[0]["rejected"]) == sorted("滚开别烦我")
+    assert pairs[0]["rejected"] != "滚开别烦我"
+
+
+# ---------------------------------------------------------------- 快照
+
+
+def test_every_rl_run_keeps_adapter_only_snapshots_with_their_progress(rl_runs, pipeline):
+    """GRPO / RLOO / DPO 跑 3 步、默认 5 个快照：每步一个，只有适配器和一个小 stage.json（没有 merged/、没有分词器），
+    看过多少回答 / 偏好对记在里面；最终结果的 progress 和最后一个快照相同。演示配方的 PPO（32 次更新）：第 7、13、20、26、32 次。"""
+    for stage, unit, per_step in (("grpo", "answers", 8), ("rloo", "answers", 8), ("dpo", "pairs", 8)):
+        folder = rl_runs[stage].out
+        snaps = policy.snapshots_of(folder)
+        assert [s.name for s in snaps] == ["step-1", "step-2", "step-3"]
+        for i, snap in enumerate(snaps, 1):
+            assert {p.name for p in snap.iterdir()} <= {"adapter_model.safetensors", "adapter_config.json", "stage.json",
+                                                       "README.md"}
+            record = info(snap)
+            assert record["stage"] == stage and record["progress"] == {"step": i, "steps": 3, "seen": i * per_step,
+                                                                       "unit": unit}
+            assert (snap / record["sft_path_from_adapter"]).resolve() == pipeline["sft"].resolve()
+        assert info(folder)["progress"] == info(snaps[-1])["progress"]
+    ppo = policy.snapshots_of(pipeline["ppo"])
+    assert [s.name for s in ppo] == ["step-7", "step-13", "step-20", "step-26", "step-32"]
+    assert info(ppo[0])["progress"]["seen"] == 7 * 16 and info(pipeline["ppo"])["progress"]["seen"] == 512
+
+
+def test_a_snapshot_talks_in_chat_by_name_and_loads_with_plain_peft_from_a_copied_tree(rl_runs, pipeline, tmp_path,
+                                                                                      monkeypatch):
+    from peft import AutoPeftModelForCausalLM
+
+    r = run_inline("chat.py", "--model", "grpo@step-2", "--grpo_model_path", rl_runs["grpo"].out, "--prompt", "你好",
+                   "--max_new_tokens", 4, "--seed", 0, tmp=pipeline["tmp"])
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr[-2000:]
+    r = run_inline("chat.py", "--model", "grpo@step-9", "--grpo_model_path", rl_runs["grpo"].out, "--prompt", "你好",
+                   tmp=pipeline["tmp"])
+    assert r.returncode == EXIT_MISSING and "没有快照 step-9" in last_line(r.stderr) and "step-1、step-2、step-3" in \
+        last_line(r.stderr) and "Traceback" not in r.stderr
+    # 整棵树拷走（同名的文件夹放到别处）：快照的基座路径和结果一样，相对放这棵树的文件夹
+    tree = tmp_path / "elsewhere" / pipeline["tmp"].name
+    for stage in ("sft", "grpo"):
+        shutil.copytree(pipeline["tmp"] / stage, tree / stage)
+    monkeypatch.chdir(tree.parent)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # 万一基座路径不对，立刻失败而不是去连 Hub
+    model = AutoPeftModelForCausalLM.from_pretrained(f"{tree.name}/grpo/snapshots/step-2")
+    assert (tree.parent / model.get_base_model().config._name_or_path).resolve() == (tree / "sft").resolve()
+
+
+def test_a_snapshot_is_never_taken_for_a_resumable_checkpoint(rl_runs, pipeline, tmp_path):
+    for folder in (rl_runs["dpo"].out / "snapshots" / "step-2", rl_runs["dpo"].out):
+        r = run_inline("train_dpo.py", *rl_args(pipeline["tmp"], "dpo", tmp_path / "out", "--resume_from_checkpoint",
+                                                folder), tmp=tmp_path)
+        assert r.returncode == EXIT_BAD_INPUT and "不是可续训的检查点" in last_line(r.stderr), r.stderr[-2000:]
+        assert not (tmp_path / "out").exists()
+    r = run_inline("train_grpo.py", *rl_args(pipeline["tmp"], "grpo", tmp_path / "out", "--snapshots", -1), tmp=tmp_path)
+    assert r.returncode == EXIT_BAD_INPUT and "--snapshots 不能为负数" in last_line(r.stderr)
+
+
+def test_dpo_records_its_own_held_out_diagnosis(rl_runs):
+    held = info(rl_runs["dpo"].out)["held_out"]
+    assert held["pairs"] > 0 and 0 <= held["preference_accuracy"] <= 1 and held["beta"] == 0.1
+    # log p 的变化 = 隐式奖励 / β，是整句的 log 概率之差：训练过 3 步，两者都离开了 0
+    assert held["logp_chosen_change"] != 0 and held["logp_rejected_change"] != 0
+    assert "[诊断] 留出" in rl_runs["dpo"].stdout
+
+
+# ---------------------------------------------------------------- 金标准评委
+
+
+def test_the_gold_judge_records_its_role_its_own_seed_and_the_extra_pairs(gold, pipeline):
+    record = info(gold.folder)
+    assert record["role"] == "gold" and record["fluency_pairs"] > 0
+    assert record["options"]["training"]["seed"] == 1042 != info(pipeline["rm"])["options"]["training"]["seed"]
+    assert record["split_fingerprint"] == info(pipeline["rm"])["split_fingerprint"]
+    assert "字序打乱的回答" in gold.run.stdout
+    r = run_inline("train_rm.py", *stage_args("rm", pipeline["tmp"] / "tiny-qwen3", pipeline["tmp"] / "x", "--role", "judge"),
+                   tmp=pipeline["tmp"])
+    assert r.returncode == EXIT_BAD_INPUT and "--role 只能是 proxy" in last_line(r.stderr)
+
+
+@pytest.mark.parametrize("script", ["train_ppo.py", "train_grpo.py"])
+def test_no_policy_is_ever_trained_against_the_gold_judge(gold, pipeline, tmp_path, script):
+    stage = script[6:-3]
+    args = stage_args(stage, pipeline["tmp"] / "tiny-qwen3", tmp_path / "out", "--sft_model_path", pipeline["sft"],
+                      "--reward_model_path", gold.folder)
+    if stage == "grpo":
+        args = args[:args.index("--model_name_or_path")] + args[args.index("--model_name_or_path") + 2:]
+    r = run_inline(script, *args, tmp=tmp_path)
+    assert r.returncode == EXIT_MISSING and "是金标准评委" in last_line(r.stderr) and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- benchmark.py --trajectory
+
+
+@pytest.fixture(scope="module")
+def trajectory(pipeline, rl_runs, gold, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trajectory")
+    proc = run_script("benchmark.py", "--config", TINY / "benchmark.yaml", "--model_name_or_path", pipeline["tmp"] /
+                      "tiny-qwen3", "--sft_model_path", pipeline["sft"], "--ppo_model_path", pipeline["ppo"],
+                      "--reward_model_path", pipeline["rm"], "--gold_model_path", gold.folder, "--output_dir", out,
+                      "--grpo_model_path", rl_runs["grpo"].out, "--dpo_model_path", rl_runs["dpo"].out,
+                      "--num_questions", 8, "--models", "sft,ppo,grpo,dpo", "--trajectory", "true", tmp=pipeline["tmp"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    with (folder / "trajectory.csv").open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with (folder / "results.csv").open(encoding="utf-8-sig", newline="") as f:
+        results = list(csv.DictReader(f))
+    return SimpleNamespace(proc=proc, folder=folder, rows=rows, results=results,
+                           md=(folder / "report.md").read_text(encoding="utf-8"),
+                           summary=json.loads((folder / "summary.json").read_text(encoding="utf-8")))
+
+
+def test_trajectory_csv_has_every_snapshot_in_training_order_with_both_judges_and_exact_kl(trajectory):
+    by_run = {}
+    for r in trajectory.rows:
+        by_run.setdefault(r["run"], []).append(r)
+    assert set(by_run) == {"ppo", "grpo", "dpo"}
+    # SFT（第 0 步）→ 快照（和最终结果同一步的最后一个不重复）→ 最终结果
+    assert [r["model"] for r in by_run["grpo"]] == ["sft", "grpo@step-1", "grpo@step-2", "grpo"]
+    assert [r["model"] for r in by_run["ppo"]] == ["sft", "ppo@step-7", "ppo@step-13", "ppo@step-20", "ppo@step-26", "ppo"]
+    for rows in by_run.values():
+        assert [int(r["step"]) for r in rows] == sorted(int(r["step"]) for r in rows)
+        assert [int(r["seen"]) for r in rows] == sorted(int(r["seen"]) for r in rows)
+        assert rows[0]["kl_to_sft"] == "0.000000" and all(float(r["kl_to_sft"]) > 0 for r in rows[1:])
+    for r in trajectory.rows:  # 每个点的分数 = results.csv 里这个模型的回答的平均分（两位评委各自的）
+        mine = [a for a in trajectory.results if a["model"] == r["model"]]
+        assert float(r["proxy_mean"]) == pytest.approx(sum(float(a["score"]) for a in mine) / len(mine), abs=1e-4)
+        assert float(r["gold_mean"]) == pytest.approx(sum(float(a["gold_score"]) for a in mine) / len(mine), abs=1e-4)
+        assert float(r["proxy_ci_low"]) <= float(r["proxy_mean"]) <= float(r["proxy_ci_high"])
+    assert {r["unit"] for r in by_run["dpo"][1:]} == {"pairs"} and by_run["ppo"][-1]["seen"] == "512"
+
+
+def test_the_report_reads_the_trajectory_and_shows_both_judges_side_by_side(trajectory):
+    md, summary = trajectory.md, trajectory.summary
+    assert "## 训练轨迹：代理分、金标准分与 KL" in md and "奖励过度优化" in md
+    assert set(summary["overoptimisation"]) == {"ppo", "grpo", "dpo"}
+    for method, r in summary["overoptimisation"].items():
+        assert r["verdict"] in report.VERDICTS
+        assert f"**{method}**（{r['points']} 个点）：" + report.VERDICTS[r["verdict"]].format(**r) in md
+    assert "代理 RM（训练时优化的）在" in md and "金标准评委（只用来评测）在" in md
+    assert summary["gold"]["accuracy"] >= 0 and summary["gold"]["folder"] != summary["rm"]["folder"]
+    assert "金标准提升" in md and summary["models"]["ppo"]["gold_gain_vs_sft_ci95"] is not None
+    assert "**dpo**　DPO：" in md and "诊断：留出" in md  # DPO 的那段带着它自己在留出偏好对上的诊断
+    png = trajectory.folder / report.REWARD_KL_PNG
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and f"]({report.REWARD_KL_PNG})" in md
+    assert "[轨迹] **ppo**" in trajectory.proc.stdout and "trajectory.csv" in last_line(trajectory.proc.stdout)
+
+
+def test_the_gold_judge_must_be_a_gold_role_rm_other_than_the_proxy(pipeline, gold, tmp_path):
+    base = ["--config", TINY / "benchmark.yaml", "--model_name_or_path", pipeline["tmp"] / "tiny-qwen3",
+            "--sft_model_path", pipeline["sft"], "--ppo_model_path", pipeline["ppo"], "--reward_model_path",
+            pipeline["rm"], "--output_dir", tmp_path / "out", "--models", "sft"]
+    r = run_inline("benchmark.py", *base, "--gold_model_path", pipeline["rm"], tmp=tmp_path)
+    assert r.returncode == EXIT_BAD_INPUT and "不是金标准评委" in last_line(r.stderr) and not (tmp_path / "out").exists()
+    r = run_inline("benchmark.py", *base, "--gold_model_path", tmp_path / "nowhere", tmp=tmp_path)
+    assert r.returncode == 0 and "[金标准] 没有" in r.stdout, r.stderr[-2000:]
+    summary = json.loads(next((tmp_path / "out").glob("*/summary.json")).read_text(encoding="utf-8"))
+    assert summary["gold"] is None and "gold_score" not in summary["models"]["sft"]
+
+
+def test_the_adapter_weights_really_are_what_the_snapshot_saved(rl_runs):
+    """快照是训练中那一步的适配器，不是最终结果的拷贝：第 1 步和最终的 LoRA B 不同，而最后一步的快照和最终结果逐位相同。"""
+    from safetensors.torch import load_file
+
+    folder = rl_runs["grpo"].out
+    final = load_file(str(folder / "adapter_model.safetensors"))
+    first = load_file(str(folder / "snapshots" / "step-1" / "adapter_model.safetensors"))
+    last = load_file(str(folder / "snapshots" / "step-3" / "adapter_model.safetensors"))
+    assert final.keys() == first.keys() == last.keys()
+    assert any(not torch.equal(final[k], first[k]) for k in final)
+    assert all(torch.equal(final[k], last[k]) for k in final)
