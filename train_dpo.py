@@ -17,26 +17,32 @@ from functools import partial
 
 from trl import DPOTrainer
 
-from qwen_rlhf import data, device, errors, models, options, outputs, policy, recipes, training
+from qwen_rlhf import data, device, errors, inference, models, options, outputs, policy, recipes, training
 from qwen_rlhf.cost import Cost
 
 
-def held_out_diagnosis(trainer, pairs, beta: float) -> dict:
-    """训练结束后在留出偏好对上评估一次（TRL 的 DPOTrainer.evaluate：参考 = 关掉适配器的 SFT，多进程时已汇总）。
-    - 隐式奖励 β·(log π − log π_SFT) 的偏好准确率：chosen 的比 rejected 的高的比例（0.5 ≈ 瞎猜；一点没变时奖励全为 0、
-      准确率 0）；
-    - log p(chosen)、log p(rejected)（整句的 log 概率）相对 SFT 平均变了多少（= 隐式奖励 / β）：两个都下降而准确率高，
-      说明它学会了区分，却把概率挪到了两者以外的地方（例如更早结束）。
-    TRL 按批平均再平均（最后一批较小时略有偏差）；曲线也写进 TensorBoard 的 dpo/eval/…。"""
-    m = trainer.evaluate(eval_dataset=pairs)
-    result = {"pairs": len(pairs), "preference_accuracy": m["eval_rewards/accuracies"], "beta": beta,
-              "logp_chosen_change": m["eval_rewards/chosen"] / beta,
-              "logp_rejected_change": m["eval_rewards/rejected"] / beta,
-              "logp_chosen": m["eval_logps/chosen"], "logp_rejected": m["eval_logps/rejected"]}
-    if trainer.is_world_process_zero():
-        print(f"[诊断] 留出 {len(pairs)} 个偏好对：隐式奖励准确率 {result['preference_accuracy']:.3f}；相对 SFT，"
-              f"log p(chosen) {result['logp_chosen_change']:+.2f}、log p(rejected) {result['logp_rejected_change']:+.2f}。",
-              flush=True)
+def held_out_diagnosis(trainer, tokenizer, rows: list[dict], beta: float, system: str | None) -> dict:
+    """训练结束后在留出偏好对上诊断一次（主进程；参考 = 关掉适配器的 SFT，和训练时 TRL 用的参考相同）：
+    - 隐式奖励 β·(log π − log π_SFT)（整句回答，含 <|im_end|>）的偏好准确率：chosen 的比 rejected 的高的比例
+      （0.5 ≈ 瞎猜；一点没变时奖励全为 0、准确率 0）；
+    - log p(chosen)、log p(rejected) 相对 SFT 平均变了多少：两个都下降而准确率高，说明它学会了区分，却把概率挪到了
+      两者以外的地方（例如更早结束）。
+    和评测的精确 KL 同一遍计算（inference.compare_to_reference：只在回答的位置上乘 lm_head），比 TRL 的 evaluate 省掉
+    提示位置的 logits。"""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    model.eval()
+    prompts = [data.prompt_ids(tokenizer, r["question"], r.get("system") or system) for r in rows] * 2
+    answers = [data.answer_ids(tokenizer, r[k]) for k in ("chosen", "rejected") for r in rows]
+    _, ratios = inference.compare_to_reference(model, tokenizer, prompts, answers)
+    model.train(was_training)
+    chosen, rejected = [sum(x) for x in ratios[: len(rows)]], [sum(x) for x in ratios[len(rows):]]
+    result = {"pairs": len(rows), "beta": beta,
+              "preference_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(rows),
+              "logp_chosen_change": sum(chosen) / len(rows), "logp_rejected_change": sum(rejected) / len(rows)}
+    print(f"[诊断] 留出 {len(rows)} 个偏好对：隐式奖励准确率 {result['preference_accuracy']:.3f}；相对 SFT，"
+          f"log p(chosen) {result['logp_chosen_change']:+.2f}、log p(rejected) {result['logp_rejected_change']:+.2f}。",
+          flush=True)
     return result
 
 
@@ -55,7 +61,6 @@ def main():
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
     outputs.check_same_split({"SFT": sft_info}, split.fingerprint, "train_dpo.py")
     examples = [data.dpo_example(r, args.system_prompt) for r in split.train]  # 只用训练集：留出集留给 benchmark
-    held_out = [data.dpo_example(r, args.system_prompt) for r in split.test]  # 只用来诊断（训练结束后评估一次）
     data.say(f"[数据] DPO 使用训练集的 {len(examples)} 个偏好对（留出 {len(split.test)} 行不参与训练）。")
 
     # ---------------------------------------------------------------- 模型
@@ -75,9 +80,10 @@ def main():
     training.use_stage_tensorboard(trainer, "dpo", tb)
     snapshots.bind(lambda: trainer.accelerator.unwrap_model(trainer.model))
     training.fit(trainer, stop.bind(trainer), cfg.resume_from_checkpoint)
-    # 诊断：留出偏好对上的隐式奖励准确率、log p(chosen) / log p(rejected) 相对 SFT 的变化（TRL 自己的 evaluate，
-    # 参考 = 关掉适配器）：分得清"没学会偏好"和"学会了、但把概率挪到了别处"
-    diagnosis = held_out_diagnosis(trainer, Dataset.from_list(held_out), cfg.beta) if held_out else None
+    # 诊断：留出偏好对（从不用来训练）上的隐式奖励准确率、log p(chosen) / log p(rejected) 相对 SFT 的变化：
+    # 分得清"没学会偏好"和"学会了、但把概率挪到了别处"
+    diagnosis = held_out_diagnosis(trainer, tokenizer, split.test, cfg.beta, args.system_prompt) \
+        if split.test and trainer.is_world_process_zero() else None
 
     # ---------------------------------------------------------------- 保存
     training.save_result(

@@ -5,7 +5,9 @@
 
 "原样的 TRL"= 同一份 recipes.parse 解析出的 Config 与 LoRA，直接交给 trl 的 GRPOTrainer / RLOOTrainer / DPOTrainer：
 RM 作为模型对象放进 reward_funcs（TRL 自己渲染、打分），没有我们的回调、检查、采样修正和 merged/ 导出，最后只
-trainer.save_model。两边都是子进程，从启动到退出计时（含 import、加载与保存），每轮交替先后，取各自的中位数。
+trainer.save_model。两边都是子进程，每轮交替先后，取各自的中位数，记两个比值：
+- 整个进程（从启动到退出，含 import、加载、训练与保存；我们的还多写 merged/、快照、DPO 的留出诊断）；
+- 每步：Trainer 自己记的 train_runtime（两边都打印在日志里）÷ 步数，只算训练循环。
 结果写到 bench/results/rl_stages.json。机器有别的负载时比值不可引用（结果里记下了 1 分钟负载）。
 """
 
@@ -23,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py
 
-STAGES = ("grpo", "rloo", "dpo")
+STAGES = ("grpo", "rloo", "dpo")  # 每个跑 4 步（STEPS）
 STEPS = {"grpo": ["--max_steps", "4", "--per_device_train_batch_size", "8"],  # 每步 1 个问题 × 8 个回答
          "rloo": ["--max_steps", "4", "--per_device_train_batch_size", "8"], "dpo": ["--max_steps", "4"]}
 
@@ -59,12 +61,16 @@ def plain(stage: str, argv: list[str]) -> None:
     trainer.save_model(cfg.output_dir)
 
 
-def timed(cmd: list, env: dict) -> float:
+def timed(cmd: list, env: dict) -> tuple[float, float | None]:
+    """(整个进程的秒数, Trainer 日志里的 train_runtime 秒数)。"""
+    import re
+
     start = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"错误：{' '.join(map(str, cmd[:3]))} 失败：\n{r.stderr[-2000:]}")
-    return time.perf_counter() - start
+    runtime = re.findall(r"'train_runtime': '?([0-9.]+)", r.stdout + r.stderr)
+    return time.perf_counter() - start, float(runtime[-1]) if runtime else None
 
 
 def main():
@@ -90,19 +96,27 @@ def main():
         for stage in ("sft", "rm"):
             timed([sys.executable, ROOT / f"train_{stage}.py", "--config", ROOT / "configs" / "tiny" / f"{stage}.yaml",
                    "--model_name_or_path", base, "--max_steps", "4", "--output_dir", work / stage], env)
+        
         sft, rm = sft or work / "sft", rm or work / "rm"
     result = {"machine": common.machine(), "load_1min": os.getloadavg()[0], "rounds": a.rounds, "stages": {}}
+    steps = 4
     for stage in a.stages.split(","):
-        ours, theirs = [], []
+        runs = {"ours": [], "trl": []}
         for i in range(a.rounds):
             cmds = {"ours": [sys.executable, ROOT / f"train_{stage}.py", *stage_argv(stage, sft, rm, work / f"{stage}-ours-{i}")],
                     "trl": [sys.executable, __file__, "--_plain", stage, *stage_argv(stage, sft, rm, work / f"{stage}-trl-{i}")]}
             for who in (("ours", "trl") if i % 2 == 0 else ("trl", "ours")):  # 交替先后：机器的状态变化两边各摊一半
-                (ours if who == "ours" else theirs).append(timed(cmds[who], env))
-            print(f"[bench] {stage} 第 {i + 1} 轮：我们的 {ours[-1]:.1f} 秒，TRL 原样 {theirs[-1]:.1f} 秒", flush=True)
-        o, t = statistics.median(ours), statistics.median(theirs)
-        result["stages"][stage] = {"argv": STEPS[stage], "ours_s": [round(x, 1) for x in ours],
-                                   "trl_s": [round(x, 1) for x in theirs], "ratio_ours_over_trl": round(o / t, 3)}
+                runs[who].append(timed(cmds[who], env))
+            print(f"[bench] {stage} 第 {i + 1} 轮：我们的 {runs['ours'][-1][0]:.1f} 秒（训练 {runs['ours'][-1][1]} 秒），"
+                  f"TRL 原样 {runs['trl'][-1][0]:.1f} 秒（训练 {runs['trl'][-1][1]} 秒）", flush=True)
+        whole = {who: statistics.median(r[0] for r in rs) for who, rs in runs.items()}
+        per_step = {who: statistics.median(r[1] for r in rs) / steps for who, rs in runs.items()}
+        result["stages"][stage] = {
+            "argv": STEPS[stage], "ours_s": [round(r[0], 1) for r in runs["ours"]],
+            "trl_s": [round(r[0], 1) for r in runs["trl"]], "ratio_ours_over_trl": round(whole["ours"] / whole["trl"], 3),
+            "ours_train_runtime_s": [r[1] for r in runs["ours"]], "trl_train_runtime_s": [r[1] for r in runs["trl"]],
+            "per_step_s": {who: round(v, 3) for who, v in per_step.items()},
+            "per_step_ratio_ours_over_trl": round(per_step["ours"] / per_step["trl"], 3)}
     result["load_1min_after"] = os.getloadavg()[0]
     common.write_result(result, Path(a.out))
 

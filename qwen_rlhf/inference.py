@@ -287,22 +287,25 @@ def reference_of(model, reference):
     return ref, contextlib.nullcontext
 
 
-def kl_to_reference(model, tokenizer, prompts: list[list[int]], responses: list[list[int]], reference=None,
-                    batch_size: int = 16, chunk_bytes: int = KL_CHUNK_BYTES) -> list[list[float]]:
-    """每条回答每个位置上的精确 KL(模型 ‖ 参考)：Σ_v π(v|x,y<t) (log π(v|x,y<t) − log π_ref(v|x,y<t))，温度 1，对整个词表求和，
-    不靠采样——所以不会是负数（和 TRL PPO 在采样 token 上记的 k1 估计不同，见 J. Schulman,
-    "Approximating KL Divergence", 2020）。位置 = 预测回答里每个 token 的那些位置（含 <|im_end|>）。
+def compare_to_reference(model, tokenizer, prompts: list[list[int]], responses: list[list[int]], reference=None,
+                         batch_size: int = 16, chunk_bytes: int = KL_CHUNK_BYTES) -> tuple[list, list]:
+    """模型和参考（SFT）在每条回答每个位置上的两个量，一遍算完：
+    - 精确 KL(模型 ‖ 参考)：Σ_v π(v|x,y<t) (log π(v|x,y<t) − log π_ref(v|x,y<t))，温度 1，对整个词表求和，不靠采样——
+      所以不会是负数（和 TRL PPO 在采样 token 上记的 k1 估计不同，见 J. Schulman, "Approximating KL Divergence", 2020）；
+    - 回答里那个 token 的 log π(y_t) − log π_ref(y_t)（DPO 的隐式奖励 = β × 它们的和）。
+    位置 = 预测回答里每个 token 的那些位置（含 <|im_end|>）。返回 (kl, log_ratio)，每条回答一个列表。
 
     一批一次：模型和参考各跑一遍解码器（参考 = 关掉 LoRA，或旁边的 SFT），只取回答位置的隐藏状态，再按 chunk_bytes
-    分块乘 lm_head、在 fp32 里 log_softmax：任何时刻最大的 fp32 张量是 (块里的位置数 × 词表)。"""
+    分块乘 lm_head、在 fp32 里 log_softmax：任何时刻最大的 fp32 张量是 (块里的位置数 × 词表)，完整的
+    (批 × 长度 × 词表) logits 从不出现。"""
     import torch
 
     ref_model, disabled = reference_of(model, reference)
     decoder, head = split_lm(model)
     ref_decoder, ref_head = split_lm(ref_model)
-    vocab = head.weight.shape[0]
-    chunk = max(1, chunk_bytes // (4 * vocab))
-    out: list[list[float]] = []
+    chunk = max(1, chunk_bytes // (4 * head.weight.shape[0]))
+    kl_out: list[list[float]] = []
+    ratio_out: list[list[float]] = []
     for start in range(0, len(prompts), batch_size):
         ps, rs = prompts[start:start + batch_size], responses[start:start + batch_size]
         batch = tokenizer.pad({"input_ids": [p + r for p, r in zip(ps, rs)]}, padding_side="right", return_tensors="pt")
@@ -310,21 +313,32 @@ def kl_to_reference(model, tokenizer, prompts: list[list[int]], responses: list[
         # 位置 t 的输出预测第 t+1 个 token：回答 r 的 token 由位置 len(p)-1 … len(p)+len(r)-2 预测
         rows = torch.tensor([i for i, (p, r) in enumerate(zip(ps, rs)) for _ in r], dtype=torch.long)
         cols = torch.tensor([len(p) - 1 + j for p, r in zip(ps, rs) for j in range(len(r))], dtype=torch.long)
+        targets = torch.tensor([t for r in rs for t in r], dtype=torch.long, device=ids.device)
+        kl, ratio = [], []
         with torch.no_grad():
             hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]  # (位置数, hidden)
             with disabled():
                 ref_hidden = ref_decoder(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]
-            kl = torch.cat([
-                torch.nn.functional.kl_div(torch.log_softmax(ref_head(ref_hidden[s:s + chunk]).float(), -1),
-                                           torch.log_softmax(head(hidden[s:s + chunk]).float(), -1),
-                                           log_target=True, reduction="none").sum(-1)
-                for s in range(0, len(rows), chunk)]) if len(rows) else torch.zeros(0)
-        # 数学上每一项都 ≥ 0；两个分布几乎相同时 fp32 的舍入可能给出 -1e-9 这样的值
-        kl = kl.clamp_min(0).cpu().tolist()
+            for s in range(0, len(rows), chunk):
+                lp = torch.log_softmax(head(hidden[s:s + chunk]).float(), -1)  # (块, 词表)
+                lq = torch.log_softmax(ref_head(ref_hidden[s:s + chunk]).float(), -1)
+                kl.append(torch.nn.functional.kl_div(lq, lp, log_target=True, reduction="none").sum(-1))
+                t = targets[s:s + chunk, None]
+                ratio.append((lp.gather(-1, t) - lq.gather(-1, t))[:, 0])
+        # 数学上 KL 的每一项都 ≥ 0；两个分布几乎相同时 fp32 的舍入可能给出 -1e-9 这样的值
+        kl = torch.cat(kl).clamp_min(0).cpu().tolist() if kl else []
+        ratio = torch.cat(ratio).cpu().tolist() if ratio else []
         for r in rs:
-            out.append(kl[:len(r)])
-            kl = kl[len(r):]
-    return out
+            kl_out.append(kl[:len(r)])
+            ratio_out.append(ratio[:len(r)])
+            kl, ratio = kl[len(r):], ratio[len(r):]
+    return kl_out, ratio_out
+
+
+def kl_to_reference(model, tokenizer, prompts: list[list[int]], responses: list[list[int]], reference=None,
+                    batch_size: int = 16, chunk_bytes: int = KL_CHUNK_BYTES) -> list[list[float]]:
+    """每条回答每个位置上的精确 KL(模型 ‖ 参考)（见 compare_to_reference）。"""
+    return compare_to_reference(model, tokenizer, prompts, responses, reference, batch_size, chunk_bytes)[0]
 
 
 def check_sampling(do_sample: bool, temperature: float, top_p: float, top_k: int) -> None:

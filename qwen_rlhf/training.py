@@ -298,11 +298,29 @@ def launch_info(args) -> dict:
             "zero_stage": plugin.zero_stage if plugin is not None else None}
 
 
+def skip_dataset_fingerprints() -> None:
+    """TRL 的训练器用 datasets 的 map 处理数据（DPO 分词、加 EOS……），把分词器放在 map 的参数里；datasets 给每次 map
+    算"指纹"时要把参数整个 dill 序列化再哈希，Qwen3 的分词器（15 万词表）每次一秒多，迷你模型的 DPO 里这占了三成的
+    用时（huggingface/datasets#1830）。指纹只用来找磁盘上的缓存，而我们的数据集都是内存里的 Dataset.from_list，
+    map 的结果从不写缓存文件：换成 datasets 自己在无法哈希时用的随机指纹（它自己的随机数发生器，不动全局随机数），
+    数据和结果都不变。"""
+    import datasets.arrow_dataset
+    import datasets.fingerprint
+
+    def random_fingerprint(*args, **kwargs) -> str:
+        return datasets.fingerprint.generate_random_fingerprint()
+
+    # Dataset.map 用的是 arrow_dataset 自己导入的那个名字，其余变换经 fingerprint 模块：两处都换
+    datasets.arrow_dataset.update_fingerprint = datasets.fingerprint.update_fingerprint = random_fingerprint
+
+
 def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
-    """Trainer 的中间检查点写到 <结果>-trainer-checkpoints/，曲线写到 tensorboard/<阶段>/<时间>/。
+    """Trainer 的中间检查点写到 <结果>-trainer-checkpoints/，曲线写到 tensorboard/<阶段>/<时间>/；数据集不再算
+    昂贵的指纹（skip_dataset_fingerprints）。
 
     多进程时其他进程不显示 datasets 的进度条（Trainer 自己的进度条和日志本来就只在主进程）。
     """
+    skip_dataset_fingerprints()
     if cfg.process_index != 0:
         import datasets
 
