@@ -34,7 +34,7 @@ def held_out_diagnosis(trainer, tokenizer, rows: list[dict], beta: float, system
     model.eval()
     prompts = [data.prompt_ids(tokenizer, r["question"], r.get("system") or system) for r in rows] * 2
     answers = [data.answer_ids(tokenizer, r[k]) for k in ("chosen", "rejected") for r in rows]
-    _, ratios = inference.compare_to_reference(model, tokenizer, prompts, answers)
+    _, ratios = inference.compare_to_reference(model, tokenizer, prompts, answers, kl=False)
     model.train(was_training)
     chosen, rejected = [sum(x) for x in ratios[: len(rows)]], [sum(x) for x in ratios[len(rows):]]
     result = {"pairs": len(rows), "beta": beta,

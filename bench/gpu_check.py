@@ -7,16 +7,18 @@
 
 在临时目录里：用 Qwen3-0.6B 的精确结构（tiny.QWEN3_0_6B，随机初始化）和真实分词器建一个模型，写一份合成数据
 （SFT / RM 样本正好撑满各自的 max_length，PPO 的回复总是写满 response_length：显存峰值按最坏情况测），
-再以子进程依次运行 train_sft.py（3 步）、train_rm.py（3 步）、train_ppo.py（8 次更新）、train_grpo.py / train_rloo.py
+再以子进程运行 train_sft.py（3 步）、train_rm.py（3 步）、train_ppo.py（8 次更新）、train_grpo.py / train_rloo.py
 （4 步，每步 8 个回答）、train_dpo.py（3 步）、benchmark.py 和
-chat.py 的一轮对话。GPU 上除了步数和路径全是脚本的默认值：bf16（卡支持时）、默认批量 / 累积 / 回复长度 / 梯度检查点。
+chat.py 的一轮对话。GPU 上除了步数和路径全是脚本的默认值：bf16（卡支持时）、默认批量 / 累积 / 回复长度 / 梯度检查点；
+GPU 上一个阶段跑完再跑下一个（独占显卡，峰值显存才是它自己的），CPU 上同时跑两个互不依赖的阶段（--jobs）。
 
 打印一张表：每个阶段的用时、吞吐、峰值显存（已分配 / 已保留），旁边是显存估算（qwen_rlhf.memory，同样的选项）
 和两者之比；写 bench/results/gpu_check.json（真实尺寸 + GPU；python -m qwen_rlhf.memory 读它），其余情形写
 gpu_check_<尺寸>_<设备>.json，例如 gpu_check_tiny_cpu.json（--out 可改）。
 - 吞吐和显存读各脚本自己写的 stage.json / summary.json 里的 "cost"，这里不另外测；对话只量子进程的墙钟时间。
-- 用时 = 子进程从启动到退出（含 import、加载和保存模型）；峰值内存 = 子进程的 ru_maxrss。
-- 2 核 CPU 上实测：迷你模型 62 秒（机器空闲）；真实尺寸 1988 秒（同时有别的任务在跑，负载约 7），峰值内存 14.4 GiB（PPO）。
+- 用时 = 子进程从启动到退出（含 import、加载和保存模型）；峰值内存 = 子进程的 ru_maxrss（只算它自己，并行时也一样）。
+- 2 核 CPU 上实测：迷你模型见 bench/results/gpu_check_tiny_cpu.json；真实尺寸 1988 秒（同时有别的任务在跑，负载约 7），
+  峰值内存 14.4 GiB（PPO）。
   结果在 bench/results/gpu_check_tiny_cpu.json 和 gpu_check_qwen3-0.6b_cpu.json。
 - 实测 / 估算：GPU 上实测取"已保留"，CPU 上取峰值内存。估算总是含 1 GiB 的 CUDA 上下文与分配器余量；
   CPU 上的峰值内存里则有 Python / torch 本身约 0.5 GiB。迷你模型上这两项是大头，比值只说明流程跑通了。
@@ -63,6 +65,8 @@ LABELS = {**{s: s.upper() for s in memory.STAGES}, "benchmark": "评测", "chat"
 RL = rl_stages()  # 评测拿来和 SFT 比的阶段（ppo / grpo / rloo / dpo）
 NEEDS = {"ppo": ("sft", "rm"), "grpo": ("sft", "rm"), "rloo": ("sft", "rm"), "dpo": ("sft",),
          "benchmark": ("sft", "rm", "ppo"), "chat": ("ppo",)}
+# 开始之前要等这些阶段结束（不论成败）：评测要把所有训练出来的 RL 阶段都放进 --models
+AFTER = {**NEEDS, "benchmark": tuple(memory.STAGES)}
 
 
 def result_file(size_name: str, device: str) -> Path:
@@ -171,15 +175,34 @@ def prepare(work: Path, size: str | None, device: str) -> None:
 # ====================================================================== 运行各阶段
 
 
-def run(cmd: list, env: dict, log: Path, stdout: Path | None = None) -> dict:
-    """跑一个子进程，输出写进日志；返回退出码、墙钟时间和该子进程的峰值 RSS。"""
-    start = time.perf_counter()
-    with log.open("w") as err, (stdout.open("w") if stdout else err) as out:
-        proc = subprocess.Popen(list(map(str, cmd)), cwd=ROOT, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
+_STARTED: dict[int, tuple] = {}  # 进程号 -> (开始时间, 打开的日志文件)
+
+
+def start(cmd: list, env: dict, log: Path, stdout: Path | None = None) -> dict:
+    """启动一个子进程（不等它），输出写进日志；finish 收它的结果。"""
+    err = log.open("w")
+    out = stdout.open("w") if stdout else err
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=ROOT, env=env, stdout=out, stderr=err)
+    _STARTED[proc.pid] = (time.perf_counter(), {err, out})
+    return {"pid": proc.pid}
+
+
+def finish(pids) -> dict:
+    """等 pids 里任意一个子进程结束：返回它的进程号、退出码、墙钟时间和峰值 RSS（wait4 的 rusage，只算它自己）。"""
+    while True:
+        pid, status, usage = os.wait4(-1, 0)
+        if pid in pids:
+            break
+    started, files = _STARTED.pop(pid)
+    for f in files:
+        f.close()
+    return {"pid": pid, "rc": os.waitstatus_to_exitcode(status), "wall_s": round(time.perf_counter() - started, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def run(cmd: list, env: dict, log: Path, stdout: Path | None = None) -> dict:
+    """跑一个子进程并等它结束（start + finish）。"""
+    return finish({start(cmd, env, log, stdout)["pid"]})
 
 
 def tail(log: Path, lines: int = 25) -> str:
@@ -229,6 +252,8 @@ def main():
     parser.add_argument("--out", default=None,
                         help="结果 JSON（默认 bench/results/ 下：GPU 真实尺寸 gpu_check.json，其余 gpu_check_<尺寸>_<设备>.json）")
     parser.add_argument("--work_dir", default=None, help="产物放这里并保留（默认：临时目录，成功后删除）")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="同时跑几个互不依赖的阶段（默认：GPU 上 1 个，独占显卡才量得准显存；CPU 上 2 个）")
     parser.add_argument("--_prepare", default=None, help=argparse.SUPPRESS)  # 内部：子进程里建模型和数据
     a = parser.parse_args()
     if a._prepare:
@@ -285,17 +310,39 @@ def main():
     def shown(argv: list) -> list[str]:  # 结果文件里的选项不带这次的临时路径
         return [str(x).replace(str(work), "<work>") for x in argv]
 
-    for stage, (script, argv) in scripts.items():
-        missing = [s for s in NEEDS.get(stage, ()) if s in failed]
-        if missing:
-            stages[stage] = {"argv": shown(argv), "skipped": f"前面的阶段失败：{', '.join(missing)}"}
-            failed.append(stage)
+    # GPU 上一个阶段一个阶段地跑（每个阶段独占显卡，峰值显存才是它自己的）；CPU 上同时跑两个没有先后关系的阶段
+    # （迷你模型的每个阶段大半是 import 和加载，单线程）：峰值内存按进程量（wait4 的 rusage），不受影响；CPU 上的用时
+    # 本来就只说明路径通，并行时更不能当速度看
+    jobs = a.jobs or (min(2, os.cpu_count() or 1) if device == "cpu" else 1)
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    pending, running = list(scripts), {}
+    while pending or running:
+        for stage in list(pending):
+            if len(running) >= jobs:
+                break
+            if any(s in pending or s in running.values() for s in AFTER.get(stage, ())):
+                continue  # 要等的阶段还没结束
+            pending.remove(stage)
+            script, argv = scripts[stage]
+            missing = [s for s in NEEDS.get(stage, ()) if s in failed]
+            if missing:
+                stages[stage] = {"argv": shown(argv), "skipped": f"前面的阶段失败：{', '.join(missing)}"}
+                failed.append(stage)
+                continue
+            if stage == "benchmark":  # 明确的 --models：只评测这次训练出来的，不让 benchmark 到仓库的 checkpoint/ 里找
+                argv = [*argv, "--models", ",".join(["sft", *(s for s in RL if s not in failed)])]
+                scripts[stage] = (script, argv)
+            print(f"[自检] {LABELS[stage]}：{script} …", flush=True)
+            started = start([sys.executable, ROOT / script, *argv], env, work / f"{stage}.log",
+                            work / "chat.out" if stage == "chat" else None)
+            running[started["pid"]] = stage
+        if not running:
             continue
-        if stage == "benchmark":  # 明确的 --models：只评测这次训练出来的，不让 benchmark 到仓库的 checkpoint/ 里找
-            argv = [*argv, "--models", ",".join(["sft", *(s for s in RL if s not in failed)])]
-        print(f"[自检] {LABELS[stage]}：{script} …", flush=True)
+        proc = finish(running)
+        stage = running.pop(proc["pid"])
+        script, argv = scripts[stage]
         log = work / f"{stage}.log"
-        proc = run([sys.executable, ROOT / script, *argv], env, log, work / "chat.out" if stage == "chat" else None)
         if proc["rc"] != 0:
             print(f"[自检] {LABELS[stage]} 失败（退出码 {proc['rc']}），日志最后几行：\n{tail(log)}", flush=True)
             stages[stage] = {"argv": shown(argv), "wall_s": proc["wall_s"], "error": f"退出码 {proc['rc']}",
@@ -306,6 +353,7 @@ def main():
         if stage == "chat":
             rec["answer"] = (work / "chat.out").read_text(encoding="utf-8", errors="replace").strip()[:200]
         stages[stage] = rec
+    stages = {s: stages[s] for s in scripts}  # 表格和 JSON 按阶段的先后排
     total = round(time.perf_counter() - t0, 1)
     for stage, rec in stages.items():
         if "wall_s" in rec and "error" not in rec:

@@ -288,12 +288,13 @@ def reference_of(model, reference):
 
 
 def compare_to_reference(model, tokenizer, prompts: list[list[int]], responses: list[list[int]], reference=None,
-                         batch_size: int = 16, chunk_bytes: int = KL_CHUNK_BYTES) -> tuple[list, list]:
+                         batch_size: int = 16, chunk_bytes: int = KL_CHUNK_BYTES, kl: bool = True) -> tuple[list, list]:
     """模型和参考（SFT）在每条回答每个位置上的两个量，一遍算完：
     - 精确 KL(模型 ‖ 参考)：Σ_v π(v|x,y<t) (log π(v|x,y<t) − log π_ref(v|x,y<t))，温度 1，对整个词表求和，不靠采样——
       所以不会是负数（和 TRL PPO 在采样 token 上记的 k1 估计不同，见 J. Schulman, "Approximating KL Divergence", 2020）；
     - 回答里那个 token 的 log π(y_t) − log π_ref(y_t)（DPO 的隐式奖励 = β × 它们的和）。
-    位置 = 预测回答里每个 token 的那些位置（含 <|im_end|>）。返回 (kl, log_ratio)，每条回答一个列表。
+    位置 = 预测回答里每个 token 的那些位置（含 <|im_end|>）。返回 (kl, log_ratio)，每条回答一个列表；kl=False 时
+    不算 KL（只要 log_ratio 的 DPO 诊断省掉对整个词表的那次求和），第一个是空列表。
 
     一批一次：模型和参考各跑一遍解码器（参考 = 关掉 LoRA，或旁边的 SFT），只取回答位置的隐藏状态，再按 chunk_bytes
     分块乘 lm_head、在 fp32 里 log_softmax：任何时刻最大的 fp32 张量是 (块里的位置数 × 词表)，完整的
@@ -304,6 +305,7 @@ def compare_to_reference(model, tokenizer, prompts: list[list[int]], responses: 
     decoder, head = split_lm(model)
     ref_decoder, ref_head = split_lm(ref_model)
     chunk = max(1, chunk_bytes // (4 * head.weight.shape[0]))
+    want_kl = kl
     kl_out: list[list[float]] = []
     ratio_out: list[list[float]] = []
     for start in range(0, len(prompts), batch_size):
@@ -322,16 +324,19 @@ def compare_to_reference(model, tokenizer, prompts: list[list[int]], responses: 
             for s in range(0, len(rows), chunk):
                 lp = torch.log_softmax(head(hidden[s:s + chunk]).float(), -1)  # (块, 词表)
                 lq = torch.log_softmax(ref_head(ref_hidden[s:s + chunk]).float(), -1)
-                kl.append(torch.nn.functional.kl_div(lq, lp, log_target=True, reduction="none").sum(-1))
+                if want_kl:
+                    kl.append(torch.nn.functional.kl_div(lq, lp, log_target=True, reduction="none").sum(-1))
                 t = targets[s:s + chunk, None]
                 ratio.append((lp.gather(-1, t) - lq.gather(-1, t))[:, 0])
         # 数学上 KL 的每一项都 ≥ 0；两个分布几乎相同时 fp32 的舍入可能给出 -1e-9 这样的值
         kl = torch.cat(kl).clamp_min(0).cpu().tolist() if kl else []
         ratio = torch.cat(ratio).cpu().tolist() if ratio else []
         for r in rs:
-            kl_out.append(kl[:len(r)])
+            if want_kl:
+                kl_out.append(kl[:len(r)])
+                kl = kl[len(r):]
             ratio_out.append(ratio[:len(r)])
-            kl, ratio = kl[len(r):], ratio[len(r):]
+            ratio = ratio[len(r):]
     return kl_out, ratio_out
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def adapter_base_path(folder: Path, sft_path: Path) -> str:
     return str(sft)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 SNAPSHOTS = "snapshots"  # <结果>/snapshots/step-N/：训练中均匀存下的快照（只有适配器和一个小的 stage.json）
 
 
@@ -134,7 +136,8 @@ def save_policy(folder: Path, sft_path: Path, tokenizer, model=None, snapshots: 
     if model is not None:
         model.save_pretrained(str(folder))
     where = point_adapter_at(folder, sft_path)
-    tokenizer.save_pretrained(str(folder))
+    if not (Path(folder) / "tokenizer_config.json").is_file():  # Trainer 派生的阶段：training.save_result 已经写过
+        tokenizer.save_pretrained(str(folder))
     # 合并到 fp32 的 SFT 权重上（训练时的冻结基座可能是 bf16，见 frozen_dtype），用 peft 自己的加载与合并
     from peft import PeftModel
 
@@ -143,7 +146,9 @@ def save_policy(folder: Path, sft_path: Path, tokenizer, model=None, snapshots: 
     merged = PeftModel.from_pretrained(load_causal_lm(sft_path, tokenizer), str(folder)).merge_and_unload()
     merged.config.use_cache = True  # 训练时为梯度检查点关掉了；推理要打开
     merged.save_pretrained(str(folder / "merged"))
-    tokenizer.save_pretrained(str(folder / "merged"))
+    for f in TOKENIZER_FILES:  # 和上面刚写的分词器一样：拷文件，不再序列化一遍 15 万词表
+        if (Path(folder) / f).is_file():
+            shutil.copy2(Path(folder) / f, Path(folder) / "merged" / f)
     if snapshots is not None and Path(snapshots).is_dir():
         Path(snapshots).rename(Path(folder) / SNAPSHOTS)  # 同一磁盘上改名，不复制
         for snap in snapshots_of(folder):

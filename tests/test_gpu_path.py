@@ -102,7 +102,9 @@ def run_gpu_check(monkeypatch, tmp_path, *flags, info: dict) -> list[tuple[list[
     gpu_check = load_gpu_check(monkeypatch)
     calls = []
 
-    def run(cmd, env, log, stdout=None):
+    started: list[int] = []
+
+    def start(cmd, env, log, stdout=None):
         cmd = [str(c) for c in cmd]
         calls.append((cmd, dict(env)))
         if "--_prepare" in cmd:
@@ -110,9 +112,18 @@ def run_gpu_check(monkeypatch, tmp_path, *flags, info: dict) -> list[tuple[list[
         for f in (log, stdout):
             if f is not None:
                 f.write_text("你好", encoding="utf-8")
-        return {"rc": 0, "wall_s": 1.0, "peak_rss_mb": 1.0}
+        # GPU 上每个阶段独占显卡（峰值显存才是它自己的）：前一个没结束，下一个不开始
+        assert info["device"] != "cuda" or not started, ("GPU 上同时跑了两个阶段", cmd)
+        started.append(len(calls))
+        return {"pid": len(calls)}
 
-    monkeypatch.setattr(gpu_check, "run", run)
+    def finish(pids):
+        pid = next(p for p in started if p in pids)
+        started.remove(pid)
+        return {"pid": pid, "rc": 0, "wall_s": 1.0, "peak_rss_mb": 1.0}
+
+    monkeypatch.setattr(gpu_check, "start", start)
+    monkeypatch.setattr(gpu_check, "finish", finish)
     monkeypatch.setattr(gpu_check, "estimate", lambda *a: 1.0)  # 显存估算另有测试；这里只看命令
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", *flags, "--out", str(tmp_path / "result.json"),
                                       "--work_dir", str(tmp_path / "work")])
