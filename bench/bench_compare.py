@@ -1,10 +1,12 @@
-"""方法对比（scripts/compare.sh）计时与结果：每个阶段、每个种子的墙钟时间，评测里每个方法跨种子的分数（只打印数字）。
+"""方法对比（scripts/compare.sh）计时与结果：每个阶段、每个种子的墙钟时间，评测里每个方法跨种子的分数、金标准分、
+精确 KL 和训练轨迹（有没有奖励过度优化），以及同一次、同一台机器上 scripts/demo.sh 的用时（只打印数字）。
 
-    .venv/bin/python bench/bench_compare.py            # 在临时的 checkpoint 副本里从零跑一遍 compare.sh，写 bench/results/compare_tiny.json
-    .venv/bin/python bench/bench_compare.py --keep DIR # 复用 DIR（已有的模型跳过，只补缺的），跑完留下来
+    .venv/bin/python bench/bench_compare.py            # 两个全新的仓库副本里各从零跑一遍 demo.sh 和 compare.sh，写 bench/results/compare_tiny.json
+    .venv/bin/python bench/bench_compare.py --keep DIR # compare.sh 复用 DIR（已有的模型跳过，只补缺的），跑完留下来；不跑演示
+    WEAK_KL=1 .venv/bin/python bench/bench_compare.py --out bench/results/compare_tiny_weak_kl.json   # 另加 KL 为 0 的运行
 
-从零跑：迷你基座、SFT、RM 也在计时内。各阶段的用时读它们自己写的 stage.json 里的 cost.wall_s（含加载模型），
-评测的读 summary.json；整个 compare.sh 的墙钟时间另记一项。
+从零跑：迷你基座、SFT、RM、金标准评委也在计时内。各阶段的用时读它们自己写的 stage.json 里的 cost.wall_s
+（含加载模型），评测的读 summary.json；整个 compare.sh 和 demo.sh 的墙钟时间另记，并给出两者之比。
 """
 
 import argparse
@@ -21,28 +23,42 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
+from qwen_rlhf import report  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keep", help="在这个仓库副本里跑并保留产物（默认临时目录，跑完删掉）")
     p.add_argument("--seeds", default="1 2 3")
+    p.add_argument("--out", default=str(common.RESULTS / "compare_tiny.json"))
     a = p.parse_args()
-    copy = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-compare-")) / "repo"
-    if not copy.exists():
-        # 在仓库的副本里跑：compare.sh 写 checkpoint/tiny/，不碰这个仓库里已有的演示结果
+
+    def fresh_copy() -> Path:
+        # 在仓库的副本里跑：demo.sh / compare.sh 写 checkpoint/tiny/，不碰这个仓库里已有的演示结果
+        copy = Path(tempfile.mkdtemp(prefix="bench-compare-")) / "repo"
         shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "checkpoint", "tensorboard", ".venv", "*.pyc"))
         (copy / "checkpoint").mkdir()
-    env = dict(os.environ, SEEDS=a.seeds, VENV=str(Path(sys.executable).parent.parent),
-               QWEN_RLHF_TENSORBOARD_ROOT=str(copy / "tensorboard"))
-    started = time.time()
-    subprocess.run(["bash", "scripts/compare.sh"], cwd=copy, env=env, check=True)
-    total = round(time.time() - started, 1)
+        return copy
+
+    def timed(script: str, copy: Path) -> float:
+        env = dict(os.environ, SEEDS=a.seeds, VENV=str(Path(sys.executable).parent.parent),
+                   QWEN_RLHF_TENSORBOARD_ROOT=str(copy / "tensorboard"))
+        started = time.time()
+        subprocess.run(["bash", script], cwd=copy, env=env, check=True)
+        return round(time.time() - started, 1)
+
+    demo = None
+    if not a.keep:  # 同一台机器、同一次：先从零跑一遍演示，它的用时是 compare.sh 预算的尺子
+        demo_copy = fresh_copy()
+        demo = timed("scripts/demo.sh", demo_copy)
+        shutil.rmtree(demo_copy.parent, ignore_errors=True)
+    copy = Path(a.keep) if a.keep and Path(a.keep).exists() else fresh_copy()
+    total = timed("scripts/compare.sh", copy)
     tiny = copy / "checkpoint" / "tiny"
     stages = {}
     for stage_json in sorted(tiny.rglob("stage.json")):
         info = json.loads(stage_json.read_text(encoding="utf-8"))
-        if stage_json.parent.name == "merged":
+        if stage_json.parent.name == "merged" or "snapshots" in stage_json.parts:  # 快照没有花费
             continue
         stages[str(stage_json.parent.relative_to(tiny))] = {"stage": info["stage"], "wall_s": info["cost"]["wall_s"],
                                                             "throughput": info["cost"]["throughput"]}
@@ -52,15 +68,22 @@ def main():
     for rec in stages.values():
         per_stage_s.setdefault(rec["stage"], []).append(rec["wall_s"])
     result = {
-        "machine": common.machine(), "seeds": a.seeds.split(), "compare_sh_wall_s": total,
-        "benchmark_wall_s": summary["cost"]["wall_s"], "stage_wall_s": per_stage_s, "runs": stages,
-        "num_questions": summary["num_questions"], "rm": summary["rm"], "by_method": summary["by_method"],
+        "machine": common.machine(), "seeds": a.seeds.split(), "weak_kl": os.environ.get("WEAK_KL") == "1",
+        "compare_sh_wall_s": total, "demo_sh_wall_s": demo,
+        "compare_over_demo": round(total / demo, 2) if demo else None,
+        "benchmark_wall_s": summary["cost"]["wall_s"], "benchmark_timing": summary["timing"],
+        "stage_wall_s": per_stage_s, "runs": stages,
+        "num_questions": summary["num_questions"], "rm": summary["rm"], "gold": summary["gold"],
+        "by_method": summary["by_method"], "overoptimisation": summary.get("overoptimisation"),
+        "trajectory": summary.get("trajectory"),
         "models": {m: {k: s.get(k) for k in ("mean_score", "mean_score_ci95", "mean_gain_vs_sft", "mean_gain_vs_sft_ci95",
                                              "win_rate_vs_sft", "win_rate_vs_sft_ci95", "wins", "ties", "losses",
-                                             "kl_to_sft", "mean_tokens", "distinct_2")}
+                                             "gold_score", "gold_score_ci95", "gold_gain_vs_sft", "gold_gain_vs_sft_ci95",
+                                             "kl_to_sft", "mean_tokens", "empty_share", "distinct_2", "held_out")}
                    for m, s in summary["models"].items()},
+        "report_paragraphs": report.method_paragraphs(summary) + report.trajectory_paragraphs(summary),
     }
-    common.write_result(result, common.RESULTS / "compare_tiny.json")
+    common.write_result(result, Path(a.out))
     if not a.keep:
         shutil.rmtree(copy.parent, ignore_errors=True)
 

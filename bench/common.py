@@ -13,6 +13,9 @@ def machine(device: str = "no GPU") -> str:
 
 
 def write_result(result: dict, out: Path) -> None:
+    """写结果，附上写的那一刻机器的负载（1 / 5 / 15 分钟平均；2 核机器空闲时 < 1，> 2 说明有别的任务在抢 CPU，
+    这样的用时不能当这台机器的速度引用）。"""
+    result = {**result, "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()]}
     text = json.dumps(result, ensure_ascii=False, indent=2)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
