@@ -124,7 +124,7 @@ def main():
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
 
-    tb = options.input_path(saved["tensorboard"]) if saved else outputs.tensorboard_dir("ppo")  # 续训：接着原来的曲线画
+    tb = options.input_path(saved["tensorboard"]) if saved else outputs.tensorboard_dir("ppo", final)  # 续训：接着原来的曲线画
     info["tensorboard"] = str(tb)
     cfg.output_dir = str(work)
     stop = training.GracefulStop()

@@ -283,12 +283,15 @@ def check_same_split(infos: dict[str, dict | None], fingerprint: str, script: st
                 f"留出的问题可能被训练过。请用与训练时相同的选项运行 {script}。", EXIT_MISSING)
 
 
-def tensorboard_dir(stage: str) -> Path:
-    """TensorBoard 目录 tensorboard/<阶段>/<时间>/；transformers 5 去掉了 logging_dir，只认这个环境变量。
+def tensorboard_dir(stage: str, final: Path | None = None) -> Path:
+    """TensorBoard 目录 tensorboard/<阶段>/<时间>[-<结果文件夹名>]/；transformers 5 去掉了 logging_dir，只认这个环境变量。
+    结果文件夹不叫阶段名时（compare.sh 的 grpo-seed1 …）把它加在后面：同一秒开始的几次运行（compare.sh 同时跑两个）
+    各有各的目录，TensorBoard 里也看得出哪条曲线是哪次运行。
 
     根目录可用环境变量 QWEN_RLHF_TENSORBOARD_ROOT 改（测试用它把曲线写到临时目录）。
     """
     root = Path(os.environ.get("QWEN_RLHF_TENSORBOARD_ROOT", ROOT / "tensorboard"))
-    path = root / stage / time.strftime("%Y%m%d-%H%M%S")
+    name = time.strftime("%Y%m%d-%H%M%S") + (f"-{final.name}" if final is not None and final.name != stage else "")
+    path = root / stage / name
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
     return path

@@ -326,7 +326,7 @@ def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
 
         datasets.disable_progress_bars()
     cfg.output_dir = str(trainer_work_dir(final))
-    return tensorboard_dir(stage), GracefulStop()
+    return tensorboard_dir(stage, final), GracefulStop()
 
 
 def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost, export=None, answers=None,

@@ -7,6 +7,7 @@
 #   SEEDS="1 2" METHODS="grpo dpo" bash scripts/compare.sh   # 只跑其中几个
 #   METHODS="ppo grpo rloo dpo" bash scripts/compare.sh      # PPO 也按种子各跑一个
 #   WEAK_KL=1 bash scripts/compare.sh        # 另加 KL 系数为 0 的 PPO 和 GRPO 各一次：不拉住它们时离 SFT 多远、金标准分怎样
+#   JOBS=1 bash scripts/compare.sh           # 一次只训练一个（迷你演示默认同时两个：两个核，每个单线程；日志在 <输出>/logs/）
 #   bash scripts/compare.sh --real           # 真实尺寸：脚本默认值（GPU），读 checkpoint/sft、checkpoint/rm（和 checkpoint/rm_gold），
 #                                            # 写到 checkpoint/compare/
 #
@@ -27,9 +28,28 @@ done
 for s in $SEEDS; do
   [[ "$s" =~ ^[0-9]+$ ]] || { echo "错误：SEEDS 里的 \"$s\" 不是非负整数（例如 SEEDS=\"1 2 3\"）。" >&2; exit 2; }
 done
+# 同时跑几个训练：GPU 上一个（一张卡）；迷你演示在 CPU 上两个（每个单线程：小模型的训练大半是 import 和加载，
+# 两个进程各占一个核比一个进程用两个核快），各自的输出写到 <输出>/logs/<名字>.log，终端里每个一行开始、一行结束
+pids=(); names=()
+launch() {  # launch <名字> <命令…>
+  if [ "$JOBS" -le 1 ]; then "${@:2}"; return; fi
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done  # 失败的在 finish 里一起说
+  echo "[对比] 开始 $1（日志 $logs/$1.log）"
+  ( "${@:2}" > "$logs/$1.log" 2>&1 && echo "[对比] 完成 $1" ) &
+  pids+=($!); names+=("$1")
+}
+finish() {  # 等 launch 起的全部结束；有失败的：一行说是哪几个、日志在哪，退出
+  local failed=() i
+  for i in "${!pids[@]}"; do wait "${pids[$i]}" || failed+=("${names[$i]}"); done
+  pids=(); names=()
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "错误：${failed[*]} 没有训练完；看 $logs/ 里对应的日志，修好后重跑本脚本（已训练好的会跳过）。" >&2; exit 1
+  fi
+}
 if [ "${1:-}" = "--real" ]; then
   PY="${PYTHON:-python}"
   root=checkpoint; out=checkpoint/compare; recipe() { :; }
+  JOBS="${JOBS:-1}"
 else
   bash scripts/setup_venv.sh
   source scripts/cpu_env.sh
@@ -37,19 +57,26 @@ else
   export TOKENIZERS_PARALLELISM=false
   root=checkpoint/tiny; out=checkpoint/tiny/compare
   recipe() { echo --config "configs/tiny/$1.yaml"; }
+  JOBS="${JOBS:-2}"
+fi
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "错误：JOBS 要是正整数（例如 JOBS=1），现在是 \"$JOBS\"。" >&2; exit 2; }
+logs="$out/logs"; mkdir -p "$logs"
+if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
+if [ "${1:-}" != "--real" ]; then
   "$PY" scripts/make_tiny_model.py
-  [ -f "$root/sft/stage.json" ] || "$PY" train_sft.py $(recipe sft) --overwrite_output_dir true
-  [ -f "$root/rm/stage.json" ] || "$PY" train_rm.py $(recipe rm) --overwrite_output_dir true
   # 金标准评委：更大的迷你基座、另一个种子，只用来评测（见 configs/tiny/rm_gold.yaml）
   "$PY" scripts/make_tiny_model.py --size gold --out "$root/base_gold"
-  [ -f "$root/rm_gold/stage.json" ] || "$PY" train_rm.py $(recipe rm_gold) --overwrite_output_dir true
+  [ -f "$root/sft/stage.json" ] || launch sft "$PY" train_sft.py $(recipe sft) --overwrite_output_dir true
+  [ -f "$root/rm/stage.json" ] || launch rm "$PY" train_rm.py $(recipe rm) --overwrite_output_dir true
+  [ -f "$root/rm_gold/stage.json" ] || launch rm_gold "$PY" train_rm.py $(recipe rm_gold) --overwrite_output_dir true
+  finish
 fi
 [ -f "$root/sft/stage.json" ] && [ -f "$root/rm/stage.json" ] || {
   echo "错误：$root/sft 或 $root/rm 还没有训练好；请先运行 python train_sft.py 和 python train_rm.py。" >&2; exit 3; }
 start=$(date +%s)
 models=sft
 if [[ " $METHODS " != *" ppo "* ]]; then   # PPO 不按种子跑：用流水线里那一个（演示 / train_ppo.py 写的），没有就现在训练
-  [ -f "$root/ppo/stage.json" ] || "$PY" train_ppo.py $(recipe ppo) --overwrite_output_dir true
+  [ -f "$root/ppo/stage.json" ] || launch ppo "$PY" train_ppo.py $(recipe ppo) --overwrite_output_dir true
   models="$models,ppo"
 fi
 train() {  # train <方法> <结果文件夹> <种子> [额外选项…]：已经训练好的跳过
@@ -58,8 +85,8 @@ train() {  # train <方法> <结果文件夹> <种子> [额外选项…]：已�
   if [ -f "$dir/stage.json" ]; then echo "[对比] 已有 $dir，跳过"; return; fi
   local rm_opt=(--reward_model_path "$root/rm"); [ "$m" = dpo ] && rm_opt=()   # DPO 只用偏好对，不用 RM
   echo "[对比] $m，种子 $seed $* -> $dir"
-  "$PY" "train_$m.py" $(recipe "$m") --sft_model_path "$root/sft" "${rm_opt[@]}" --output_dir "$dir" --seed "$seed" \
-    --overwrite_output_dir true "$@"
+  launch "$(basename "$dir")" "$PY" "train_$m.py" $(recipe "$m") --sft_model_path "$root/sft" "${rm_opt[@]}" \
+    --output_dir "$dir" --seed "$seed" --overwrite_output_dir true "$@"
 }
 for seed in $SEEDS; do
   for m in $METHODS; do
@@ -71,6 +98,7 @@ if [ "${WEAK_KL:-0}" = 1 ]; then  # 对照：没有 KL 拉住的 PPO 和 GRPO（
   train ppo "$out/ppo-kl0-seed$first" "$first" --kl_coef 0
   train grpo "$out/grpo-beta0-seed$first" "$first" --beta 0
 fi
+finish
 gold=(); [ -f "$root/rm_gold/stage.json" ] && gold=(--gold_model_path "$root/rm_gold")
 "$PY" benchmark.py $(recipe benchmark) --sft_model_path "$root/sft" --ppo_model_path "$root/ppo" --reward_model_path "$root/rm" \
   "${gold[@]}" --models "$models" --trajectory true --output_dir "$out/benchmark"

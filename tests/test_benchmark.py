@@ -561,3 +561,26 @@ def test_every_reported_kl_is_non_negative_and_the_report_says_what_it_means(ben
     assert "可以小于 0" not in bench.md and "一定 ≥ 0" in bench.md and "对整个词表求和" in bench.md
     line = next(x for x in bench.proc.stdout.splitlines() if x.startswith("[生成] ppo"))
     assert f"离 SFT 的 KL 每 token {kls['ppo']:.4f}" in line
+
+
+def test_top_k_then_top_p_samples_exactly_what_transformers_own_warpers_sample(tiny_model):
+    """inference.TopKTopP（温度 → top-k → 只在 k 个里做 top-p）和 transformers 自己的三个 warper（每步把 15 万的词表排序）
+    同样的种子下采出逐 token 相同的回答；inference.generate 用的就是它。"""
+    import torch
+
+    from qwen_rlhf import data, inference, models
+
+    tok = models.load_tokenizer(tiny_model, padding_side="left")
+    model = models.load_causal_lm(tiny_model, tok).eval()
+    ids, mask = inference.left_pad(tok, [data.prompt_ids(tok, q) for q in COMMON_QUESTIONS])
+    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=True,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    theirs = model.generate(**common, temperature=0.7, top_k=20, top_p=0.8)
+    torch.manual_seed(0)
+    ours = model.generate(**common, temperature=1.0, top_k=0, top_p=1.0,
+                          logits_processor=[inference.TopKTopP(0.7, 20, 0.8)])
+    assert torch.equal(theirs, ours)
+    torch.manual_seed(0)
+    plain = model.generate(**common, temperature=0.7, top_k=20, top_p=1.0)  # 对照：top-p 真的起了作用
+    assert not torch.equal(theirs, plain)
