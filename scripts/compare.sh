@@ -35,7 +35,7 @@ launch() {  # launch <名字> <命令…>
   if [ "$JOBS" -le 1 ]; then "${@:2}"; return; fi
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done  # 失败的在 finish 里一起说
   echo "[对比] 开始 $1（日志 $logs/$1.log）"
-  ( "${@:2}" > "$logs/$1.log" 2>&1 && echo "[对比] 完成 $1" ) &
+  ( export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; "${@:2}" > "$logs/$1.log" 2>&1 && echo "[对比] 完成 $1" ) &
   pids+=($!); names+=("$1")
 }
 finish() {  # 等 launch 起的全部结束；有失败的：一行说是哪几个、日志在哪，退出
@@ -61,14 +61,14 @@ else
 fi
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "错误：JOBS 要是正整数（例如 JOBS=1），现在是 \"$JOBS\"。" >&2; exit 2; }
 logs="$out/logs"; mkdir -p "$logs"
-if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
 if [ "${1:-}" != "--real" ]; then
-  "$PY" scripts/make_tiny_model.py
-  # 金标准评委：更大的迷你基座、另一个种子，只用来评测（见 configs/tiny/rm_gold.yaml）
-  "$PY" scripts/make_tiny_model.py --size gold --out "$root/base_gold"
+  [ -f "$root/base/config.json" ] || "$PY" scripts/make_tiny_model.py
   [ -f "$root/sft/stage.json" ] || launch sft "$PY" train_sft.py $(recipe sft) --overwrite_output_dir true
   [ -f "$root/rm/stage.json" ] || launch rm "$PY" train_rm.py $(recipe rm) --overwrite_output_dir true
-  [ -f "$root/rm_gold/stage.json" ] || launch rm_gold "$PY" train_rm.py $(recipe rm_gold) --overwrite_output_dir true
+  # 金标准评委：更大的迷你基座、另一个种子，只用来评测（见 configs/tiny/rm_gold.yaml）
+  gold_rm() { "$PY" scripts/make_tiny_model.py --size gold --out "$root/base_gold" && "$PY" train_rm.py $(recipe rm_gold) \
+    --overwrite_output_dir true; }
+  [ -f "$root/rm_gold/stage.json" ] || launch rm_gold gold_rm
   finish
 fi
 [ -f "$root/sft/stage.json" ] && [ -f "$root/rm/stage.json" ] || {

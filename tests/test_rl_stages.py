@@ -99,7 +99,7 @@ def test_grpo_stopped_by_sigterm_resumes_from_the_printed_command_and_finishes(r
     info = stage_info(out)
     assert info["optimizer_steps"] == 3 and read_steps(info["tensorboard"], "grpo/loss")[-1] == 3
     assert not (pipeline["tmp"] / "grpo-resume-trainer-checkpoints").exists()
-    # 被打断之前存下的快照也活下来了，和续训后存的一起搬进结果里：每步一个（tiny 配方 5 个快照 > 3 步）
+    # 被打断之前存下的快照也活下来了，和续训后存的一起搬进结果里：每步一个（tiny 配方 4 个快照 > 3 步）
     assert [p.name for p in policy.snapshots_of(out)] == ["step-1", "step-2", "step-3"]
     resumed = load_file(str(out / "adapter_model.safetensors"))
     lora_b = [w for k, w in resumed.items() if "lora_B" in k]

@@ -72,6 +72,10 @@ def test_strict_mode_turns_skips_into_refusals(tmp_path, tiny_model):
 def test_bad_options_fail_before_loading_a_model_with_one_line(tmp_path, tiny_model, monkeypatch, script, extra,
                                                                needles):
     recipe = {"train_sft.py": "sft", "train_rm.py": "rm", "train_ppo.py": "ppo"}[script]
+    # 先把用 `from .models import load_causal_lm …` 绑定这些名字的模块导入好：第一次导入若发生在下面替换期间，
+    # 它们会一直拿着替身，之后别的测试加载模型时得到 None
+    import qwen_rlhf.inference  # noqa: F401
+
     loaded = []
     for name in ("load_causal_lm", "load_score_model", "load_tokenizer"):  # 在加载任何模型之前就报错：一个都不许调用
         monkeypatch.setattr(models, name, lambda *a, name=name, **k: loaded.append(name))

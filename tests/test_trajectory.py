@@ -92,8 +92,9 @@ def test_fluency_pairs_shuffle_the_chosen_answer_and_skip_what_cannot_change():
 
 
 def test_every_rl_run_keeps_adapter_only_snapshots_with_their_progress(rl_runs, pipeline):
-    """GRPO / RLOO / DPO 跑 3 步、默认 5 个快照：每步一个，只有适配器和一个小 stage.json（没有 merged/、没有分词器），
-    看过多少回答 / 偏好对记在里面；最终结果的 progress 和最后一个快照相同。演示配方的 PPO（32 次更新）：第 7、13、20、26、32 次。"""
+    """GRPO / RLOO / DPO 跑 3 步、tiny 配方 4 个快照：每步一个，只有适配器和一个小 stage.json（没有 merged/、没有分词器），
+    看过多少回答 / 偏好对记在里面；最终结果的 progress 和最后一个快照相同。演示配方的 PPO（32 次更新、4 个快照）：
+    第 8、16、24、32 次。"""
     for stage, unit, per_step in (("grpo", "answers", 8), ("rloo", "answers", 8), ("dpo", "pairs", 8)):
         folder = rl_runs[stage].out
         snaps = policy.snapshots_of(folder)
@@ -107,8 +108,8 @@ def test_every_rl_run_keeps_adapter_only_snapshots_with_their_progress(rl_runs, 
             assert (snap / record["sft_path_from_adapter"]).resolve() == pipeline["sft"].resolve()
         assert info(folder)["progress"] == info(snaps[-1])["progress"]
     ppo = policy.snapshots_of(pipeline["ppo"])
-    assert [s.name for s in ppo] == ["step-7", "step-13", "step-20", "step-26", "step-32"]
-    assert info(ppo[0])["progress"]["seen"] == 7 * 16 and info(pipeline["ppo"])["progress"]["seen"] == 512
+    assert [s.name for s in ppo] == ["step-8", "step-16", "step-24", "step-32"]
+    assert info(ppo[0])["progress"]["seen"] == 8 * 16 and info(pipeline["ppo"])["progress"]["seen"] == 512
 
 
 def test_a_snapshot_talks_in_chat_by_name_and_loads_with_plain_peft_from_a_copied_tree(rl_runs, pipeline, tmp_path,
@@ -205,7 +206,7 @@ def test_trajectory_csv_has_every_snapshot_in_training_order_with_both_judges_an
     assert set(by_run) == {"ppo", "grpo", "dpo"}
     # SFT（第 0 步）→ 快照（和最终结果同一步的最后一个不重复）→ 最终结果
     assert [r["model"] for r in by_run["grpo"]] == ["sft", "grpo@step-1", "grpo@step-2", "grpo"]
-    assert [r["model"] for r in by_run["ppo"]] == ["sft", "ppo@step-7", "ppo@step-13", "ppo@step-20", "ppo@step-26", "ppo"]
+    assert [r["model"] for r in by_run["ppo"]] == ["sft", "ppo@step-8", "ppo@step-16", "ppo@step-24", "ppo"]
     for rows in by_run.values():
         assert [int(r["step"]) for r in rows] == sorted(int(r["step"]) for r in rows)
         assert [int(r["seen"]) for r in rows] == sorted(int(r["seen"]) for r in rows)
