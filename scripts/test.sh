@@ -9,4 +9,5 @@ source scripts/cpu_env.sh
 # ~/.cache/torch_extensions）：先编译好（已编译时约 3 秒），免得多进程 DeepSpeed 测试里两个进程一边等它一边计时
 "${VENV:-.venv}/bin/python" -c "from deepspeed.accelerator import get_accelerator as a
 a().create_op_builder('ShareMemCommBuilder').load(verbose=False)" 2>/dev/null || true  # 编译不了时由那几个测试自己报错
-exec "${VENV:-.venv}/bin/python" -m pytest -q tests "$@"
+# --durations：每次都列出最慢的 25 个（setup 和 call 分开），看得出时间花在哪里（目标：单个不超过 60 秒）
+exec "${VENV:-.venv}/bin/python" -m pytest -q --durations=25 tests "$@"
