@@ -27,7 +27,7 @@ class Loaded:
 
 def _path_field(name: str):
     stage = STAGES[name]
-    merged = "，优先用其中合并好的 merged/" if stage.adapter else ""
+    merged = "；对话优先用其中合并好的 merged/，评测把适配器挂在 SFT 上（好算离 SFT 的 KL）" if stage.adapter else ""
     return (f"{name}_model_path", str, field(default=f"checkpoint/{name}", metadata={
         "help": f"{stage.label}文件夹（{stage.script} 的产物{merged}）；模型名 {name} 用它"}))
 
