@@ -400,7 +400,7 @@ def test_a_zero_or_negative_answer_length_is_one_line_before_loading(tmp_path, s
     而不是生成时 transformers 的 traceback。"""
     r = run_inline(script, "--max_completion_length", value, "--sft_model_path", tmp_path / "no-sft",
                    "--reward_model_path", tmp_path / "no-rm", "--output_dir", tmp_path / "out", tmp=tmp_path)
-    assert_one_line_error(r, 2, f"--max_completion_length 必须是正整数", f"现在是 {value}")
+    assert_one_line_error(r, 2, "--max_completion_length 必须是正整数", f"现在是 {value}")
 
 
 @pytest.mark.parametrize("script", ["train_grpo.py", "train_rloo.py"])
