@@ -217,11 +217,12 @@ def judge(folder: Path, field: str, answers: list, generated: dict, split, args,
     return metrics.rm_stats(options.display_path(folder), both[: len(prompts)], both[len(prompts):])
 
 
-def free(holder) -> None:
-    """用完的模型立刻释放（评委一次只放一个；Policies 里的 SFT 和适配器在生成全部结束后释放）。"""
+def free(holder=None) -> None:
+    """用完的模型立刻释放（评委一次只放一个）；不给 holder 时只回收已经放掉的（Policies.close 之后）。"""
     import torch
 
-    holder.model = holder.sft = holder.peft = None
+    if holder is not None:
+        holder.model = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -283,7 +284,8 @@ def main():
             timing["kl_s"][name] = round(time.perf_counter() - t, 3)
         print(f"[生成] {name}（{folders[name]}）：{len(questions)} 个回答，用时 {timing['generate_s'][name]:.1f}s"
               + (f"；离 SFT 的 KL 每 token {kl[name]:.4f}（{timing['kl_s'][name]:.1f}s）" if name in kl else ""))
-    free(bank)
+    bank.close()  # SFT 和挂在上面的适配器
+    free()
 
     # ---------------------------------------------------------------- 打分（所有模型生成完，再放 RM 上去；金标准评委同样）
     t = time.perf_counter()

@@ -99,12 +99,7 @@ def load_policy(name: str, folder: Path, allow_pickle: bool = False, dtype=None)
     if (folder / "merged" / "config.json").is_file():
         folder = folder / "merged"
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-        from peft import PeftModel
-
-        base = resolve_adapter_base(folder)
-        tokenizer = load_tokenizer(base, padding_side="left")
-        check_weights(folder, allow_pickle)
-        model = PeftModel.from_pretrained(load_causal_lm(base, tokenizer, allow_pickle, dtype), str(folder))
+        model, tokenizer = open_adapter(folder, allow_pickle, dtype)
         model = model.merge_and_unload()
     else:
         if not (folder / "config.json").is_file():
@@ -113,6 +108,17 @@ def load_policy(name: str, folder: Path, allow_pickle: bool = False, dtype=None)
         model = load_causal_lm(folder, tokenizer, allow_pickle, dtype)
     model.eval()
     return Loaded(name, folder, model, tokenizer)
+
+
+def open_adapter(folder: Path, allow_pickle: bool = False, dtype=None):
+    """适配器文件夹（结果或快照）-> (peft 模型 = 它的 SFT 基座 + 这个适配器，分词器)；基座按 resolve_adapter_base 找。
+    没有合并：关掉适配器就是它自己的 SFT。"""
+    from peft import PeftModel
+
+    base = resolve_adapter_base(folder)
+    tokenizer = load_tokenizer(base, padding_side="left")
+    check_weights(folder, allow_pickle)
+    return PeftModel.from_pretrained(load_causal_lm(base, tokenizer, allow_pickle, dtype), str(folder)), tokenizer
 
 
 def load_reward(folder: Path, allow_pickle: bool = False, dtype=None) -> Loaded:
@@ -218,11 +224,7 @@ class Policies:
                 yield Candidate(name, folder, model, self.tokenizer,
                                 lambda p, r: kl_to_reference(model, self.tokenizer, p, r))
                 return
-            from peft import PeftModel  # 别的 SFT 上训练的适配器：它自己的基座就是它的参考
-
-            tokenizer = load_tokenizer(base, padding_side="left")
-            check_weights(folder, self.allow_pickle)
-            model = PeftModel.from_pretrained(load_causal_lm(base, tokenizer, self.allow_pickle), str(folder))
+            model, tokenizer = open_adapter(folder, self.allow_pickle)  # 别的 SFT 上训练的：它自己的基座是参考
             model = model.to(self.device).eval()
             yield Candidate(name, folder, model, tokenizer, lambda p, r: kl_to_reference(model, tokenizer, p, r))
             del model
@@ -234,6 +236,10 @@ class Policies:
             lambda p, r: kl_to_reference(loaded.model, loaded.tokenizer, p, r, reference=reference))
         yield Candidate(name, loaded.folder, loaded.model, loaded.tokenizer, kl)
         loaded.model = None
+
+    def close(self) -> None:
+        """评测生成完：放掉 SFT 和挂在上面的适配器（再放评委上去）。"""
+        self.sft = self.peft = None
 
 
 def left_pad(tokenizer, rows: list[list[int]]):
