@@ -17,7 +17,7 @@ from functools import partial
 
 from trl import DPOTrainer
 
-from qwen_rlhf import data, device, errors, inference, models, options, outputs, policy, recipes, training
+from qwen_rlhf import data, device, errors, models, options, outputs, policy, recipes, sampling, training
 from qwen_rlhf.cost import Cost
 
 
@@ -27,14 +27,14 @@ def held_out_diagnosis(trainer, tokenizer, rows: list[dict], beta: float, system
       （0.5 ≈ 瞎猜；一点没变时奖励全为 0、准确率 0）；
     - log p(chosen)、log p(rejected) 相对 SFT 平均变了多少：两个都下降而准确率高，说明它学会了区分，却把概率挪到了
       两者以外的地方（例如更早结束）。
-    和评测的精确 KL 同一遍计算（inference.compare_to_reference：只在回答的位置上乘 lm_head），比 TRL 的 evaluate 省掉
+    和评测的精确 KL 同一遍计算（sampling.compare_to_reference：只在回答的位置上乘 lm_head），比 TRL 的 evaluate 省掉
     提示位置的 logits。"""
     model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = model.training
     model.eval()
     prompts = [data.prompt_ids(tokenizer, r["question"], r.get("system") or system) for r in rows] * 2
     answers = [data.answer_ids(tokenizer, r[k]) for k in ("chosen", "rejected") for r in rows]
-    _, ratios = inference.compare_to_reference(model, tokenizer, prompts, answers, kl=False)
+    _, ratios = sampling.compare_to_reference(model, tokenizer, prompts, answers, kl=False)
     model.train(was_training)
     chosen, rejected = [sum(x) for x in ratios[: len(rows)]], [sum(x) for x in ratios[len(rows):]]
     result = {"pairs": len(rows), "beta": beta,

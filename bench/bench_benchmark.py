@@ -44,7 +44,7 @@ def run_once(batch_size: int, config: str, extra: list[str], out_root: Path) -> 
         "batch_size": batch_size,
         "process_wall_s": round(wall, 3),
         "generate_s": round(sum(timing["generate_s"].values()), 3),  # 只算生成（不含加载模型）
-        # 精确 KL（inference.kl_to_reference）：每个非 SFT 模型在它自己对非常见问题的回答上各算一遍
+        # 精确 KL（sampling.kl_to_reference）：每个非 SFT 模型在它自己对非常见问题的回答上各算一遍
         "kl_s": round(sum(timing["kl_s"].values()), 3),
         "kl_answers": sum(summary["num_by_source"].get(s, 0) for s in ("held_out", "file")) * len(timing["kl_s"]),
         "score_s": timing["score_s"],

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from transformers import GenerationConfig  # noqa: E402
 
 import common  # noqa: E402  bench/common.py
-from qwen_rlhf import data, inference, models, tiny  # noqa: E402
+from qwen_rlhf import data, models, sampling, tiny  # noqa: E402
 
 
 def timed_generate(model, ids, mask, gen, batch: int) -> float:
@@ -51,7 +51,7 @@ def main():
     tok = models.load_tokenizer(folder, padding_side="left")
     model = models.load_causal_lm(folder, tok).to(device)
     rows = data.load_rows(str(ROOT / "data" / "sample.jsonl"), False).rows[: a.prompts]
-    ids, mask = inference.left_pad(tok, [data.ppo_example(tok, r)["input_ids"] for r in rows])
+    ids, mask = sampling.left_pad(tok, [data.ppo_example(tok, r)["input_ids"] for r in rows])
     ids, mask = ids.to(device), mask.to(device)
     # 固定生成满 response_length 个 token，各方案的工作量相同
     gen = dict(max_new_tokens=a.response_length, min_new_tokens=a.response_length, do_sample=False,

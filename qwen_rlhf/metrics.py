@@ -119,7 +119,7 @@ def versus_baseline(gains: list[float]) -> dict:
 
 
 def per_token_kl(kl_per_position: list[list[float]]) -> float | None:
-    """每 token 的 KL(模型 ‖ SFT)：inference.kl_to_reference 在每条回答每个位置上算出的精确 KL，所有回答的位置合在一起
+    """每 token 的 KL(模型 ‖ SFT)：sampling.kl_to_reference 在每条回答每个位置上算出的精确 KL，所有回答的位置合在一起
     取平均（长回答按它的长度计权）。每一项都 ≥ 0，所以结果也 ≥ 0；没有任何位置时为 None。"""
     return mean(k for row in kl_per_position for k in row)
 

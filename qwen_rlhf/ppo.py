@@ -28,7 +28,7 @@ from trl.experimental.ppo import PPOTrainer
 from trl.experimental.ppo import ppo_trainer as trl_ppo
 
 from . import scoring
-from .inference import fast_cpu_sampling
+from .sampling import fast_cpu_sampling
 from .options import display_path
 from .outputs import pause_point, read_json, write_json, writing
 
@@ -111,7 +111,7 @@ class RLHFPPOTrainer(PPOTrainer):
             policy.eval()
             started = time.perf_counter()
             try:
-                with fast_cpu_sampling():  # CPU 上 torch.multinomial 很慢，见 inference.fast_cpu_sampling
+                with fast_cpu_sampling():  # CPU 上 torch.multinomial 很慢，见 sampling.fast_cpu_sampling
                     out = generate(*args, **kwargs)
             finally:
                 policy.train(was_training)

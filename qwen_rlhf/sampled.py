@@ -11,7 +11,7 @@ from trl import GRPOTrainer as _GRPOTrainer
 from trl import RLOOTrainer as _RLOOTrainer
 
 from . import scoring
-from .inference import fast_cpu_sampling
+from .sampling import fast_cpu_sampling
 
 
 def _generate_in_eval_mode(trainer_cls):
@@ -30,7 +30,7 @@ def _generate_in_eval_mode(trainer_cls):
             for layer in layers:
                 layer.eval()
             try:
-                with fast_cpu_sampling():  # CPU 上 torch.multinomial 很慢，见 inference.fast_cpu_sampling
+                with fast_cpu_sampling():  # CPU 上 torch.multinomial 很慢，见 sampling.fast_cpu_sampling
                     return super()._generate(prompts)
             finally:
                 for layer in layers:
