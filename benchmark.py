@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, report, scoring
+from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, report, sampling, scoring
+from qwen_rlhf import trajectory, words
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import STAGES, chat_stages, rl_stages
 from qwen_rlhf.cost import Cost
@@ -39,6 +40,10 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
         "help": "金标准评委：python train_rm.py --role gold 训练的第二个 RM（另一个种子、更大的模型，策略训练时从没见过它），"
                 "只用来评测：每个代理 RM 分数旁边再给一个它的分数，看得出代理 RM 有没有被钻空子（奖励过度优化）。"
                 "文件夹不存在时不用（打印一行说明）"})
+    null_model_path: str = field(default="checkpoint/rm_null", metadata={
+        "help": "空评委：python train_rm.py --role null 训练的第三个 RM（和代理 RM 同样的数据、同样的基座，只换种子）。"
+                "两个只差种子的 RM 之间本来就有分歧，它量出这份噪声的大小：金标准评委和代理 RM 的分歧要超过它才算数。"
+                "文件夹不存在时不用（打印一行说明）"})
     trajectory: bool = field(default=False, metadata={
         "help": "同时评测 --models 里每个 LoRA 阶段训练中存下的快照（<结果>/snapshots/，同样的问题、同样的解码），"
                 "写 trajectory.csv 和 trajectory.png：代理分和金标准分随离 SFT 的 KL 怎样变化，报告里一段话读出有没有过度优化"})
@@ -49,10 +54,20 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
     batch_size: int = field(default=16, metadata={"help": "一次生成 / 打分多少个问题（24 GB 显存 16 足够；显存不足就调小）"})
     max_new_tokens: int = field(default=200, metadata={"help": "每个回答最多生成多少个 token"})
     do_sample: bool = field(default=False, metadata={"help": "采样生成（默认贪心解码：确定、可复现）"})
-    seed: int = field(default=42, metadata={"help": "随机种子（只影响 --do_sample）"})
+    seed: int = field(default=42, metadata={
+        "help": "随机种子：--do_sample 的回答（每个模型生成前 set_seed(seed)，按提示长度排序、每 --batch_size 个一批；"
+                "纯 transformers 用同样的种子、同样的分批调用 model.generate 得到同样的回答），以及估计 KL 的采样"})
     temperature: float = field(default=0.7, metadata={"help": "采样温度，只在 --do_sample 时使用"})
     top_p: float = field(default=0.8, metadata={"help": "top-p 采样，只在 --do_sample 时使用"})
     top_k: int = field(default=20, metadata={"help": "top-k 采样，只在 --do_sample 时使用"})
+    kl_samples: int = field(default=4, metadata={
+        "help": "离 SFT 有多远：每个问题让每个模型按训练时的温度（--kl_temperature，不做 top-k / top-p）自己采几个回答，"
+                "在这些回答上算序列 KL（每个位置对整个词表求和，再对整条回答求和），训练轨迹的分数也打在这些回答上"})
+    kl_temperature: float = field(default=0.7, metadata={
+        "help": "估计 KL 的采样温度：训练时 rollout 的温度（PPO / GRPO / RLOO 默认 0.7），KL 也在这个温度下的两个分布之间算"})
+    kl_max_new_tokens: int = field(default=200, metadata={
+        "help": "估计 KL 的回答最多几个 token：训练时回答的上限（PPO 的 response_length、GRPO / RLOO 的 "
+                "max_completion_length，默认 200）"})
     output_dir: str = field(default="checkpoint/benchmark", metadata={
         "help": "报告写到 <output_dir>/<时间>/，每次运行一个新文件夹"})
     device: str = field(default="auto", metadata={"help": "auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …"})
@@ -60,12 +75,14 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
 
 def check_options(args: BenchmarkArgs) -> list[str]:
     """在加载任何东西之前检查选项；返回 --models 列表。"""
-    for name in ("batch_size", "max_new_tokens"):
+    for name in ("batch_size", "max_new_tokens", "kl_samples", "kl_max_new_tokens"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} 必须是正整数，现在是 {getattr(args, name)}。", EXIT_BAD_INPUT)
     if args.num_questions < 0:
         raise UserError(f"--num_questions 不能为负数，现在是 {args.num_questions}。", EXIT_BAD_INPUT)
     inference.check_sampling(args.do_sample, args.temperature, args.top_p, args.top_k)
+    if not args.kl_temperature > 0:
+        raise UserError(f"--kl_temperature 必须大于 0，现在是 {args.kl_temperature}。", EXIT_BAD_INPUT)
     specs = [s.strip() for s in args.models.split(",") if s.strip()] or default_models(args)
     if len(set(specs)) < len(specs):
         raise UserError(f"--models 里有重复的模型：{args.models}。", EXIT_BAD_INPUT)
@@ -128,24 +145,35 @@ def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[d
     return runs, snapshots
 
 
-def gold_judge(args, rm_folder) -> tuple | None:
-    """--gold_model_path：(文件夹, stage.json)；文件夹不存在时 None（说一行）。必须是 train_rm.py --role gold 训练的 RM，
-    而且不能就是代理 RM。"""
-    folder = options.input_path(args.gold_model_path) if args.gold_model_path else None
+# 评委：代理 RM 之外的两位，(选项, stage.json 里的 role, 中文名, 怎样训练)
+EXTRA_JUDGES = {"gold": ("--gold_model_path", "金标准评委", "python train_rm.py --role gold"),
+                "null": ("--null_model_path", "空评委", "python train_rm.py --role null")}
+
+
+def extra_judge(args, role: str, rm_folder: Path) -> tuple | None:
+    """--gold_model_path / --null_model_path：(文件夹, stage.json)；文件夹不存在时 None（说一行）。必须是 train_rm.py
+    --role <role> 训练的 RM，而且不能就是代理 RM。"""
+    option, label, command = EXTRA_JUDGES[role]
+    given = getattr(args, option.removeprefix("--"))
+    folder = options.input_path(given) if given else None
     if folder is None or not folder.exists():
         if folder is not None:
-            print(f"[金标准] 没有 {options.display_path(folder)}：本次只用代理 RM 打分"
-                  "（python train_rm.py --role gold 训练一个独立的金标准评委）。")
+            print(f"[{label}] 没有 {options.display_path(folder)}：本次不用它（{command} 训练一个）。")
         return None
-    info = outputs.check_kind(folder, ("rm",), "--gold_model_path")
-    if (info or {}).get("role") != "gold":
-        raise UserError(f"--gold_model_path {options.display_path(folder)} 不是金标准评委（stage.json 里没有 role: gold）；"
-                        "请用 python train_rm.py --role gold 训练一个和代理 RM 独立的评委。", EXIT_BAD_INPUT)
+    info = outputs.check_kind(folder, ("rm",), option)
+    if (info or {}).get("role") != role:
+        raise UserError(f"{option} {options.display_path(folder)} 不是{label}（stage.json 里没有 role: {role}）；"
+                        f"请用 {command} 训练一个。", EXIT_BAD_INPUT)
     if folder.resolve() == rm_folder.resolve():
-        raise UserError("--gold_model_path 和 --reward_model_path 是同一个文件夹：金标准评委必须独立于被优化的代理 RM。",
-                        EXIT_BAD_INPUT)
+        raise UserError(f"{option} 和 --reward_model_path 是同一个文件夹：{label}必须是另一个 RM。", EXIT_BAD_INPUT)
     models.check_weights(folder, args.allow_pickle)
     return folder, info
+
+
+def same_base(a: dict | None, b: dict | None) -> bool:
+    """两个 RM 是不是从同一个基座训练的（stage.json 的 base_model，解析后的路径相同）。"""
+    paths = [(i or {}).get("base_model") for i in (a, b)]
+    return None not in paths and Path(paths[0]).resolve() == Path(paths[1]).resolve()
 
 
 def read_questions(path: str) -> list[str]:
@@ -173,19 +201,20 @@ def read_questions(path: str) -> list[str]:
 
 
 def generate_answers(loaded, questions: list[str], args: BenchmarkArgs) -> tuple[list, list]:
-    """批量生成；按提示长度排序后再分批，同一批里长度相近、左填充最少。返回 (提示, 回复) token 列表。"""
+    """批量生成；按提示长度排序后再分批，同一批里长度相近、左填充最少。返回 (提示, 回复) token 列表。
+    torch 原本的采样：纯 transformers 用同样的种子、同样的顺序和分批调用 model.generate，得到逐 token 相同的回答。"""
     from transformers import set_seed
 
     set_seed(args.seed)  # 每个模型从同一个种子开始：采样时与 --models 的顺序无关
     tok = loaded.tokenizer
     prompts = [data.prompt_ids(tok, q, args.system_prompt) for q in questions]
-    sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    decoding = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     responses = [None] * len(prompts)
     for start in range(0, len(order), args.batch_size):
         idx = order[start:start + args.batch_size]
-        out = inference.generate(loaded.model, tok, [prompts[i] for i in idx], args.max_new_tokens, args.do_sample,
-                                 **sampling)
+        out = sampling.generate(loaded.model, tok, [prompts[i] for i in idx], args.max_new_tokens, args.do_sample,
+                                **decoding)
         for i, r in zip(idx, out):
             responses[i] = r
     return prompts, responses
@@ -197,24 +226,55 @@ def sft_reference(args) -> Path | None:
     return folder if outputs.kind_of(folder) == "sft" else None
 
 
-def judge(folder: Path, field: str, answers: list, generated: dict, split, args, device) -> dict:
-    """一位评委（代理 RM 或金标准评委）给所有回答打分，写进每个 Answer 的 field（score / gold），再在留出偏好对上给自己
-    打成绩单（准确率、平均分差）。打分都走 scoring.score：和 PPO 的奖励、纯 transformers 的标准客户端是同一个约定。"""
+def judge(folder: Path, texts: list[tuple[str, str]], tokenizers: dict, split, args, device) -> tuple[list, dict]:
+    """一位评委（代理 RM、金标准评委或空评委）给 texts（[(问题, 回答文本)]）打分，再在留出偏好对上给自己打成绩单
+    （准确率、平均分差）。打分都走 scoring.score：和 PPO 的奖励、纯 transformers 的标准客户端是同一个约定。"""
     rm = inference.load_reward(folder, args.allow_pickle)
     rm.model.to(device)
-    for name, (_, _, tok) in generated.items():
+    for name, tok in tokenizers.items():
         if len(tok) != len(rm.tokenizer):  # 不同基座的 token 编号对不上，分数会读错位置
             raise UserError(f"{name} 和 {options.display_path(folder)} 的分词器不一样（{len(tok)} vs {len(rm.tokenizer)} "
                             "个 token），不是同一个基座模型训练出来的。", EXIT_MISSING)
-    scores = scoring.score(rm.model, rm.tokenizer, [data.messages(a.question, args.system_prompt) for a in answers],
-                           [a.response for a in answers], args.batch_size)
-    for a, value in zip(answers, scores):
-        setattr(a, field, metrics.round4(value))
+    scores = scoring.score(rm.model, rm.tokenizer, [data.messages(q, args.system_prompt) for q, _ in texts],
+                           [t for _, t in texts], args.batch_size)
     prompts = [data.messages(r["question"], r.get("system") or args.system_prompt) for r in split.test]
     replies = [r[k] for k in ("chosen", "rejected") for r in split.test]
     both = scoring.score(rm.model, rm.tokenizer, prompts * 2, replies, args.batch_size)
     free(rm)
-    return metrics.rm_stats(options.display_path(folder), both[: len(prompts)], both[len(prompts):])
+    return [metrics.round4(x) for x in scores], metrics.rm_stats(options.display_path(folder), both[: len(prompts)],
+                                                                  both[len(prompts):])
+
+
+def policy_samples(candidate, questions: list[str], args) -> tuple[list, list]:
+    """(提示, 回答)：每个问题 --kl_samples 个、按 --kl_temperature 从模型自己采的回答（估计 KL、训练轨迹的分数用）。"""
+    from transformers import set_seed
+
+    set_seed(args.seed)
+    prompts = [data.prompt_ids(candidate.tokenizer, q, args.system_prompt) for q in questions]
+    responses = sampling.policy_samples(candidate.model, candidate.tokenizer, prompts, args.kl_samples,
+                                        args.kl_temperature, args.kl_max_new_tokens, args.batch_size)
+    return [p for p in prompts for _ in range(args.kl_samples)], responses
+
+
+def trajectory_points(samples: dict, scores: dict[str, list], kl: dict, per_question: int) -> dict[str, dict]:
+    """训练轨迹上每个模型的数：每个问题的平均序列 KL 和各评委的平均分（同一批按训练温度采的回答）。"""
+    points, start = {}, 0
+    for name, (_, responses, _) in samples.items():
+        n = len(responses)
+        by_question = {role: [sum(v[i:i + per_question]) / per_question for i in range(start, start + n, per_question)]
+                       for role, v in scores.items()}
+        questions = n // per_question
+        own = kl.get(name)
+        points[name] = {"kl_seq": own["kl_seq_by_question"] if own else [0.0] * questions,
+                        "kl_token": own["kl_per_token"] if own else 0.0, **by_question}
+        start += n
+    return points
+
+
+def trajectory_scale(points: dict[str, dict]) -> dict[str, float | None]:
+    """每位评委在 SFT 的（按训练温度采的）回答上的分数标准差：轨迹上的提升换成"几个 SFT 标准差"。"""
+    sft = points[metrics.BASELINE]
+    return {role: metrics.sd(sft[role]) for role in trajectory.JUDGES if role in sft}
 
 
 def free(holder=None) -> None:
@@ -241,53 +301,58 @@ def main():
     rm_folder = options.input_path(args.reward_model_path)
     rm_info = outputs.check_kind(rm_folder, ("rm",), "--reward_model_path")
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
-    gold = gold_judge(args, rm_folder)
+    extra = {role: found for role in EXTRA_JUDGES if (found := extra_judge(args, role, rm_folder))}
     announce_device("benchmark", args.device == "cpu", "fp32", model=rm_folder)  # 权重按 fp32 加载；RM 与策略同尺寸
 
     # ---------------------------------------------------------------- 数据
     rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
-    judges = {"RM": rm_info, **({"金标准评委": gold[1]} if gold else {})}
-    outputs.check_same_split({**{n: info for n, (_, info) in {**policies, **snapshots}.items()}, **judges},
+    judge_infos = {"RM": rm_info, **{EXTRA_JUDGES[role][1]: info for role, (_, info) in extra.items()}}
+    outputs.check_same_split({**{n: info for n, (_, info) in {**policies, **snapshots}.items()}, **judge_infos},
                              split.fingerprint, "benchmark.py")
     if args.questions:
-        extra, extra_source = read_questions(args.questions), "file"
+        asked, asked_source = read_questions(args.questions), "file"
     else:
-        extra = [r["question"] for r in data.unique_questions(split.test)][: args.num_questions]
-        extra_source = "held_out"
-    extra = [q for q in extra if q not in data.COMMON_QUESTIONS]
-    questions = list(data.COMMON_QUESTIONS) + extra
-    sources = ["common"] * len(data.COMMON_QUESTIONS) + [extra_source] * len(extra)
+        asked = [r["question"] for r in data.unique_questions(split.test)][: args.num_questions]
+        asked_source = "held_out"
+    asked = [q for q in asked if q not in data.COMMON_QUESTIONS]
+    questions = list(data.COMMON_QUESTIONS) + asked
+    sources = ["common"] * len(data.COMMON_QUESTIONS) + [asked_source] * len(asked)
     print(f"[数据] {len(questions)} 个问题：常见 {len(data.COMMON_QUESTIONS)} + "
-          f"{'问题文件' if args.questions else '留出测试'} {len(extra)}；RM 准确率用 {len(split.test)} 对留出偏好对。"
+          f"{'问题文件' if args.questions else '留出测试'} {len(asked)}；RM 准确率用 {len(split.test)} 对留出偏好对。"
           + (f"另评测 {len(snapshots)} 个训练中的快照（--trajectory）。" if snapshots else ""))
 
     # ---------------------------------------------------------------- 生成，并算每个模型离 SFT 的精确 KL
-    # KL 在每个模型自己对非常见问题的回答上算（没有这类问题时用全部）。SFT 只加载一次：LoRA 模型和快照的适配器挂在它
-    # 上面，参考 = 关掉适配器；完整模型加载在它旁边（inference.Policies）
-    kl_rows = [i for i, src in enumerate(sources) if src != "common"] or list(range(len(questions)))
+    # 每个模型两批回答：(1) 报告里的回答：--models 的模型按评测的解码（贪心或 --do_sample）回答每个问题，纯 transformers
+    # 逐 token 复现得出来；(2) 估计 KL 的样本：每个模型（含快照）按训练时的温度自己采 --kl_samples 个回答，在上面算
+    # 序列 KL；训练轨迹的分数也打在这批回答上（分数和 KL 来自同一批回答）。SFT 只加载一次：LoRA 模型和快照的适配器挂在
+    # 它上面，参考 = 关掉适配器；完整模型加载在它旁边（inference.Policies）
     sft_folder = policies[metrics.BASELINE][0] if metrics.BASELINE in policies else sft_reference(args)
-    bank = inference.Policies(sft_folder, device, args.allow_pickle)
-    generated, folders, kl = {}, {}, {}
+    bank = inference.Policies(sft_folder, device, args.allow_pickle, args.batch_size)
+    generated, samples, folders, kl = {}, {}, {}, {}
     timing = {"load_s": {}, "generate_s": {}, "kl_s": {}}
     for name, (folder, _) in {**policies, **snapshots}.items():
         t = time.perf_counter()
         with bank.use(name, folder) as candidate:
             folders[name] = options.display_path(candidate.folder)
             timing["load_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
-            generated[name] = (*generate_answers(candidate, questions, args), candidate.tokenizer)
+            if name in policies:
+                generated[name] = (*generate_answers(candidate, questions, args), candidate.tokenizer)
             timing["generate_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
-            prompts, responses, _ = generated[name]
-            if candidate.kl is not None:
-                per_position = candidate.kl([prompts[i] for i in kl_rows], [responses[i] for i in kl_rows])
-                kl[name] = metrics.per_token_kl(per_position)
+            if candidate.kl is not None or name == metrics.BASELINE:
+                samples[name] = (*policy_samples(candidate, questions, args), candidate.tokenizer)
+                if candidate.kl is not None:
+                    kl[name] = metrics.kl_stats(candidate.kl(*samples[name][:2], temperature=args.kl_temperature),
+                                                args.kl_samples)
             timing["kl_s"][name] = round(time.perf_counter() - t, 3)
-        print(f"[生成] {name}（{folders[name]}）：{len(questions)} 个回答，用时 {timing['generate_s'][name]:.1f}s"
-              + (f"；离 SFT 的 KL 每 token {kl[name]:.4f}（{timing['kl_s'][name]:.1f}s）" if name in kl else ""))
+        print(f"[生成] {name}（{folders[name]}）：" + (f"{len(questions)} 个回答，用时 {timing['generate_s'][name]:.1f}s"
+                                                     if name in generated else "快照")
+              + (f"；离 SFT 的序列 KL {kl[name]['kl_seq']:.3f}（每 token {kl[name]['kl_per_token']:.4f}，"
+                 f"{timing['kl_s'][name]:.1f}s）" if name in kl else ""))
     bank.close()  # SFT 和挂在上面的适配器
     free()
 
-    # ---------------------------------------------------------------- 打分（所有模型生成完，再放 RM 上去；金标准评委同样）
+    # ---------------------------------------------------------------- 打分（所有模型生成完，再放 RM 上去；另两位评委同样）
     t = time.perf_counter()
     answers = []
     for name, (prompts, responses, tok) in generated.items():
@@ -295,11 +360,19 @@ def main():
             stopped = bool(resp) and resp[-1] == tok.eos_token_id
             text = scoring.response_text(tok, resp)  # 报告里写的就是打分的这串文本
             answers.append(metrics.Answer(q, src, name, text, 0.0, len(resp) - stopped, stopped))
-    rm_stats = judge(rm_folder, "score", answers, generated, split, args, device)
-    gold_stats = judge(gold[0], "gold", answers, generated, split, args, device) if gold else None
+    sampled = [(questions[i // args.kl_samples], scoring.response_text(tokenizer, r))
+               for name, (_, responses, tokenizer) in samples.items() for i, r in enumerate(responses)]
+    tokenizers = {n: tok for n, (_, _, tok) in {**generated, **samples}.items()}
+    texts = [(a.question, a.response) for a in answers] + sampled
+    sample_scores, stats = {}, {}
+    for role, folder in (("proxy", rm_folder), *((r, f) for r, (f, _) in extra.items())):
+        scores, stats[role] = judge(folder, texts, tokenizers, split, args, device)
+        for a, value in zip(answers, scores):
+            setattr(a, "score" if role == "proxy" else role, value)
+        sample_scores[role] = scores[len(answers):]
     timing["score_s"] = round(time.perf_counter() - t, 3)
     position = {q: i for i, q in enumerate(questions)}
-    answers.sort(key=lambda a: position[a.question])  # 按问题排；sort 是稳定的，同一问题内保持 --models 的顺序（快照在后）
+    answers.sort(key=lambda a: position[a.question])  # 按问题排；sort 是稳定的，同一问题内保持 --models 的顺序
     metrics.add_gains(answers)
 
     # ---------------------------------------------------------------- 汇总与保存
@@ -308,38 +381,45 @@ def main():
     stages = {n: (info or {}).get("stage", "base") for n, (_, info) in policies.items()}
     methods = {**stages, **{r["run"]: r["method"] for r in runs}}  # 同一阶段有几种 KL 系数时分开（见 model_runs）
     held_out = {n: (info or {}).get("held_out") for n, (_, info) in policies.items()}
-    summary = metrics.summarize(answers, names, rm_stats, kl=kl, costs=costs, methods=methods, gold=gold_stats,
-                                held_out=held_out, stages=stages)
-    if metrics.BASELINE in policies:  # 得分-KL 图的点；--trajectory 时还有快照和"有没有过度优化"
-        summary["trajectory"] = metrics.trajectory_rows(answers, runs, kl)
-    if args.trajectory and summary.get("trajectory"):
-        summary["overoptimisation"] = {m: metrics.overoptimisation(c)
-                                       for m, c in metrics.method_curves(summary["trajectory"]).items()}
+    summary = metrics.summarize(answers, names, stats["proxy"], kl=kl, costs=costs, methods=methods,
+                                judges={role: stats[role] for role in extra}, held_out=held_out, stages=stages)
+    summary["gold_base"] = {"gold": (extra.get("gold") or (None, {}))[1].get("base_model"),
+                            "proxy": (rm_info or {}).get("base_model"),
+                            "same": "gold" in extra and same_base(extra["gold"][1], rm_info)}
+    if metrics.BASELINE in samples:  # 得分-KL 图的点；--trajectory 时还有快照和"有没有过度优化"
+        points = trajectory_points(samples, sample_scores, kl, args.kl_samples)
+        summary["trajectory"] = trajectory.point_rows(runs, points, trajectory_scale(points))
+        if args.trajectory:
+            summary["overoptimisation"] = trajectory.verdicts(runs, points)
     spent = cost.record(answers_per_s=len(answers) / max(sum(timing["generate_s"].values()), 1e-9))
     decoding = (f"采样解码（temperature {args.temperature}，top_p {args.top_p}，top_k {args.top_k}，seed {args.seed}）"
                 if args.do_sample else "贪心解码（确定、可复现）")
     with outputs.writing(options.output_path(args.output_dir)):  # 只读 / 没有权限 / 磁盘满：一行中文
         folder = report.new_run_folder(options.output_path(args.output_dir), started)
     meta = {"run": folder.name, "decoding": f"{decoding}，每个回答最多 {args.max_new_tokens} 个新 token",
-            "folders": folders, "rm_folder": rm_stats["folder"], "gold_folder": gold_stats and gold_stats["folder"],
+            "folders": folders, "rm_folder": stats["proxy"]["folder"],
+            "gold_folder": stats["gold"]["folder"] if "gold" in stats else None,
+            "null_folder": stats["null"]["folder"] if "null" in stats else None,
+            "kl_sampling": {"samples_per_question": args.kl_samples, "temperature": args.kl_temperature,
+                            "max_new_tokens": args.kl_max_new_tokens},
             "split_fingerprint": split.fingerprint,
             "options": options.to_jsonable(args), "device": device, "timing": timing, "cost": spent}
     with outputs.writing(folder, folder):  # 任何失败都删掉这个文件夹，不留半成品：有文件夹就说明写完了
         report_file = report.write_report(folder, answers, names, summary, meta)
 
-    print(f"[结果] {report.source_words(summary)}，{decoding}")
+    print(f"[结果] {words.source_words(summary)}，{decoding}")
     print(table(*report.summary_rows(summary)))
     if metrics.compared(names):
         print(table(*report.comparison_rows(summary)))
     if (grouped := report.method_rows(summary)) is not None:
         print(table(*grouped))
-    for v in report.versus_lines(summary):
+    for v in words.versus_lines(summary):
         print(f"[结果] {v}")
     for w in summary["warnings"]:
         print(f"[警告] {w}")
-    for line in report.judge_lines(summary):
+    for line in words.judge_lines(summary):
         print(f"[评委] {line}")
-    for line in report.trajectory_paragraphs(summary):
+    for line in words.trajectory_paragraphs(summary):
         print(f"[轨迹] {line}")
     print(f"[完成] 报告：{options.display_path(report_file)}（同一文件夹下还有 results.csv、summary.json 和图"
           f"{'，以及 trajectory.csv' if summary.get('overoptimisation') else ''}）；{Cost.words(spent)}")

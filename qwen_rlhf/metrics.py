@@ -30,6 +30,8 @@ class Answer:
     gain: float | None = None  # 只有非 SFT 的行有：该模型分数 - 同一问题的 SFT 分数
     gold: float | None = None  # 金标准评委（--gold_model_path）的分数；没有金标准评委时为 None
     gold_gain: float | None = None  # 同上，金标准分数相对 SFT 的提升
+    null: float | None = None  # 空评委（--null_model_path：同数据、另一种子的第二个代理 RM）的分数
+    null_gain: float | None = None
 
 
 def round4(x: float) -> float:
@@ -47,8 +49,9 @@ def add_gains(answers: list[Answer]) -> None:
     for a in answers:
         if a.model != BASELINE and a.question in sft:
             a.gain = round4(a.score - sft[a.question].score)
-            if a.gold is not None and sft[a.question].gold is not None:
-                a.gold_gain = round4(a.gold - sft[a.question].gold)
+            for judge in ("gold", "null"):
+                if getattr(a, judge) is not None and getattr(sft[a.question], judge) is not None:
+                    setattr(a, f"{judge}_gain", round4(getattr(a, judge) - getattr(sft[a.question], judge)))
 
 
 # ---------------------------------------------------------------- 单项指标
@@ -118,31 +121,66 @@ def versus_baseline(gains: list[float]) -> dict:
             "wins": wins, "ties": ties, "losses": n - wins - ties, "n": n}
 
 
-def per_token_kl(kl_per_position: list[list[float]]) -> float | None:
-    """每 token 的 KL(模型 ‖ SFT)：sampling.kl_to_reference 在每条回答每个位置上算出的精确 KL，所有回答的位置合在一起
-    取平均（长回答按它的长度计权）。每一项都 ≥ 0，所以结果也 ≥ 0；没有任何位置时为 None。"""
-    return mean(k for row in kl_per_position for k in row)
+def kl_stats(kl_per_position: list[list[float]], per_question: int) -> dict:
+    """sampling.kl_to_reference 在模型自己按训练温度采的回答上、每个位置算出的精确 KL（每一项都 ≥ 0）-> 
+    - kl_seq：每条回答的 KL 之和（序列 KL，训练约束的正是它：TRL 的 PPO 把它从奖励里扣掉）的平均，及 95% 区间
+      （同一问题的 per_question 个回答先取平均，再对问题重抽）；
+    - kl_per_token：所有回答的位置合在一起的平均（长回答按长度计权）；回答变短时它不变，序列 KL 会变小。
+    - kl_seq_by_question：每个问题的平均序列 KL（训练轨迹用）。"""
+    seq = [sum(row) for row in kl_per_position]
+    by_question = [mean(seq[i:i + per_question]) for i in range(0, len(seq), per_question)]
+    positions = [k for row in kl_per_position for k in row]
+    return {"kl_seq": mean(by_question), "kl_seq_ci95": bootstrap_ci(len(by_question), lambda idx: mean(by_question[i] for i in idx)),
+            "kl_per_token": mean(positions), "kl_seq_by_question": by_question}
 
 
-def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, float | None] | None = None,
+JUDGES = {"score": "", "gold": "gold_", "null": "null_"}  # Answer 的字段 -> summary 里键的前缀（代理 RM 没有前缀）
+
+
+def sd(xs: list[float]) -> float | None:
+    """样本标准差；少于两个值或全都相同时为 None（不能拿来当尺子）。"""
+    if len(xs) < 2:
+        return None
+    m = mean(xs)
+    value = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    return value or None
+
+
+def judge_versus(mine: list[Answer], field: str, scale: float | None) -> dict:
+    """一位评委眼里一个模型相对 SFT：提升、胜率及区间，和"几个 SFT 标准差"的提升（scale = 这位评委给 SFT 回答的分数的
+    标准差）。几位评委的分差尺度不同（一位的分差可能是另一位的 1.5 倍），换成标准差才能放在一起比。"""
+    gains = [getattr(a, "gain" if field == "score" else f"{field}_gain") for a in mine]
+    versus = versus_baseline([g for g in gains if g is not None])
+    ci = versus["mean_gain_vs_sft_ci95"]
+    return {**versus, "gain_in_sft_sd": None if scale is None or versus["mean_gain_vs_sft"] is None
+            else versus["mean_gain_vs_sft"] / scale,
+            "gain_in_sft_sd_ci95": None if scale is None or ci is None else [c / scale for c in ci]}
+
+
+def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, dict] | None = None,
               costs: dict[str, dict | None] | None = None, methods: dict[str, str | None] | None = None,
-              gold: dict | None = None, held_out: dict[str, dict | None] | None = None,
+              judges: dict[str, dict] | None = None, held_out: dict[str, dict | None] | None = None,
               stages: dict[str, str | None] | None = None) -> dict:
-    """全部问题上的汇总数字（summary.json、终端表格和 report.md 都用它）。kl：{模型: 相对 SFT 的每 token KL}；
-    costs：{模型: 它训练时 stage.json 里的 cost}；methods：{模型: 方法标签}（同一方法的几个种子合在一起看；通常就是
-    阶段名，同一阶段有几种 KL 系数时带上系数）；stages：{模型: 它是哪个阶段训练的}（没给时 = methods）；
-    gold：金标准评委在留出偏好对上的成绩单（rm_stats；没有金标准评委时 None）；held_out：{模型: stage.json 里它自己在
-    留出偏好对上的诊断}（DPO 有）。"""
+    """全部问题上的汇总数字（summary.json、终端表格和 report.md 都用它）。kl：{模型: metrics.kl_stats 的结果}（SFT 自己
+    是 0）；costs：{模型: 它训练时 stage.json 里的 cost}；methods：{模型: 方法标签}（同一方法的几个种子合在一起看；通常
+    就是阶段名，同一阶段有几种 KL 系数时带上系数）；stages：{模型: 它是哪个阶段训练的}（没给时 = methods）；
+    judges：{"gold" / "null": 那位评委在留出偏好对上的成绩单（rm_stats）}（没有的评委不给）；held_out：{模型: stage.json
+    里它自己在留出偏好对上的诊断}（DPO 有）。"""
     questions = list(dict.fromkeys(a.question for a in answers))
+    judges = judges or {}
 
     def texts_of(m):
         return [a.response.strip() for a in answers if a.model == m]
 
     sources = {a.question: a.source for a in answers}
+    fields = ["score", *judges]
+    scale = {f: sd([getattr(a, f) for a in answers if a.model == BASELINE]) for f in fields}
     per_model = {}
     for m in models:
         mine, texts = [a for a in answers if a.model == m], texts_of(m)
         scores = [a.score for a in mine]
+        own_kl = {"kl_seq": 0.0, "kl_seq_ci95": [0.0, 0.0], "kl_per_token": 0.0} if m == BASELINE else \
+            {k: v for k, v in ((kl or {}).get(m) or {}).items() if k != "kl_seq_by_question"}
         per_model[m] = {
             "stage": (stages or methods or {}).get(m),
             "method": (methods or {}).get(m),
@@ -155,22 +193,22 @@ def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, 
             "unfinished_share": mean(float(not a.stopped) for a in mine),
             "distinct_share": distinct_share(texts),
             "distinct_2": distinct_2(texts),
-            "kl_to_sft": 0.0 if m == BASELINE else (kl or {}).get(m),
+            "kl_seq": own_kl.get("kl_seq"), "kl_seq_ci95": own_kl.get("kl_seq_ci95"),
+            "kl_per_token": own_kl.get("kl_per_token"),
             "training_cost": (costs or {}).get(m),
             "held_out": (held_out or {}).get(m),
         }
+        for field in judges:
+            values = [getattr(a, field) for a in mine]
+            per_model[m].update({f"{field}_score": mean(values), f"{field}_score_ci95":
+                                 bootstrap_ci(len(values), lambda idx, v=values: mean(v[i] for i in idx))})
         if m in compared(models):
-            per_model[m].update(versus_baseline([a.gain for a in mine if a.gain is not None]))
-        if gold is not None:
-            golds = [a.gold for a in mine]
-            per_model[m].update(gold_score=mean(golds),
-                                gold_score_ci95=bootstrap_ci(len(golds), lambda idx: mean(golds[i] for i in idx)))
-            if m in compared(models):
-                gains = [a.gold_gain for a in mine if a.gold_gain is not None]
-                versus = versus_baseline(gains)
-                per_model[m].update(gold_gain_vs_sft=versus["mean_gain_vs_sft"],
-                                    gold_gain_vs_sft_ci95=versus["mean_gain_vs_sft_ci95"],
-                                    gold_win_rate_vs_sft=versus["win_rate_vs_sft"])
+            for field in fields:
+                versus = judge_versus(mine, field, scale[field])
+                prefix = JUDGES[field]
+                per_model[m].update({f"{prefix}{k}": v for k, v in versus.items()
+                                     if not prefix or k in ("mean_gain_vs_sft", "mean_gain_vs_sft_ci95", "win_rate_vs_sft",
+                                                            "gain_in_sft_sd", "gain_in_sft_sd_ci95")})
     return {
         "num_questions": len(questions),
         "num_by_source": {s: sum(1 for q in questions if sources[q] == s) for s in dict.fromkeys(sources.values())},
@@ -178,100 +216,11 @@ def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, 
         "models": per_model,
         "by_method": by_method(per_model, methods or {}),
         "rm": rm,
-        "gold": gold,
+        "gold": judges.get("gold"),
+        "null": judges.get("null"),
+        "judge_sft_sd": {("proxy" if f == "score" else f): scale[f] for f in fields},
         "warnings": [w for m in models if (w := collapse_warning(m, texts_of(m), texts_of(BASELINE) or None))],
     }
-
-
-# ---------------------------------------------------------------- 训练轨迹：代理分、金标准分与 KL
-
-
-def trajectory_rows(answers: list[Answer], runs: list[dict], kl: dict[str, float | None]) -> list[dict]:
-    """runs：[{"method": 方法标签, "run": 最终模型名, "seed": 种子, "points": [(模型名, progress 或 None), …]}]，
-    points 按训练顺序，第一个是 SFT（第 0 步，progress 为 None）。每个点一行：代理 RM 与金标准评委的平均分及 95% 区间、
-    相对 SFT 的提升的配对区间（对问题自助重抽，和方法对比表同一个算法）、离 SFT 的精确 KL（每 token）。"""
-    by_model: dict[str, list[Answer]] = {}
-    for a in answers:
-        by_model.setdefault(a.model, []).append(a)
-
-    def stats(values):
-        if not values or any(v is None for v in values):
-            return None, None
-        return mean(values), bootstrap_ci(len(values), lambda idx: mean(values[i] for i in idx))
-
-    cache: dict[str, tuple] = {}
-    rows = []
-    for run in runs:
-        for name, progress in run["points"]:
-            if name not in cache:
-                mine = by_model[name]
-                gains = [0.0] * len(mine) if name == BASELINE else [a.gain for a in mine]
-                gold_gains = [0.0 if a.gold is not None else None for a in mine] if name == BASELINE else \
-                    [a.gold_gain for a in mine]
-                cache[name] = (*stats([a.score for a in mine]), *stats([a.gold for a in mine]), stats(gains)[1],
-                               stats(gold_gains)[1])
-            proxy, proxy_ci, gold, gold_ci, gain_ci, gold_gain_ci = cache[name]
-            rows.append({"method": run["method"], "run": run["run"], "seed": run["seed"], "model": name,
-                         "step": progress["step"] if progress else 0, "seen": progress["seen"] if progress else 0,
-                         "unit": progress["unit"] if progress else "", "proxy_mean": proxy, "proxy_ci95": proxy_ci,
-                         "proxy_gain_ci95": gain_ci, "gold_mean": gold, "gold_ci95": gold_ci,
-                         "gold_gain_ci95": gold_gain_ci, "kl_to_sft": 0.0 if name == BASELINE else kl.get(name)})
-    return rows
-
-
-def method_curves(rows: list[dict]) -> dict[str, list[dict]]:
-    """每个方法一条曲线：同一方法的几次运行（种子）按"第几个点"对齐取平均（第 0 个点是 SFT）；噪声 = 每个点相对 SFT
-    的提升的配对 95% 区间的半宽，几次运行取平均。几次运行的点数不同时取最短的。"""
-    runs: dict[str, dict[str, list[dict]]] = {}
-    for r in rows:
-        runs.setdefault(r["method"], {}).setdefault(r["run"], []).append(r)
-    curves = {}
-    for method, by_run in runs.items():
-        n = min(len(points) for points in by_run.values())
-        curve = []
-        for i in range(n):
-            at = [points[i] for points in by_run.values()]
-
-            def avg(key, at=at):
-                vals = [p[key] for p in at]
-                return None if any(v is None for v in vals) else sum(vals) / len(vals)
-
-            def half(key, at=at):
-                cis = [p[key] for p in at]
-                return None if any(c is None for c in cis) else sum((c[1] - c[0]) / 2 for c in cis) / len(cis)
-
-            curve.append({"kl": avg("kl_to_sft"), "proxy": avg("proxy_mean"), "gold": avg("gold_mean"),
-                          "proxy_half": half("proxy_gain_ci95"), "gold_half": half("gold_gain_ci95"), "seeds": len(at)})
-        curves[method] = curve
-    return curves
-
-
-def overoptimisation(curve: list[dict]) -> dict:
-    """从一条方法曲线读出这次有没有"奖励过度优化"（Gao et al. 2022, Scaling Laws for Reward Model Overoptimization）：
-    代理分一路上升，金标准分先升后降或不升。噪声 = 最后一个点上"相对 SFT 的提升"的配对 95% 区间半宽（对问题重抽，
-    几个种子取平均）。
-
-    verdict：proxy_flat（代理分自己都没明显上升）/ overoptimised（金标准分在某个 KL 处最高，之后降了超过噪声）/
-    gold_falls（金标准分从 SFT 起就在降）/ gold_flat（代理分升了，金标准分在噪声之内没变）/ both_rise（一起升）。"""
-    first, last = curve[0], curve[-1]
-    out = {"proxy_gain": last["proxy"] - first["proxy"], "final_kl": last["kl"], "points": len(curve),
-           "proxy_noise": last["proxy_half"], "gold_noise": last["gold_half"]}
-    rose = out["proxy_gain"] > (last["proxy_half"] or 0)
-    if last["gold"] is None:
-        return {**out, "verdict": "no_gold" if rose else "proxy_flat"}
-    peak = max(range(len(curve)), key=lambda i: curve[i]["gold"])
-    out.update(gold_gain=last["gold"] - first["gold"], peak_index=peak, peak_kl=curve[peak]["kl"],
-               peak_gold_gain=curve[peak]["gold"] - first["gold"], gold_drop_after_peak=curve[peak]["gold"] - last["gold"])
-    noise = last["gold_half"] or 0
-    if not rose:
-        verdict = "proxy_flat"
-    elif out["gold_drop_after_peak"] > noise:
-        verdict = "overoptimised" if peak > 0 else "gold_falls"
-    elif abs(out["gold_gain"]) <= noise:
-        verdict = "gold_flat"
-    else:
-        verdict = "both_rise" if out["gold_gain"] > 0 else "gold_falls"
-    return {**out, "verdict": verdict}
 
 
 def mean_sd(xs: list[float | None]) -> list[float] | None:
@@ -291,7 +240,9 @@ def by_method(per_model: dict[str, dict], methods: dict[str, str | None]) -> dic
             groups.setdefault(methods.get(name) or name, []).append(m)
     return {method: {"models": len(ms),
                      **{k: mean_sd([m.get(k) for m in ms]) for k in ("mean_score", "mean_gain_vs_sft", "win_rate_vs_sft",
-                                                                      "kl_to_sft", "gold_score", "gold_gain_vs_sft")},
+                                                                      "kl_seq", "kl_per_token", "gold_score",
+                                                                      "gold_mean_gain_vs_sft", "gain_in_sft_sd",
+                                                                      "gold_gain_in_sft_sd", "null_gain_in_sft_sd")},
                      "beats_sft_in_every_model": all((m["mean_gain_vs_sft"] or 0) > 0 for m in ms)}
             for method, ms in groups.items()}
 

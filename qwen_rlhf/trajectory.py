@@ -13,6 +13,14 @@ import math
 
 import numpy as np
 
+END = float("inf")  # 没有记下训练进度的最终结果（早于快照功能的结果、完整模型）：排在最后
+
+
+def seen_of(progress: dict | None) -> float:
+    """一个点的训练进度（看过多少回答 / episode / 偏好对）；SFT 是 0。"""
+    seen = (progress or {"seen": 0}).get("seen")
+    return END if seen is None else seen
+
 ALPHA = 0.05  # 单侧检验水平：金标准分其实不变时，判成"过度优化"的比例不超过它（模拟校准见 tests/test_verdict.py）
 BOOTSTRAP = 2000
 JUDGES = ("proxy", "gold", "null")  # 代理 RM（训练时优化的）、金标准评委、空评委（同数据另一种子的第二个代理 RM）
@@ -47,9 +55,10 @@ def point_rows(runs: list[dict], points: dict[str, dict], sd: dict[str, float | 
                 if p.get(j) is None:
                     continue
                 gains = np.asarray(p[j]) - np.asarray(sft[j])
-                row.update({f"{j}_mean": float(np.mean(p[j])), f"{j}_gain": float(gains.mean()),
-                            f"{j}_gain_ci95": bootstrap_mean_ci(gains),
-                            f"{j}_gain_sd": float(gains.mean()) / sd[j] if sd.get(j) else None})
+                ci, scale = bootstrap_mean_ci(gains), sd.get(j)
+                row.update({f"{j}_mean": float(np.mean(p[j])), f"{j}_gain": float(gains.mean()), f"{j}_gain_ci95": ci,
+                            f"{j}_gain_sd": float(gains.mean()) / scale if scale else None,
+                            f"{j}_gain_sd_ci95": [c / scale for c in ci] if scale and ci else None})
             rows.append(row)
     return rows
 
@@ -59,15 +68,15 @@ def method_curves(rows: list[dict]) -> dict[str, list[dict]]:
     运行都有的进度点，在那里取 KL 和各评委分数的平均。"""
     by_method: dict[str, dict[str, dict[int, dict]]] = {}
     for r in rows:
-        by_method.setdefault(r["method"], {}).setdefault(r["run"], {})[r["seen"]] = r
+        by_method.setdefault(r["method"], {}).setdefault(r["run"], {})[seen_of(r)] = r
     curves = {}
     for method, runs in by_method.items():
         shared = sorted(set.intersection(*(set(points) for points in runs.values())))
         curve = []
         for seen in shared:
             at = [points[seen] for points in runs.values()]
-            point = {"seen": seen, "seeds": len(at)}
-            for key in ("kl_seq", "sqrt_kl", *(f"{j}_mean" for j in JUDGES), *(f"{j}_gain" for j in JUDGES)):
+            point = {"seen": None if seen == END else seen, "seeds": len(at)}
+            for key in ("kl_seq", "sqrt_kl", *(f"{j}_{k}" for j in JUDGES for k in ("mean", "gain", "gain_sd"))):
                 vals = [p.get(key) for p in at]
                 point[key] = None if any(v is None for v in vals) else sum(vals) / len(vals)
             curve.append(point)
@@ -131,7 +140,7 @@ def final_gain(judge: np.ndarray) -> dict:
 
 def stack(runs: list[dict], points: dict[str, dict], key: str) -> np.ndarray | None:
     """同一方法的几次运行 -> (运行, 点, 问题) 的数组；几次运行点数不同时只留每次都有的进度（按 seen 对齐）。"""
-    seens = [[(progress or {}).get("seen", 0) for _, progress in run["points"]] for run in runs]
+    seens = [[seen_of(progress) for _, progress in run["points"]] for run in runs]
     shared = sorted(set.intersection(*(set(s) for s in seens)))
     out = []
     for run, seen in zip(runs, seens):
