@@ -133,6 +133,37 @@ def test_a_snapshot_talks_in_chat_by_name_and_loads_with_plain_peft_from_a_copie
     assert (tree.parent / model.get_base_model().config._name_or_path).resolve() == (tree / "sft").resolve()
 
 
+def fake_result(folder, stage, *snapshots):
+    """只有 stage.json 的假产物（名字解析只读它们，不加载模型）。"""
+    folder.mkdir(parents=True)
+    (folder / "stage.json").write_text(json.dumps({"stage": stage}), encoding="utf-8")
+    for name in snapshots:
+        fake_result(folder / "snapshots" / name, stage)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["../../sft", "..", "../snapshots/step-1", "step-1/..", ".step-2.tmp", "step-2"])
+def test_a_snapshot_name_never_leaves_the_snapshots_folder(tmp_path, name):
+    """ppo@<名字> 只认 <结果>/snapshots/ 里直接的、写完了的 step-N（chat 的 --model、/model 和 benchmark 的 --models
+    都经 policy_folder）：走出 snapshots/ 的名字（../../sft 曾经被当成 PPO 的快照加载了 SFT）、没写完的（没有 stage.json）
+    都是一行中文，列出有哪些快照。"""
+    from qwen_rlhf import inference
+    from qwen_rlhf.errors import UserError
+
+    fake_result(tmp_path / "sft", "sft")
+    ppo = fake_result(tmp_path / "ppo", "ppo", "step-1")
+    (ppo / "snapshots" / ".step-2.tmp").mkdir()
+    (ppo / "snapshots" / "step-2").mkdir()  # 写到一半：没有 stage.json
+    paths = {"sft": str(tmp_path / "sft"), "ppo": str(ppo)}
+    assert inference.policy_folder("ppo@step-1", paths, "base")[:2] == ("ppo@step-1", ppo / "snapshots" / "step-1")
+    with pytest.raises(UserError) as e:
+        inference.policy_folder(f"ppo@{name}", paths, "base")
+    assert e.value.code == EXIT_MISSING and f"没有快照 {name}；有：step-1。" in e.value.message
+    r = run_inline("chat.py", "--model", f"ppo@{name}", "--ppo_model_path", ppo, "--sft_model_path", tmp_path / "sft",
+                   "--prompt", "你好", tmp=tmp_path)
+    assert r.returncode == EXIT_MISSING and "有：step-1。" in last_line(r.stderr) and "Traceback" not in r.stderr
+
+
 def test_a_snapshot_is_never_taken_for_a_resumable_checkpoint(rl_runs, pipeline, tmp_path):
     for folder in (rl_runs["dpo"].out / "snapshots" / "step-2", rl_runs["dpo"].out):
         r = run_inline("train_dpo.py", *rl_args(pipeline["tmp"], "dpo", tmp_path / "out", "--resume_from_checkpoint",
