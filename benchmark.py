@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, report, scoring
+from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, recipes, report, scoring
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import STAGES, chat_stages, rl_stages
 from qwen_rlhf.cost import Cost
@@ -101,7 +101,7 @@ def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[d
     """得分-KL 图和 trajectory.csv 的"运行"：每个和 SFT 比的模型一条，[{"method", "run", "seed", "points":
     [(模型名, progress), …]}]，按训练顺序，第一个点是 SFT（第 0 步）。with_snapshots（--trajectory）：LoRA 阶段训练中
     存下的快照也排进去（和最终结果同一步的最后一个快照不再评测一遍：最终结果就是它），另返回要多评测的快照
-    {名字: (文件夹, stage.json)}。方法标签是阶段名；同一阶段有几种 KL 系数（compare.sh 的 WEAK_KL=1）时加上系数。"""
+    {名字: (文件夹, stage.json)}。方法标签见 method_label。"""
     runs, snapshots = [], {}
     for name, (folder, info) in policies.items():
         if name == metrics.BASELINE:
@@ -117,15 +117,17 @@ def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[d
                     points.append((f"{name}@{snap.name}", snap_info["progress"]))
         points.append((name, final))
         training_options = (info or {}).get("options", {}).get("training", {})
-        coef = training_options.get("kl_coef" if stage == "ppo" else "beta")
-        runs.append({"method": stage or name, "run": name, "seed": training_options.get("seed"), "kl_coef": coef,
-                     "points": points})
-    for stage in {r["method"] for r in runs}:
-        same = [r for r in runs if r["method"] == stage]
-        if len({r["kl_coef"] for r in same}) > 1:  # 图例用英文（默认字体没有中文字形）
-            for r in same:
-                r["method"] = f"{stage} ({'kl_coef' if stage == 'ppo' else 'beta'}={r['kl_coef']:g})"
+        runs.append({"method": method_label(stage, training_options) or name, "run": name,
+                     "seed": training_options.get("seed"), "points": points})
     return runs, snapshots
+
+
+def method_label(stage: str | None, training_options: dict) -> str | None:
+    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"）：报告、summary.json、CSV、图例都用这个标签，
+    读者不会把 KL 为 0 的一次当成默认的。图例用英文（默认字体没有中文字形）。"""
+    knob = recipes.kl_setting(stage) if stage else None
+    coef = training_options.get(knob[0]) if knob else None
+    return f"{stage} ({knob[0]}={coef:g})" if coef is not None and coef != knob[1] else stage
 
 
 def gold_judge(args, rm_folder) -> tuple | None:
@@ -306,7 +308,7 @@ def main():
     names = list(policies)
     costs = {n: (info or {}).get("cost") for n, (_, info) in policies.items()}
     stages = {n: (info or {}).get("stage", "base") for n, (_, info) in policies.items()}
-    methods = {**stages, **{r["run"]: r["method"] for r in runs}}  # 同一阶段有几种 KL 系数时分开（见 model_runs）
+    methods = {**stages, **{r["run"]: r["method"] for r in runs}}  # KL 系数不是默认值的带上系数（见 method_label）
     held_out = {n: (info or {}).get("held_out") for n, (_, info) in policies.items()}
     summary = metrics.summarize(answers, names, rm_stats, kl=kl, costs=costs, methods=methods, gold=gold_stats,
                                 held_out=held_out, stages=stages)

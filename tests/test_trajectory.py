@@ -62,6 +62,21 @@ def test_trajectory_rows_and_method_curves_average_seeds_point_by_point():
         (0.0, 0.0, 0.0, 2), (pytest.approx(0.2), 2.0, 1.0, 2), (pytest.approx(0.3), 3.0, 1.0, 2)]
 
 
+def test_a_run_with_a_non_default_kl_coefficient_carries_it_in_its_method_label(tmp_path):
+    """WEAK_KL=1 METHODS=dpo 的 compare.sh：唯一的一次 GRPO 是 beta 0，曾经标成 "grpo"，读者当成默认的 0.05。
+    方法标签（report、summary.json 的 by_method、trajectory.csv、图例都用它）带上非默认的系数，默认的不带。"""
+    import benchmark
+
+    def run(stage, **training):
+        return tmp_path / stage, {"stage": stage, "options": {"training": {"seed": 1, **training}}}
+
+    policies = {"sft": run("sft"), "grpo-beta0": run("grpo", beta=0.0), "ppo": run("ppo", kl_coef=0.05),
+                "ppo-kl0": run("ppo", kl_coef=0), "dpo": run("dpo", beta=0.1), "rloo": run("rloo", beta=0.2)}
+    runs, _ = benchmark.model_runs(policies, with_snapshots=False)
+    assert {r["run"]: r["method"] for r in runs} == {"grpo-beta0": "grpo (beta=0)", "ppo": "ppo",
+                                                     "ppo-kl0": "ppo (kl_coef=0)", "dpo": "dpo", "rloo": "rloo (beta=0.2)"}
+
+
 def test_dpo_diagnosis_tells_not_learned_from_learned_but_displaced():
     sft = {"empty_share": 0.2, "mean_tokens": 4.0}
 
