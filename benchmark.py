@@ -41,7 +41,8 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
                 "文件夹不存在时不用（打印一行说明）"})
     trajectory: bool = field(default=False, metadata={
         "help": "同时评测 --models 里每个 LoRA 阶段训练中存下的快照（<结果>/snapshots/，同样的问题、同样的解码），"
-                "写 trajectory.csv 和 trajectory.png：代理分和金标准分随离 SFT 的 KL 怎样变化，报告里一段话读出有没有过度优化"})
+                "写 trajectory.csv 和 trajectory.png：代理分和金标准分随离 SFT 的 KL 怎样变化，报告里一段话读出有没有过度优化。"
+                "轨迹从 SFT 画起：--models 里要有 sft"})
     num_questions: int = field(default=50, metadata={
         "help": "最多用多少个留出测试问题（另加十个常见问题）；0 = 只用常见问题。--questions 的问题不受此限"})
     questions: str | None = field(default=None, metadata={
@@ -150,6 +151,30 @@ def gold_judge(args, rm_folder) -> tuple | None:
     return folder, info
 
 
+def check_before_generating(args, policies: dict[str, tuple], snapshots: dict[str, tuple], judges: list[Path]) -> None:
+    """生成第一个回答之前，把之后要读的每个文件夹都查一遍：几分钟的生成之后才发现用不上就白等了。
+    --trajectory 要从 SFT（第 0 步）画起、要有和它比的模型；每个模型和快照的权重完整（只读文件头）；
+    每位评委（代理 RM、金标准评委）的词表和每个模型生成时用的一样（judge 打分时用同一句话再核对一次）。"""
+    if args.trajectory and (metrics.BASELINE not in policies or len(policies) < 2):
+        raise UserError("--trajectory 的每条轨迹从 SFT（第 0 步）画到训练好的模型：--models 里要有 sft 和至少一个别的模型"
+                        "（例如 --models sft,ppo）。", EXIT_BAD_INPUT)
+    tokenizers = {}  # 分词器文件夹 -> 用它的第一个模型名
+    for name, (folder, _) in {**policies, **snapshots}.items():
+        models.check_weights(folder, args.allow_pickle)
+        tokenizers.setdefault(inference.tokenizer_folder(folder).resolve(), name)
+    sizes = {f: len(models.load_tokenizer(f)) for f in tokenizers}
+    for judge_folder in judges:
+        n = len(models.load_tokenizer(judge_folder))
+        for f, name in tokenizers.items():
+            if sizes[f] != n:
+                raise vocab_mismatch(name, judge_folder, sizes[f], n)
+
+
+def vocab_mismatch(name: str, judge_folder: Path, model_vocab: int, judge_vocab: int) -> UserError:
+    return UserError(f"{name} 和 {options.display_path(judge_folder)} 的分词器不一样（{model_vocab} vs {judge_vocab} "
+                     "个 token），不是同一个基座模型训练出来的。", EXIT_MISSING)
+
+
 def read_questions(path: str) -> list[str]:
     """问题文件：.jsonl 每行一个带 "question" 的对象，其余按纯文本每行一个问题；去掉空行和重复。"""
     file = options.input_path(path)
@@ -206,8 +231,7 @@ def judge(folder: Path, field: str, answers: list, generated: dict, split, args,
     rm.model.to(device)
     for name, (_, _, tok) in generated.items():
         if len(tok) != len(rm.tokenizer):  # 不同基座的 token 编号对不上，分数会读错位置
-            raise UserError(f"{name} 和 {options.display_path(folder)} 的分词器不一样（{len(tok)} vs {len(rm.tokenizer)} "
-                            "个 token），不是同一个基座模型训练出来的。", EXIT_MISSING)
+            raise vocab_mismatch(name, folder, len(tok), len(rm.tokenizer))
     scores = scoring.score(rm.model, rm.tokenizer, [data.messages(a.question, args.system_prompt) for a in answers],
                            [a.response for a in answers], args.batch_size)
     for a, value in zip(answers, scores):
@@ -244,6 +268,7 @@ def main():
     rm_info = outputs.check_kind(rm_folder, ("rm",), "--reward_model_path")
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
     gold = gold_judge(args, rm_folder)
+    check_before_generating(args, policies, snapshots, [rm_folder, *([gold[0]] if gold else [])])
     announce_device("benchmark", args.device == "cpu", "fp32", model=rm_folder)  # 权重按 fp32 加载；RM 与策略同尺寸
 
     # ---------------------------------------------------------------- 数据

@@ -112,6 +112,11 @@ def load_policy(name: str, folder: Path, allow_pickle: bool = False, dtype=None)
     return Loaded(name, folder, model, tokenizer)
 
 
+def tokenizer_folder(folder: Path) -> Path:
+    """评测生成时用的分词器在哪（和 Policies.use 读的同一个）：适配器（结果或快照）用它的 SFT 基座的，完整模型用它自己的。"""
+    return resolve_adapter_base(folder) if is_adapter(folder) else Path(folder)
+
+
 def open_adapter(folder: Path, allow_pickle: bool = False, dtype=None):
     """适配器文件夹（结果或快照）-> (peft 模型 = 它的 SFT 基座 + 这个适配器，分词器)；基座按 resolve_adapter_base 找。
     没有合并：关掉适配器就是它自己的 SFT。"""

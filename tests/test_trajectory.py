@@ -281,6 +281,45 @@ def test_the_report_reads_the_trajectory_and_shows_both_judges_side_by_side(traj
     assert "[轨迹] **ppo**" in trajectory.proc.stdout and "trajectory.csv" in last_line(trajectory.proc.stdout)
 
 
+def trajectory_args(pipeline, out, **folders) -> list:
+    """benchmark.py --trajectory true 的参数（迷你配方、2 个留出问题）；folders 换掉某个模型 / 评委文件夹。"""
+    paths = {"sft_model_path": pipeline["sft"], "ppo_model_path": pipeline["ppo"], "reward_model_path": pipeline["rm"],
+             "gold_model_path": out / "no-gold", **folders}
+    return ["--config", TINY / "benchmark.yaml", "--model_name_or_path", pipeline["tmp"] / "tiny-qwen3",
+            "--output_dir", out / "bench", "--num_questions", 2, "--trajectory", "true",
+            *[x for k, v in paths.items() for x in (f"--{k}", v)]]
+
+
+def test_a_trajectory_without_sft_among_the_models_is_refused_before_generating(pipeline, tmp_path):
+    """--models ppo --trajectory true 曾经给三个快照都生成了回答，然后不写 trajectory.csv、一句话也不说。"""
+    r = run_inline("benchmark.py", *trajectory_args(pipeline, tmp_path), "--models", "ppo", tmp=tmp_path)
+    assert r.returncode == EXIT_BAD_INPUT and "--models 里要有 sft" in last_line(r.stderr), r.stderr[-2000:]
+    assert "[生成]" not in r.stdout and "Traceback" not in r.stderr and not (tmp_path / "bench").exists()
+
+
+@pytest.mark.parametrize("broken", ["snapshot", "gold_vocabulary"])
+def test_every_folder_the_benchmark_reads_is_checked_before_the_first_answer(pipeline, tmp_path, broken):
+    """截短的快照权重、词表不同的金标准评委：以前也被拒绝，但要等所有回答生成完（真实尺寸上是几分钟）。"""
+    if broken == "snapshot":
+        ppo = shutil.copytree(pipeline["ppo"], tmp_path / "ppo")
+        weights = ppo / "snapshots" / "step-8" / "adapter_model.safetensors"
+        with weights.open("r+b") as f:  # 拷贝中断的样子：文件只剩一半
+            f.truncate(weights.stat().st_size // 2)
+        args, needle = trajectory_args(pipeline, tmp_path, ppo_model_path=ppo), "step-8/adapter_model.safetensors 已损坏"
+    else:
+        from transformers import AutoTokenizer
+
+        judge = shutil.copytree(pipeline["rm"], tmp_path / "gold")
+        (judge / "stage.json").write_text(json.dumps({**info(judge), "role": "gold"}), encoding="utf-8")
+        tokenizer = AutoTokenizer.from_pretrained(str(judge))
+        tokenizer.add_tokens(["<另一个词表>"])
+        tokenizer.save_pretrained(str(judge))
+        args, needle = trajectory_args(pipeline, tmp_path, gold_model_path=judge), "分词器不一样"
+    r = run_inline("benchmark.py", *args, "--models", "sft,ppo", tmp=tmp_path)
+    assert r.returncode == EXIT_MISSING and needle in last_line(r.stderr), r.stderr[-2000:]
+    assert "[生成]" not in r.stdout and "Traceback" not in r.stderr and not (tmp_path / "bench").exists()
+
+
 def test_the_gold_judge_must_be_a_gold_role_rm_other_than_the_proxy(pipeline, gold, tmp_path):
     base = ["--config", TINY / "benchmark.yaml", "--model_name_or_path", pipeline["tmp"] / "tiny-qwen3",
             "--sft_model_path", pipeline["sft"], "--ppo_model_path", pipeline["ppo"], "--reward_model_path",
