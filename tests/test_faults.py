@@ -16,7 +16,7 @@ import pytest
 from conftest import (ROOT, TINY, assert_one_line_error, offline_env, run_inline, run_script, run_until,
                       stage_args)
 
-from qwen_rlhf import errors, outputs
+from qwen_rlhf import errors, outputs, policy
 
 
 def disk_full_at_optimizer(monkeypatch) -> None:
@@ -294,3 +294,24 @@ def test_ppo_with_every_prompt_too_long_names_its_own_option(pipeline, tmp_path)
                                                "--sft_model_path", pipeline["sft"], "--reward_model_path",
                                                pipeline["rm"], "--max_prompt_length", 1), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, "请调大 --max_prompt_length")
+
+
+# ---------------------------------------------------------------- 快照是数据：保存时被杀不丢，从头训练不混进别人的
+
+
+def test_a_fresh_run_never_adopts_snapshots_left_by_an_interrupted_earlier_run(work, sft, tmp_path):
+    """上一次被打断、没有续训的运行（别的种子）留下的 step-N：从头开始的运行删掉它们（说一行），结果里只有自己的快照。
+    以前它们被搬进新的结果，轨迹里混进两次运行。"""
+    out = tmp_path / "dpo"
+    stale = tmp_path / "dpo-trainer-checkpoints" / "snapshots"
+    for name in ("step-1", "step-7"):
+        (stale / name).mkdir(parents=True)
+        (stale / name / "stage.json").write_text(json.dumps({"stage": "dpo", "seed": 999}), encoding="utf-8")
+    args = stage_args("dpo", work / "tiny-qwen3", out, "--sft_model_path", sft.folder, "--max_steps", 2)
+    i = args.index("--model_name_or_path")  # DPO 没有基座选项：actor 就是 SFT
+    r = run_inline("train_dpo.py", *args[:i], *args[i + 2:], tmp=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "删掉上一次没完成的运行留下的快照 step-1、step-7" in r.stdout
+    assert [p.name for p in policy.snapshots_of(out)] == ["step-1", "step-2"]
+    assert all(json.loads((p / "stage.json").read_text(encoding="utf-8"))["seed"] != 999
+               for p in policy.snapshots_of(out))
