@@ -174,6 +174,6 @@ def stage_snapshots(source: Path, folder: Path) -> list[Path]:
         return shutil.copy2(src, dst)
 
     staged = []
-    for snap in snapshots_of(source):  # 只要写完了的：写到一半的 .step-N.tmp 不带进结果
+    for snap in snapshots_of(source.parent):  # source 是 <工作文件夹>/snapshots；只要写完了的，写到一半的 .step-N.tmp 不带
         staged.append(Path(shutil.copytree(snap, folder / SNAPSHOTS / snap.name, copy_function=link)))
     return staged

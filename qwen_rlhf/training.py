@@ -161,7 +161,7 @@ class Snapshots(TrainerCallback):
         step-N 会被搬进这次的结果，轨迹里混进两次运行。续训时这里已是检查点的步数（Trainer 在 on_train_begin 之前
         读回 trainer_state.json；PPO 由排在最前的 ppo._RestoreState 放回），保留这次运行自己的快照。"""
         if state.is_world_process_zero and state.global_step == 0 and self.folder.is_dir():
-            stale = [p.name for p in snapshots_of(self.folder)]
+            stale = [p.name for p in snapshots_of(self.folder.parent)]  # snapshots_of 读 <文件夹>/snapshots/
             shutil.rmtree(self.folder)
             if stale:
                 print(f"[快照] 这次从头训练：删掉上一次没完成的运行留下的快照 {'、'.join(stale)}。", flush=True)
