@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, report, sampling, scoring
-from qwen_rlhf import trajectory, words
+from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, recipes, report, sampling
+from qwen_rlhf import scoring, trajectory, words
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import STAGES, chat_stages, rl_stages
 from qwen_rlhf.cost import Cost
@@ -46,7 +46,8 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
                 "文件夹不存在时不用（打印一行说明）"})
     trajectory: bool = field(default=False, metadata={
         "help": "同时评测 --models 里每个 LoRA 阶段训练中存下的快照（<结果>/snapshots/，同样的问题、同样的解码），"
-                "写 trajectory.csv 和 trajectory.png：代理分和金标准分随离 SFT 的 KL 怎样变化，报告里一段话读出有没有过度优化"})
+                "写 trajectory.csv 和 trajectory.png：代理分和金标准分随离 SFT 的 KL 怎样变化，报告里一段话读出有没有过度优化。"
+                "轨迹从 SFT 画起：--models 里要有 sft"})
     num_questions: int = field(default=50, metadata={
         "help": "最多用多少个留出测试问题（另加十个常见问题）；0 = 只用常见问题。--questions 的问题不受此限"})
     questions: str | None = field(default=None, metadata={
@@ -118,7 +119,7 @@ def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[d
     """得分-KL 图和 trajectory.csv 的"运行"：每个和 SFT 比的模型一条，[{"method", "run", "seed", "points":
     [(模型名, progress), …]}]，按训练顺序，第一个点是 SFT（第 0 步）。with_snapshots（--trajectory）：LoRA 阶段训练中
     存下的快照也排进去（和最终结果同一步的最后一个快照不再评测一遍：最终结果就是它），另返回要多评测的快照
-    {名字: (文件夹, stage.json)}。方法标签是阶段名；同一阶段有几种 KL 系数（compare.sh 的 WEAK_KL=1）时加上系数。"""
+    {名字: (文件夹, stage.json)}。方法标签见 method_label。"""
     runs, snapshots = [], {}
     for name, (folder, info) in policies.items():
         if name == metrics.BASELINE:
@@ -134,15 +135,17 @@ def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[d
                     points.append((f"{name}@{snap.name}", snap_info["progress"]))
         points.append((name, final))
         training_options = (info or {}).get("options", {}).get("training", {})
-        coef = training_options.get("kl_coef" if stage == "ppo" else "beta")
-        runs.append({"method": stage or name, "run": name, "seed": training_options.get("seed"), "kl_coef": coef,
-                     "points": points})
-    for stage in {r["method"] for r in runs}:
-        same = [r for r in runs if r["method"] == stage]
-        if len({r["kl_coef"] for r in same}) > 1:  # 图例用英文（默认字体没有中文字形）
-            for r in same:
-                r["method"] = f"{stage} ({'kl_coef' if stage == 'ppo' else 'beta'}={r['kl_coef']:g})"
+        runs.append({"method": method_label(stage, training_options) or name, "run": name,
+                     "seed": training_options.get("seed"), "points": points})
     return runs, snapshots
+
+
+def method_label(stage: str | None, training_options: dict) -> str | None:
+    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"）：报告、summary.json、CSV、图例都用这个标签，
+    读者不会把 KL 为 0 的一次当成默认的。图例用英文（默认字体没有中文字形）。"""
+    knob = recipes.kl_setting(stage) if stage else None
+    coef = training_options.get(knob[0]) if knob else None
+    return f"{stage} ({knob[0]}={coef:g})" if coef is not None and coef != knob[1] else stage
 
 
 # 评委：代理 RM 之外的两位，(选项, stage.json 里的 role, 中文名, 怎样训练)
@@ -174,6 +177,30 @@ def same_base(a: dict | None, b: dict | None) -> bool:
     """两个 RM 是不是从同一个基座训练的（stage.json 的 base_model，解析后的路径相同）。"""
     paths = [(i or {}).get("base_model") for i in (a, b)]
     return None not in paths and Path(paths[0]).resolve() == Path(paths[1]).resolve()
+
+
+def check_before_generating(args, policies: dict[str, tuple], snapshots: dict[str, tuple], judges: list[Path]) -> None:
+    """生成第一个回答之前，把之后要读的每个文件夹都查一遍：几分钟的生成之后才发现用不上就白等了。
+    --trajectory 要从 SFT（第 0 步）画起、要有和它比的模型；每个模型和快照的权重完整（只读文件头）；
+    每位评委（代理 RM、金标准评委）的词表和每个模型生成时用的一样（judge 打分时用同一句话再核对一次）。"""
+    if args.trajectory and (metrics.BASELINE not in policies or len(policies) < 2):
+        raise UserError("--trajectory 的每条轨迹从 SFT（第 0 步）画到训练好的模型：--models 里要有 sft 和至少一个别的模型"
+                        "（例如 --models sft,ppo）。", EXIT_BAD_INPUT)
+    tokenizers = {}  # 分词器文件夹 -> 用它的第一个模型名
+    for name, (folder, _) in {**policies, **snapshots}.items():
+        models.check_weights(folder, args.allow_pickle)
+        tokenizers.setdefault(inference.tokenizer_folder(folder).resolve(), name)
+    sizes = {f: len(models.load_tokenizer(f)) for f in tokenizers}
+    for judge_folder in judges:
+        n = len(models.load_tokenizer(judge_folder))
+        for f, name in tokenizers.items():
+            if sizes[f] != n:
+                raise vocab_mismatch(name, judge_folder, sizes[f], n)
+
+
+def vocab_mismatch(name: str, judge_folder: Path, model_vocab: int, judge_vocab: int) -> UserError:
+    return UserError(f"{name} 和 {options.display_path(judge_folder)} 的分词器不一样（{model_vocab} vs {judge_vocab} "
+                     "个 token），不是同一个基座模型训练出来的。", EXIT_MISSING)
 
 
 def read_questions(path: str) -> list[str]:
@@ -233,8 +260,7 @@ def judge(folder: Path, texts: list[tuple[str, str]], tokenizers: dict, split, a
     rm.model.to(device)
     for name, tok in tokenizers.items():
         if len(tok) != len(rm.tokenizer):  # 不同基座的 token 编号对不上，分数会读错位置
-            raise UserError(f"{name} 和 {options.display_path(folder)} 的分词器不一样（{len(tok)} vs {len(rm.tokenizer)} "
-                            "个 token），不是同一个基座模型训练出来的。", EXIT_MISSING)
+            raise vocab_mismatch(name, folder, len(tok), len(rm.tokenizer))
     scores = scoring.score(rm.model, rm.tokenizer, [data.messages(q, args.system_prompt) for q, _ in texts],
                            [t for _, t in texts], args.batch_size)
     prompts = [data.messages(r["question"], r.get("system") or args.system_prompt) for r in split.test]
@@ -302,6 +328,7 @@ def main():
     rm_info = outputs.check_kind(rm_folder, ("rm",), "--reward_model_path")
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
     extra = {role: found for role in EXTRA_JUDGES if (found := extra_judge(args, role, rm_folder))}
+    check_before_generating(args, policies, snapshots, [rm_folder, *(f for f, _ in extra.values())])
     announce_device("benchmark", args.device == "cpu", "fp32", model=rm_folder)  # 权重按 fp32 加载；RM 与策略同尺寸
 
     # ---------------------------------------------------------------- 数据
@@ -379,7 +406,7 @@ def main():
     names = list(policies)
     costs = {n: (info or {}).get("cost") for n, (_, info) in policies.items()}
     stages = {n: (info or {}).get("stage", "base") for n, (_, info) in policies.items()}
-    methods = {**stages, **{r["run"]: r["method"] for r in runs}}  # 同一阶段有几种 KL 系数时分开（见 model_runs）
+    methods = {**stages, **{r["run"]: r["method"] for r in runs}}  # KL 系数不是默认值的带上系数（见 method_label）
     held_out = {n: (info or {}).get("held_out") for n, (_, info) in policies.items()}
     summary = metrics.summarize(answers, names, stats["proxy"], kl=kl, costs=costs, methods=methods,
                                 judges={role: stats[role] for role in extra}, held_out=held_out, stages=stages)

@@ -151,6 +151,7 @@ def main():
         record = cost.record(episodes_per_s=done / trainer.train_seconds,
                              rollout_tokens_per_s=trainer.rollout_tokens / max(trainer.rollout_seconds, 1e-9))
         with outputs.StagingDir(final) as tmp:
+            outputs.pause_point("final-save")
             where = policy.save_policy(tmp, sft_path, tokenizer, model=trainer.accelerator.unwrap_model(trainer.model).policy,
                                        snapshots=snapshots.folder)
             if args.save_critic:
@@ -164,6 +165,9 @@ def main():
                 launch=training.launch_info(cfg), cost=record,
                 resumed={"checkpoint": options.display_path(resume), "at_update": saved["global_step"]} if saved else None,
             )
+            outputs.pause_point("result-staged")
+        outputs.pause_point("result-saved")
+        # 结果（连同快照的链接）改名就位之后才删：之前任何一刻被杀，检查点和快照都还在（见 policy.stage_snapshots）
         shutil.rmtree(work, ignore_errors=True)  # 可续训的检查点只在训练没完成时有用
         print(f"[完成] PPO 适配器已保存到 {options.display_path(final)}，合并后的完整模型在 "
               f"{options.display_path(final / 'merged')}；{Cost.words(record)}。", flush=True)

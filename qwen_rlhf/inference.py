@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 from .models import check_weights, load_causal_lm, load_score_model, load_tokenizer, resolve_model_source
 from .options import ROOT, display_path, input_path
-from .outputs import STAGE_FILE, check_kind, read_json, stage_info
+from .outputs import check_kind, read_json, stage_info
 from .policy import SNAPSHOTS, snapshots_of
 from .sampling import kl_to_reference
 from .stages import STAGES, chat_stages
@@ -49,9 +49,11 @@ def policy_folder(spec: str, paths: dict[str, str], base_model: str) -> tuple[st
     if "@" in spec:  # <阶段或结果文件夹>@step-N：训练中存下的快照
         head, _, step = spec.rpartition("@")
         name, parent, _ = policy_folder(head, paths, base_model)
-        folder = parent / SNAPSHOTS / step
-        if not (folder / STAGE_FILE).is_file():
-            have = [p.name for p in snapshots_of(parent)]
+        # 只认 snapshots/ 里直接的、写完了的 step-N：名字不拼进路径（ppo@../../sft 会走出 snapshots/，冒充快照加载别的模型）
+        found = {p.name: p for p in snapshots_of(parent)}
+        folder = found.get(step)
+        if folder is None:
+            have = list(found)
             raise UserError(f"{display_path(parent)} 里没有快照 {step}；"
                             + (f"有：{'、'.join(have)}。" if have else "这次训练没有存快照（训练时快照数为 0，或训练早于快照功能）。"),
                             EXIT_MISSING)
@@ -109,6 +111,11 @@ def load_policy(name: str, folder: Path, allow_pickle: bool = False, dtype=None)
         model = load_causal_lm(folder, tokenizer, allow_pickle, dtype)
     model.eval()
     return Loaded(name, folder, model, tokenizer)
+
+
+def tokenizer_folder(folder: Path) -> Path:
+    """评测生成时用的分词器在哪（和 Policies.use 读的同一个）：适配器（结果或快照）用它的 SFT 基座的，完整模型用它自己的。"""
+    return resolve_adapter_base(folder) if is_adapter(folder) else Path(folder)
 
 
 def open_adapter(folder: Path, allow_pickle: bool = False, dtype=None):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,13 +126,13 @@ def point_adapter_at(folder: Path, sft_path: Path, result: Path | None = None) -
 
 def save_policy(folder: Path, sft_path: Path, tokenizer, model=None, snapshots: Path | None = None) -> dict:
     """LoRA 策略的唯一导出：适配器（基座路径见 adapter_base_path）+ 分词器（左填充，生成用）+ 合并后的完整模型 merged/，
-    以及训练中存下的快照（snapshots：它们所在的文件夹，搬进 folder/snapshots/，各自的基座路径同样改好）。
+    以及训练中存下的快照（snapshots：它们所在的文件夹，链接进 folder/snapshots/（见 stage_snapshots），各自的基座路径同样改好）。
     返回要写进 stage.json 的基座位置。
 
     folder 可以是最终位置旁边的临时文件夹（outputs.StagingDir）。model：要保存的 peft 模型（PPO 传它）；
     Trainer 派生的阶段（GRPO / RLOO / DPO）已经由所有进程一起调用 trainer.save_model 把适配器写进 folder
     （见 training.save_result），传 None。"""
-    from .outputs import read_json, write_json
+    from .outputs import pause_point, read_json, write_json
 
     if model is not None:
         model.save_pretrained(str(folder))
@@ -149,9 +150,30 @@ def save_policy(folder: Path, sft_path: Path, tokenizer, model=None, snapshots: 
     for f in TOKENIZER_FILES:  # 和上面刚写的分词器一样：拷文件，不再序列化一遍 15 万词表
         if (Path(folder) / f).is_file():
             shutil.copy2(Path(folder) / f, Path(folder) / "merged" / f)
-    if snapshots is not None and Path(snapshots).is_dir():
-        Path(snapshots).rename(Path(folder) / SNAPSHOTS)  # 同一磁盘上改名，不复制
-        for snap in snapshots_of(folder):
+    if snapshots is not None:
+        for snap in stage_snapshots(Path(snapshots), Path(folder)):
             info = read_json(snap / "stage.json", "快照的 stage.json 读不回来：检查磁盘后重新运行这个阶段的脚本")
             write_json(snap / "stage.json", {**info, **point_adapter_at(snap, sft_path, result=folder)})
+        pause_point("snapshots-staged")
     return where
+
+
+def stage_snapshots(source: Path, folder: Path) -> list[Path]:
+    """训练中写完的快照（source 里的 step-N）放进 folder/snapshots/（folder 是结果旁边的临时文件夹）：权重硬链接
+    （同一磁盘上不复制；链接不了时复制），之后要改写的 JSON 复制一份再改。source 原样留着，直到结果改名就位之后
+    <结果>-trainer-checkpoints/ 才整个删掉：保存时任何一刻被杀（SIGTERM、SIGKILL），要么还是之前的状态（快照都在、
+    能续训；recover 删掉的临时文件夹里只有链接和副本），要么是带着全部快照的新结果。以前是把 source 改名搬进临时文件夹，
+    在那之后被杀，续训时 recover 连临时文件夹带快照一起删掉了。"""
+    def link(src, dst):
+        if not src.endswith(".json"):  # 只读的权重：共用同一份数据
+            try:
+                os.link(src, dst)
+                return dst
+            except OSError:  # 跨文件系统、不支持硬链接
+                pass
+        return shutil.copy2(src, dst)
+
+    staged = []
+    for snap in snapshots_of(source.parent):  # source 是 <工作文件夹>/snapshots；只要写完了的，写到一半的 .step-N.tmp 不带
+        staged.append(Path(shutil.copytree(snap, folder / SNAPSHOTS / snap.name, copy_function=link)))
+    return staged

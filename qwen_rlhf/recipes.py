@@ -127,7 +127,7 @@ SAMPLED = dict(
 # DPO：训练集的全部偏好对（RM 的训练数据），批量与 SFT / RM 相同（4 × 8 = 32 对一步），1 个 epoch，
 # lr 5e-6（= PPO 的，同一套 LoRA 设置），最长 500 token（同 SFT / RM），beta 用 TRL 的默认 0.1。
 DPO = dict(
-    output_dir="checkpoint/dpo", learning_rate=5e-6, per_device_train_batch_size=4,
+    output_dir="checkpoint/dpo", beta=0.1, learning_rate=5e-6, per_device_train_batch_size=4,
     gradient_accumulation_steps=8, num_train_epochs=1, max_length=500, report_to=["tensorboard"], logging_steps=5,
     save_strategy="steps", save_steps=0.25, save_total_limit=1, lr_scheduler_type="cosine", warmup_steps=0.03,
 )
@@ -171,6 +171,14 @@ RECIPES: dict[str, Recipe] = {
                    lora=True, allow_fp16=False, sampled=True),
     "dpo": Recipe(DPOArgs, "trl:DPOConfig", DPO, lora=True),
 }
+
+
+def kl_setting(stage: str) -> tuple[str, float] | None:
+    """LoRA 策略阶段的 KL 系数：(选项名, 本仓库的默认值)；别的阶段 None。PPO 叫 kl_coef，GRPO / RLOO / DPO 叫 beta（TRL 的名字）。"""
+    if stage not in RECIPES or not RECIPES[stage].lora:
+        return None
+    name = "kl_coef" if stage == "ppo" else "beta"
+    return name, RECIPES[stage].defaults[name]
 
 
 def parse(stage: str, argv: list[str] | None = None) -> tuple:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from transformers.integrations import TensorBoardCallback
 from .errors import ANYWHERE, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
 from .options import display_path, input_path
 from .outputs import STAGE_FILE, StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
-from .policy import SNAPSHOTS, save_snapshot, snapshot_steps
+from .policy import SNAPSHOTS, save_snapshot, snapshot_steps, snapshots_of
 from .stages import STAGES, nan_hint
 
 # 这些日志键一旦不是有限数，就说明训练已经发散
@@ -136,7 +137,7 @@ class GracefulStop(TrainerCallback):
 class Snapshots(TrainerCallback):
     """--snapshots N：训练中在均匀的 N 个点（policy.snapshot_steps，最后一个在训练结束时）各存一个只有 LoRA 适配器的
     快照，评测的"得分-KL 轨迹"读它们（benchmark.py --trajectory）。训练中写在 <结果>-trainer-checkpoints/snapshots/
-    （被打断、续训时还在），保存结果时 policy.save_policy 把它们搬进 <结果>/snapshots/。
+    （被打断、续训时还在），保存结果时 policy.save_policy 把它们链接进 <结果>/snapshots/。
 
     TRL 的 PPOTrainer 和 Trainer 一样在每次更新后调用 on_step_end，所以四个 LoRA 阶段用同一个回调；要先
     bind(取出 peft 模型的函数)。多进程时只有主进程写（LoRA 权重在各进程里相同）。"""
@@ -154,6 +155,16 @@ class Snapshots(TrainerCallback):
         """第几步、一共几步、看过多少回答（PPO 的 episode、GRPO / RLOO 的回答、DPO 的偏好对）：快照和最终结果都记它。"""
         return {"step": state.global_step, "steps": state.max_steps, "seen": self.seen(state),
                 "unit": STAGES[self.stage].throughput.removesuffix("_per_s")}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """从头开始的运行（第 0 步）不接收别人的快照：上一次被打断、没有续训的运行（别的选项、别的种子）留在这里的
+        step-N 会被搬进这次的结果，轨迹里混进两次运行。续训时这里已是检查点的步数（Trainer 在 on_train_begin 之前
+        读回 trainer_state.json；PPO 由排在最前的 ppo._RestoreState 放回），保留这次运行自己的快照。"""
+        if state.is_world_process_zero and state.global_step == 0 and self.folder.is_dir():
+            stale = [p.name for p in snapshots_of(self.folder.parent)]  # snapshots_of 读 <文件夹>/snapshots/
+            shutil.rmtree(self.folder)
+            if stale:
+                print(f"[快照] 这次从头训练：删掉上一次没完成的运行留下的快照 {'、'.join(stale)}。", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and state.global_step in snapshot_steps(self.count, state.max_steps):
@@ -251,8 +262,6 @@ def fit(trainer, stop: GracefulStop, resume: str | bool | None) -> None:
 def drop_partial_checkpoint(trainer) -> None:
     """Trainer 直接写 checkpoint-N/（不经临时文件夹），trainer_state.json 最后写：磁盘满时没有它的那个是半成品，
     删掉，免得 --resume_from_checkpoint true 挑中它。"""
-    import shutil
-
     if trainer.is_world_process_zero():
         partial = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
         if partial.is_dir() and not (partial / "trainer_state.json").is_file():
@@ -336,8 +345,6 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
 
     export(tmp)：各阶段不同的那一步，在 trainer.save_model 的文件搬进 tmp 之后、写 stage.json 之前由主进程调用
     （LoRA 策略：policy.save_policy 写 merged/），返回的字典也写进 stage.json。answers：这次运行生成的回答数（GRPO / RLOO 的吞吐）。"""
-    import shutil
-
     from accelerate.utils import broadcast_object_list
 
     # 这次运行自己的导出文件夹（主进程的进程号，所有进程用同一个名字）：被杀留下的由 outputs.recover 按进程号清掉

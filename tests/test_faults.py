@@ -16,7 +16,7 @@ import pytest
 from conftest import (ROOT, TINY, assert_one_line_error, offline_env, run_inline, run_script, run_until,
                       stage_args)
 
-from qwen_rlhf import errors, outputs
+from qwen_rlhf import errors, outputs, policy
 
 
 def disk_full_at_optimizer(monkeypatch) -> None:
@@ -294,3 +294,55 @@ def test_ppo_with_every_prompt_too_long_names_its_own_option(pipeline, tmp_path)
                                                "--sft_model_path", pipeline["sft"], "--reward_model_path",
                                                pipeline["rm"], "--max_prompt_length", 1), tmp=tmp_path)
     assert_one_line_error(r, errors.EXIT_BAD_INPUT, "请调大 --max_prompt_length")
+
+
+# ---------------------------------------------------------------- 快照是数据：保存时被杀不丢，从头训练不混进别人的
+
+
+def test_a_kill_at_any_moment_of_ppos_final_save_keeps_every_snapshot(work, sft, rm, tmp_path):
+    """PPO 最后保存的每一步被杀（SIGTERM：平台关机；SIGKILL：断电）：临时文件夹刚建好、快照已放进临时文件夹、整个结果
+    已在临时文件夹里（还没改名）、结果已改名就位（中间检查点还没删）。每次照 README 说的续训（--resume_from_checkpoint
+    true），最后的结果有全部 4 个快照。以前快照是"搬"进临时文件夹的：在那之后被杀，续训时 recover 删掉死进程的临时
+    文件夹，step-1、step-2 跟着没了，结果里只剩续训重做的 step-3、step-4。"""
+    out, work = tmp_path / "ppo", tmp_path / "ppo-trainer-checkpoints"
+    args = [sys.executable, ROOT / "train_ppo.py",
+            *stage_args("ppo", work / "tiny-qwen3", out, "--sft_model_path", sft.folder,
+                        "--reward_model_path", rm.folder, "--total_episodes", 64, "--save_steps", 2)]
+    steps = ["step-1", "step-2", "step-3", "step-4"]
+    for i, (moment, sig) in enumerate([("final-save", signal.SIGTERM), ("snapshots-staged", signal.SIGTERM),
+                                       ("result-staged", signal.SIGKILL), ("result-saved", signal.SIGKILL)]):
+        resume = ["--resume_from_checkpoint", "true"] if i else []
+        proc, lines = run_until([*args, *resume], offline_env(tmp_path, **{outputs.PAUSE_ENV: moment}),
+                                f"[pause] {moment}")
+        proc.send_signal(sig)
+        assert proc.wait(60) == -sig, "".join(lines)[-3000:]
+        if moment != "result-saved":  # 之前的状态：没有结果，检查点和全部快照都在
+            assert not out.exists() and (work / "checkpoint-2").is_dir(), moment
+            assert [p.name for p in policy.snapshots_of(work)] == steps, moment
+    # 新结果完整：全部快照，各自的基座路径已改好
+    assert [p.name for p in policy.snapshots_of(out)] == steps
+    for n, snap in enumerate(policy.snapshots_of(out), 1):
+        record = json.loads((snap / "stage.json").read_text(encoding="utf-8"))
+        assert record["progress"]["step"] == n and (snap / record["sft_path_from_adapter"]).resolve() == \
+            sft.folder.resolve()
+        assert (snap / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "stage.json").read_text(encoding="utf-8"))["resumed"]
+    assert not leftovers(tmp_path, "ppo")
+
+
+def test_a_fresh_run_never_adopts_snapshots_left_by_an_interrupted_earlier_run(work, sft, tmp_path):
+    """上一次被打断、没有续训的运行（别的种子）留下的 step-N：从头开始的运行删掉它们（说一行），结果里只有自己的快照。
+    以前它们被搬进新的结果，轨迹里混进两次运行。"""
+    out = tmp_path / "dpo"
+    stale = tmp_path / "dpo-trainer-checkpoints" / "snapshots"
+    for name in ("step-1", "step-7"):
+        (stale / name).mkdir(parents=True)
+        (stale / name / "stage.json").write_text(json.dumps({"stage": "dpo", "seed": 999}), encoding="utf-8")
+    args = stage_args("dpo", work / "tiny-qwen3", out, "--sft_model_path", sft.folder, "--max_steps", 2)
+    i = args.index("--model_name_or_path")  # DPO 没有基座选项：actor 就是 SFT
+    r = run_inline("train_dpo.py", *args[:i], *args[i + 2:], tmp=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "删掉上一次没完成的运行留下的快照 step-1、step-7" in r.stdout
+    assert [p.name for p in policy.snapshots_of(out)] == ["step-1", "step-2"]
+    assert all(json.loads((p / "stage.json").read_text(encoding="utf-8"))["seed"] != 999
+               for p in policy.snapshots_of(out))

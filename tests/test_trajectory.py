@@ -62,6 +62,21 @@ def test_trajectory_rows_and_method_curves_average_seeds_point_by_point():
         (0.0, 0.0, 0.0, 2), (pytest.approx(0.2), 2.0, 1.0, 2), (pytest.approx(0.3), 3.0, 1.0, 2)]
 
 
+def test_a_run_with_a_non_default_kl_coefficient_carries_it_in_its_method_label(tmp_path):
+    """WEAK_KL=1 METHODS=dpo 的 compare.sh：唯一的一次 GRPO 是 beta 0，曾经标成 "grpo"，读者当成默认的 0.05。
+    方法标签（report、summary.json 的 by_method、trajectory.csv、图例都用它）带上非默认的系数，默认的不带。"""
+    import benchmark
+
+    def run(stage, **training):
+        return tmp_path / stage, {"stage": stage, "options": {"training": {"seed": 1, **training}}}
+
+    policies = {"sft": run("sft"), "grpo-beta0": run("grpo", beta=0.0), "ppo": run("ppo", kl_coef=0.05),
+                "ppo-kl0": run("ppo", kl_coef=0), "dpo": run("dpo", beta=0.1), "rloo": run("rloo", beta=0.2)}
+    runs, _ = benchmark.model_runs(policies, with_snapshots=False)
+    assert {r["run"]: r["method"] for r in runs} == {"grpo-beta0": "grpo (beta=0)", "ppo": "ppo",
+                                                     "ppo-kl0": "ppo (kl_coef=0)", "dpo": "dpo", "rloo": "rloo (beta=0.2)"}
+
+
 def test_dpo_diagnosis_tells_not_learned_from_learned_but_displaced():
     sft = {"empty_share": 0.2, "mean_tokens": 4.0}
 
@@ -131,6 +146,37 @@ def test_a_snapshot_talks_in_chat_by_name_and_loads_with_plain_peft_from_a_copie
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # 万一基座路径不对，立刻失败而不是去连 Hub
     model = AutoPeftModelForCausalLM.from_pretrained(f"{tree.name}/grpo/snapshots/step-2")
     assert (tree.parent / model.get_base_model().config._name_or_path).resolve() == (tree / "sft").resolve()
+
+
+def fake_result(folder, stage, *snapshots):
+    """只有 stage.json 的假产物（名字解析只读它们，不加载模型）。"""
+    folder.mkdir(parents=True)
+    (folder / "stage.json").write_text(json.dumps({"stage": stage}), encoding="utf-8")
+    for name in snapshots:
+        fake_result(folder / "snapshots" / name, stage)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["../../sft", "..", "../snapshots/step-1", "step-1/..", ".step-2.tmp", "step-2"])
+def test_a_snapshot_name_never_leaves_the_snapshots_folder(tmp_path, name):
+    """ppo@<名字> 只认 <结果>/snapshots/ 里直接的、写完了的 step-N（chat 的 --model、/model 和 benchmark 的 --models
+    都经 policy_folder）：走出 snapshots/ 的名字（../../sft 曾经被当成 PPO 的快照加载了 SFT）、没写完的（没有 stage.json）
+    都是一行中文，列出有哪些快照。"""
+    from qwen_rlhf import inference
+    from qwen_rlhf.errors import UserError
+
+    fake_result(tmp_path / "sft", "sft")
+    ppo = fake_result(tmp_path / "ppo", "ppo", "step-1")
+    (ppo / "snapshots" / ".step-2.tmp").mkdir()
+    (ppo / "snapshots" / "step-2").mkdir()  # 写到一半：没有 stage.json
+    paths = {"sft": str(tmp_path / "sft"), "ppo": str(ppo)}
+    assert inference.policy_folder("ppo@step-1", paths, "base")[:2] == ("ppo@step-1", ppo / "snapshots" / "step-1")
+    with pytest.raises(UserError) as e:
+        inference.policy_folder(f"ppo@{name}", paths, "base")
+    assert e.value.code == EXIT_MISSING and f"没有快照 {name}；有：step-1。" in e.value.message
+    r = run_inline("chat.py", "--model", f"ppo@{name}", "--ppo_model_path", ppo, "--sft_model_path", tmp_path / "sft",
+                   "--prompt", "你好", tmp=tmp_path)
+    assert r.returncode == EXIT_MISSING and "有：step-1。" in last_line(r.stderr) and "Traceback" not in r.stderr
 
 
 def test_a_snapshot_is_never_taken_for_a_resumable_checkpoint(rl_runs, pipeline, tmp_path):
@@ -233,6 +279,45 @@ def test_the_report_reads_the_trajectory_and_shows_both_judges_side_by_side(traj
     png = trajectory.folder / report.REWARD_KL_PNG
     assert png.read_bytes()[:8] == PNG_SIGNATURE and f"]({report.REWARD_KL_PNG})" in md
     assert "[轨迹] **ppo**" in trajectory.proc.stdout and "trajectory.csv" in last_line(trajectory.proc.stdout)
+
+
+def trajectory_args(pipeline, out, **folders) -> list:
+    """benchmark.py --trajectory true 的参数（迷你配方、2 个留出问题）；folders 换掉某个模型 / 评委文件夹。"""
+    paths = {"sft_model_path": pipeline["sft"], "ppo_model_path": pipeline["ppo"], "reward_model_path": pipeline["rm"],
+             "gold_model_path": out / "no-gold", **folders}
+    return ["--config", TINY / "benchmark.yaml", "--model_name_or_path", pipeline["tmp"] / "tiny-qwen3",
+            "--output_dir", out / "bench", "--num_questions", 2, "--trajectory", "true",
+            *[x for k, v in paths.items() for x in (f"--{k}", v)]]
+
+
+def test_a_trajectory_without_sft_among_the_models_is_refused_before_generating(pipeline, tmp_path):
+    """--models ppo --trajectory true 曾经给三个快照都生成了回答，然后不写 trajectory.csv、一句话也不说。"""
+    r = run_inline("benchmark.py", *trajectory_args(pipeline, tmp_path), "--models", "ppo", tmp=tmp_path)
+    assert r.returncode == EXIT_BAD_INPUT and "--models 里要有 sft" in last_line(r.stderr), r.stderr[-2000:]
+    assert "[生成]" not in r.stdout and "Traceback" not in r.stderr and not (tmp_path / "bench").exists()
+
+
+@pytest.mark.parametrize("broken", ["snapshot", "gold_vocabulary"])
+def test_every_folder_the_benchmark_reads_is_checked_before_the_first_answer(pipeline, tmp_path, broken):
+    """截短的快照权重、词表不同的金标准评委：以前也被拒绝，但要等所有回答生成完（真实尺寸上是几分钟）。"""
+    if broken == "snapshot":
+        ppo = shutil.copytree(pipeline["ppo"], tmp_path / "ppo")
+        weights = ppo / "snapshots" / "step-8" / "adapter_model.safetensors"
+        with weights.open("r+b") as f:  # 拷贝中断的样子：文件只剩一半
+            f.truncate(weights.stat().st_size // 2)
+        args, needle = trajectory_args(pipeline, tmp_path, ppo_model_path=ppo), "step-8/adapter_model.safetensors 已损坏"
+    else:
+        from transformers import AutoTokenizer
+
+        judge = shutil.copytree(pipeline["rm"], tmp_path / "gold")
+        (judge / "stage.json").write_text(json.dumps({**info(judge), "role": "gold"}), encoding="utf-8")
+        tokenizer = AutoTokenizer.from_pretrained(str(judge))
+        tokenizer.add_tokens(["<另一个词表>"])
+        tokenizer.save_pretrained(str(judge))
+        args, needle = trajectory_args(pipeline, tmp_path, gold_model_path=judge), "分词器不一样"
+    r = run_inline("benchmark.py", *args, "--models", "sft,ppo", tmp=tmp_path)
+    assert r.returncode == EXIT_MISSING and needle in last_line(r.stderr), r.stderr[-2000:]
+    assert "[生成]" not in r.stdout and "Traceback" not in r.stderr and not (tmp_path / "bench").exists()
 
 
 def test_the_gold_judge_must_be_a_gold_role_rm_other_than_the_proxy(pipeline, gold, tmp_path):
