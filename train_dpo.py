@@ -23,7 +23,7 @@ from qwen_rlhf.cost import Cost
 
 def held_out_diagnosis(trainer, tokenizer, rows: list[dict], beta: float, system: str | None) -> dict:
     """训练结束后在留出偏好对上诊断一次（主进程；参考 = 关掉适配器的 SFT，和训练时 TRL 用的参考相同）：
-    - 隐式奖励 β·(log π − log π_SFT)（整句回答，含 <|im_end|>）的偏好准确率：chosen 的比 rejected 的高的比例
+    - 隐式奖励 β·(log π − log π_SFT)（整句回答，含 <|im_end|> 和其后的换行，和 TRL 训练时的分词相同）的偏好准确率：chosen 的比 rejected 的高的比例
       （0.5 ≈ 瞎猜；一点没变时奖励全为 0、准确率 0）；
     - log p(chosen)、log p(rejected) 相对 SFT 平均变了多少：两个都下降而准确率高，说明它学会了区分，却把概率挪到了
       两者以外的地方（例如更早结束）。
@@ -32,8 +32,9 @@ def held_out_diagnosis(trainer, tokenizer, rows: list[dict], beta: float, system
     model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = model.training
     model.eval()
-    prompts = [data.prompt_ids(tokenizer, r["question"], r.get("system") or system) for r in rows] * 2
-    answers = [data.answer_ids(tokenizer, r[k]) for k in ("chosen", "rejected") for r in rows]
+    pairs = [data.dpo_token_ids(tokenizer, data.dpo_example(r, system)) for r in rows]  # 和训练时 TRL 的分词相同
+    prompts = [p for p, _, _ in pairs] * 2
+    answers = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
     _, ratios = sampling.compare_to_reference(model, tokenizer, prompts, answers, kl=False)
     model.train(was_training)
     chosen, rejected = [sum(x) for x in ratios[: len(rows)]], [sum(x) for x in ratios[len(rows):]]
@@ -69,8 +70,12 @@ def main():
 
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
+    from transformers import set_seed
 
     tb, stop = training.prepare(cfg, final, "dpo")
+    # LoRA 适配器的随机初始化在 TRL 训练器的 __init__ 里（peft_config），Trainer 自己的 set_seed 在那之后：先播种，
+    # 同样的选项和 --seed 得到同样的适配器、同样的训练
+    set_seed(cfg.seed)
     snapshots = training.Snapshots("dpo", args.snapshots, final, training.seen_per_step(cfg), seed=cfg.seed,
                                    split_fingerprint=split.fingerprint)
     trainer = DPOTrainer(

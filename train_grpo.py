@@ -50,8 +50,12 @@ def main():
 
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
+    from transformers import set_seed
 
     tb, stop = training.prepare(cfg, final, "grpo")
+    # LoRA 适配器的随机初始化在 TRL 训练器的 __init__ 里（peft_config），Trainer 自己的 set_seed 在那之后：先播种，
+    # 同样的选项和 --seed 得到同样的适配器、同样的训练
+    set_seed(cfg.seed)
     snapshots = training.Snapshots("grpo", args.snapshots, final, training.seen_per_step(cfg), seed=cfg.seed,
                                    split_fingerprint=split.fingerprint)
     trainer = GRPOTrainer(

@@ -396,6 +396,19 @@ def dpo_example(row: dict, system: str | None = None) -> dict:
             "chat_template_kwargs": {"enable_thinking": False}}
 
 
+def dpo_token_ids(tokenizer, example: dict) -> tuple[list[int], list[int], list[int]]:
+    """dpo_example 的一行 -> (提示, chosen, rejected) 的 token，和 TRL 1.12 的 DPOTrainer 分词一模一样：提示按模板加生成
+    提示渲染；提示 + 回答整段一起渲染、一起分词（回答以 `<|im_end|>\\n` 结尾），再切掉提示的长度。单独给回答分词在
+    边界上可能得到不同的 token，log 概率也就不是训练时算的那个（trl/trainer/dpo_trainer.py 的 tokenize_fn）。"""
+    kwargs = {"tools": None, **example.get("chat_template_kwargs", {})}
+
+    def ids(messages, **extra):
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs, **extra)["input_ids"]
+
+    prompt = ids(example["prompt"], add_generation_prompt=True)
+    return (prompt, *(ids(example["prompt"] + example[k])[len(prompt):] for k in ("chosen", "rejected")))
+
+
 def drop_long_prompts(tokenizer, examples: list[dict], max_length: int, what: str,
                       option: str = "--max_prompt_length") -> list[dict]:
     """sampled_example 里提示（套上模板）超过 max_length 个 token 的去掉，并把数量说出来。"""

@@ -264,11 +264,13 @@ def check_kind(folder: Path, expected: tuple[str, ...], option: str) -> dict | N
 
 
 def check_reward_model(folder: Path, option: str = "--reward_model_path") -> dict | None:
-    """RL 训练要优化的奖励：必须是 RM，而且不能是金标准评委（train_rm.py --role gold）。金标准评委只用来评测，
+    """RL 训练要优化的奖励：必须是 RM，而且不能是金标准评委或空评委（train_rm.py --role gold / null）。它们只用来评测，
     策略一旦对着它训练，它就不再是独立的第二意见。"""
     info = check_kind(folder, ("rm",), option)
-    if (info or {}).get("role") == "gold":
-        raise UserError(f"{display_path(folder)} 是金标准评委（python train_rm.py --role gold 训练的），只用来评测；{option} 需要代理 RM"
+    role = (info or {}).get("role")
+    if role in ("gold", "null"):
+        who = "金标准评委" if role == "gold" else "空评委"
+        raise UserError(f"{display_path(folder)} 是{who}（python train_rm.py --role {role} 训练的），只用来评测；{option} 需要代理 RM"
                         "（python train_rm.py 的产物，例如 checkpoint/rm）。", EXIT_MISSING)
     return info
 

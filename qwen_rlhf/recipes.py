@@ -31,15 +31,17 @@ class SFTArgs(options.CommonArgs):
 @dataclass
 class RMArgs(options.CommonArgs):
     role: str = _help("proxy = 代理 RM（默认：PPO / GRPO / RLOO 训练时优化的奖励）；gold = 金标准评委：只给 benchmark.py "
-                      "评测用（它的 gold_model_path 选项），策略训练时从不用它。gold 的默认值不同：写到 checkpoint/rm_gold、种子 1042"
-                      "（和代理 RM 不同的初始化，最好再用 --model_name_or_path 换一个更大的基座），训练数据在训练集的偏好对"
-                      "之外，每行再加一对\"原回答 胜过 把它的字打乱后的版本\"：它知道语无伦次不算好回答，代理 RM 没学过这一点",
-                      default="proxy")
+                      "评测用（它的 gold_model_path 选项），策略训练时从不用它，默认换一个更大的基座（Qwen/Qwen3-1.7B，"
+                      "写到 checkpoint/rm_gold、种子 1042），训练数据在训练集的偏好对之外，每行再加一对\"原回答 胜过 把它的字"
+                      "打乱后的版本\"：它知道语无伦次不算好回答，代理 RM 没学过这一点；null = 空评委：和代理 RM 同样的基座、"
+                      "同样的数据，只换种子（写到 checkpoint/rm_null、种子 2042），benchmark.py 用它量出\"只差种子的两个 RM "
+                      "本来就有多大分歧\"", default="proxy")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.role not in ("proxy", "gold"):
-            raise UserError(f"--role 只能是 proxy（代理 RM）或 gold（金标准评委），现在是 {self.role}。", EXIT_BAD_INPUT)
+        if self.role not in ROLES:
+            raise UserError(f"--role 只能是 proxy（代理 RM）、gold（金标准评委）或 null（空评委），现在是 {self.role}。",
+                            EXIT_BAD_INPUT)
 
 
 @dataclass
@@ -99,8 +101,11 @@ RM = dict(
     eval_strategy="steps", eval_steps=0.1, per_device_eval_batch_size=8, save_total_limit=1,
     lr_scheduler_type="cosine", warmup_steps=0.03,
 )
-# train_rm.py --role gold（金标准评委）和代理 RM 不同的默认值：另一个文件夹、另一个种子（打分头的初始化不同）
-RM_GOLD = dict(output_dir="checkpoint/rm_gold", seed=1042)
+# train_rm.py --role gold / null 和代理 RM 不同的默认值。金标准评委：另一个文件夹、另一个种子、另一个（更大的）基座，
+# 不是代理 RM 的"兄弟"（Gao et al. 2022 的金标准 RM 比代理大得多）；24 GB 的卡放不下 1.7B 的全参数 RM 时可以
+# --model_name_or_path Qwen/Qwen3-0.6B，评测报告会说一行"同一个基座"。空评委：只换文件夹和种子
+ROLES = {"proxy": {}, "gold": dict(output_dir="checkpoint/rm_gold", seed=1042, model_name_or_path="Qwen/Qwen3-1.7B"),
+         "null": dict(output_dir="checkpoint/rm_null", seed=2042)}
 # 复现原仓库：单卡 2 × 累积 4（minibatch 1 个，避开 TRL 的累积 × minibatch 计数错误），rollout 前向批量 8，
 # 2 个 PPO epoch，lr 5e-6，vf_coef 0.5，cliprange 0.1 / 0.5，1000 个 episode，回复最长 200，kl 0.05。
 # 1000 个 episode = 125 次更新：每 25 次存一个可续训的检查点（Qwen3-0.6B 约 7 GB，见 README），只留最新的一个。
@@ -189,8 +194,8 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
     r = RECIPES[stage]
     defaults = {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}
     parsed = options.parse(r.types(), defaults, argv)
-    if stage == "rm" and parsed[0].role == "gold":  # 金标准评委的默认值（配方和命令行仍然优先）：再解析一次
-        parsed = options.parse(r.types(), {**defaults, **RM_GOLD}, argv)
+    if stage == "rm" and ROLES.get(parsed[0].role):  # 金标准评委 / 空评委的默认值（配方和命令行仍然优先）：再解析一次
+        parsed = options.parse(r.types(), {**defaults, **ROLES[parsed[0].role]}, argv)
     refuse_zero3(stage, parsed[1])
     if r.sampled and parsed[1].max_steps <= 0:
         parsed[1].max_steps = steps_for_answers(parsed[0].total_answers, parsed[1])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shlex
@@ -89,6 +90,7 @@ class GracefulStop(TrainerCallback):
     def __init__(self):
         self.requested = None  # 收到的信号名
         self.accelerator = None
+        self.scopes = contextlib.ExitStack()  # 只在这次训练期间生效的库补丁（prepare 放进来，restore 时撤掉）
         self._previous = {}
         self._main = True
 
@@ -132,6 +134,7 @@ class GracefulStop(TrainerCallback):
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous = {}
+        self.scopes.close()
 
 
 class Snapshots(TrainerCallback):
@@ -307,35 +310,43 @@ def launch_info(args) -> dict:
             "zero_stage": plugin.zero_stage if plugin is not None else None}
 
 
-def skip_dataset_fingerprints() -> None:
-    """TRL 的训练器用 datasets 的 map 处理数据（DPO 分词、加 EOS……），把分词器放在 map 的参数里；datasets 给每次 map
-    算"指纹"时要把参数整个 dill 序列化再哈希，Qwen3 的分词器（15 万词表）每次一秒多，迷你模型的 DPO 里这占了三成的
-    用时（huggingface/datasets#1830）。指纹只用来找磁盘上的缓存，而我们的数据集都是内存里的 Dataset.from_list，
-    map 的结果从不写缓存文件：换成 datasets 自己在无法哈希时用的随机指纹（它自己的随机数发生器，不动全局随机数），
-    数据和结果都不变。"""
+@contextlib.contextmanager
+def no_dataset_fingerprints():
+    """with 块里 datasets 不再给 map 算昂贵的指纹。TRL 的训练器用 datasets 的 map 处理数据（DPO 分词、加 EOS……），
+    把分词器放在 map 的参数里；datasets 给每次 map 算"指纹"时要把参数整个 dill 序列化再哈希，Qwen3 的分词器（15 万
+    词表）每次一秒多，迷你模型的 DPO 里这占了三成的用时（huggingface/datasets#1830）。指纹只用来找磁盘上的缓存，而
+    我们的数据集都是内存里的 Dataset.from_list，map 的结果从不写缓存文件：换成 datasets 自己在无法哈希时用的随机指纹
+    （它自己的随机数发生器，不动全局随机数），数据和结果都不变。出了 with 就换回来。"""
     import datasets.arrow_dataset
     import datasets.fingerprint
+
+    original = datasets.fingerprint.update_fingerprint, datasets.arrow_dataset.update_fingerprint
 
     def random_fingerprint(*args, **kwargs) -> str:
         return datasets.fingerprint.generate_random_fingerprint()
 
     # Dataset.map 用的是 arrow_dataset 自己导入的那个名字，其余变换经 fingerprint 模块：两处都换
     datasets.arrow_dataset.update_fingerprint = datasets.fingerprint.update_fingerprint = random_fingerprint
+    try:
+        yield
+    finally:
+        datasets.fingerprint.update_fingerprint, datasets.arrow_dataset.update_fingerprint = original
 
 
 def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
-    """Trainer 的中间检查点写到 <结果>-trainer-checkpoints/，曲线写到 tensorboard/<阶段>/<时间>/；数据集不再算
-    昂贵的指纹（skip_dataset_fingerprints）。
+    """Trainer 的中间检查点写到 <结果>-trainer-checkpoints/，曲线写到 tensorboard/<阶段>/<时间>/；从这里到训练结束
+    （fit 交还信号处理的同时），数据集不再算昂贵的指纹（no_dataset_fingerprints：训练器在 __init__ 里 map 数据集）。
 
     多进程时其他进程不显示 datasets 的进度条（Trainer 自己的进度条和日志本来就只在主进程）。
     """
-    skip_dataset_fingerprints()
+    stop = GracefulStop()
+    stop.scopes.enter_context(no_dataset_fingerprints())
     if cfg.process_index != 0:
         import datasets
 
         datasets.disable_progress_bars()
     cfg.output_dir = str(trainer_work_dir(final))
-    return tensorboard_dir(stage, final), GracefulStop()
+    return tensorboard_dir(stage, final), stop
 
 
 def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost, export=None, answers=None,
