@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, report, scoring
+from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, prefs, report, scoring
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import STAGES, chat_stages, rl_stages
 from qwen_rlhf.cost import Cost
@@ -56,6 +56,9 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
     output_dir: str = field(default="checkpoint/benchmark", metadata={
         "help": "报告写到 <output_dir>/<时间>/，每次运行一个新文件夹"})
     device: str = field(default="auto", metadata={"help": "auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …"})
+    prefs_file: str = field(default=prefs.DEFAULT_FILE, metadata={
+        "help": "python chat.py --arena 的投票文件：存在时报告每对模型你判的胜率，以及代理 RM、金标准评委在你投过票的"
+                "那些回答上和你一致的比例（都带 95% 区间）；不存在时跳过"})
 
 
 def check_options(args: BenchmarkArgs) -> list[str]:
@@ -197,7 +200,7 @@ def sft_reference(args) -> Path | None:
     return folder if outputs.kind_of(folder) == "sft" else None
 
 
-def judge(folder: Path, field: str, answers: list, generated: dict, split, args, device) -> dict:
+def judge(folder: Path, field: str, answers: list, generated: dict, split, args, device, votes=None) -> dict:
     """一位评委（代理 RM 或金标准评委）给所有回答打分，写进每个 Answer 的 field（score / gold），再在留出偏好对上给自己
     打成绩单（准确率、平均分差）。打分都走 scoring.score：和 PPO 的奖励、纯 transformers 的标准客户端是同一个约定。"""
     rm = inference.load_reward(folder, args.allow_pickle)
@@ -213,8 +216,10 @@ def judge(folder: Path, field: str, answers: list, generated: dict, split, args,
     prompts = [data.messages(r["question"], r.get("system") or args.system_prompt) for r in split.test]
     replies = [r[k] for k in ("chosen", "rejected") for r in split.test]
     both = scoring.score(rm.model, rm.tokenizer, prompts * 2, replies, args.batch_size)
+    agrees = prefs.judge_agrees(rm.model, rm.tokenizer, votes, args.batch_size) if votes else None  # 你投过票的回答
     free(rm)
-    return metrics.rm_stats(options.display_path(folder), both[: len(prompts)], both[len(prompts):])
+    return {**metrics.rm_stats(options.display_path(folder), both[: len(prompts)], both[len(prompts):]),
+            **({"human_agrees": agrees} if votes else {})}
 
 
 def free(holder=None) -> None:
@@ -242,6 +247,7 @@ def main():
     rm_info = outputs.check_kind(rm_folder, ("rm",), "--reward_model_path")
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
     gold = gold_judge(args, rm_folder)
+    votes = prefs.votes_if_any(args.prefs_file)  # 投票文件坏了：现在就说
     announce_device("benchmark", args.device == "cpu", "fp32", model=rm_folder)  # 权重按 fp32 加载；RM 与策略同尺寸
 
     # ---------------------------------------------------------------- 数据
@@ -295,8 +301,11 @@ def main():
             stopped = bool(resp) and resp[-1] == tok.eos_token_id
             text = scoring.response_text(tok, resp)  # 报告里写的就是打分的这串文本
             answers.append(metrics.Answer(q, src, name, text, 0.0, len(resp) - stopped, stopped))
-    rm_stats = judge(rm_folder, "score", answers, generated, split, args, device)
-    gold_stats = judge(gold[0], "gold", answers, generated, split, args, device) if gold else None
+    rm_stats = judge(rm_folder, "score", answers, generated, split, args, device, votes)
+    gold_stats = judge(gold[0], "gold", answers, generated, split, args, device, votes) if gold else None
+    # 人当评委：每对模型你判的胜率、两位评委和你一致的比例（qwen_rlhf/prefs.py）
+    human = prefs.summarize(votes, {"代理 RM": rm_stats.pop("human_agrees"),
+                                    **({"金标准评委": gold_stats.pop("human_agrees")} if gold else {})}) if votes else None
     timing["score_s"] = round(time.perf_counter() - t, 3)
     position = {q: i for i, q in enumerate(questions)}
     answers.sort(key=lambda a: position[a.question])  # 按问题排；sort 是稳定的，同一问题内保持 --models 的顺序（快照在后）
@@ -325,7 +334,11 @@ def main():
             "split_fingerprint": split.fingerprint,
             "options": options.to_jsonable(args), "device": device, "timing": timing, "cost": spent}
     with outputs.writing(folder, folder):  # 任何失败都删掉这个文件夹，不留半成品：有文件夹就说明写完了
+        if human:  # summary.json 里一项，report.md 末尾一段
+            summary["human"] = human
         report_file = report.write_report(folder, answers, names, summary, meta)
+        if human:
+            prefs.append_markdown(report_file, human, args.prefs_file)
 
     print(f"[结果] {report.source_words(summary)}，{decoding}")
     print(table(*report.summary_rows(summary)))
@@ -341,6 +354,8 @@ def main():
         print(f"[评委] {line}")
     for line in report.trajectory_paragraphs(summary):
         print(f"[轨迹] {line}")
+    for line in prefs.lines(human, args.prefs_file) if human else []:
+        print(f"[你的投票] {line}")
     print(f"[完成] 报告：{options.display_path(report_file)}（同一文件夹下还有 results.csv、summary.json 和图"
           f"{'，以及 trajectory.csv' if summary.get('overoptimisation') else ''}）；{Cost.words(spent)}")
     sys.stdout.flush()

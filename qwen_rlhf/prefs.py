@@ -199,3 +199,9 @@ def lines(summary: dict, source: str) -> list[str]:
             out.append(f"{name}只在 {r['rate']:.0%} 的票上和你一致（低于 {AGREEMENT_FLOOR:.0%}）：这个{name}不认同你的口味，"
                        "它给的高分不代表你会喜欢。可以多投几票，用 train_rm.py --add_prefs 把你的票加进 RM 的训练数据。")
     return out
+
+
+def append_markdown(report_file: Path, summary: dict, source: str) -> None:
+    """report.md 末尾加一段"你的投票"（和终端打印的是同样几句话）。"""
+    with report_file.open("a", encoding="utf-8") as f:
+        f.write("\n## 你的投票：人当评委\n\n" + "\n".join(f"- {line}" for line in lines(summary, source)) + "\n")
