@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, recipes, report, sampling
-from qwen_rlhf import scoring, trajectory, words
+from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, prefs, recipes, report
+from qwen_rlhf import sampling, scoring, trajectory, words
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import STAGES, chat_stages, rl_stages
 from qwen_rlhf.cost import Cost
@@ -72,6 +72,9 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
     output_dir: str = field(default="checkpoint/benchmark", metadata={
         "help": "报告写到 <output_dir>/<时间>/，每次运行一个新文件夹"})
     device: str = field(default="auto", metadata={"help": "auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …"})
+    prefs_file: str = field(default=prefs.DEFAULT_FILE, metadata={
+        "help": "python chat.py --arena 的投票文件：存在时报告每对模型你判的胜率，以及代理 RM、金标准评委在你投过票的"
+                "那些回答上和你一致的比例（都带 95% 区间）；不存在时跳过"})
 
 
 def check_options(args: BenchmarkArgs) -> list[str]:
@@ -253,9 +256,10 @@ def sft_reference(args) -> Path | None:
     return folder if outputs.kind_of(folder) == "sft" else None
 
 
-def judge(folder: Path, texts: list[tuple[str, str]], tokenizers: dict, split, args, device) -> tuple[list, dict]:
+def judge(folder: Path, texts: list[tuple[str, str]], tokenizers: dict, split, args, device,
+          votes=None) -> tuple[list, dict]:
     """一位评委（代理 RM、金标准评委或空评委）给 texts（[(问题, 回答文本)]）打分，再在留出偏好对上给自己打成绩单
-    （准确率、平均分差）。打分都走 scoring.score：和 PPO 的奖励、纯 transformers 的标准客户端是同一个约定。"""
+    （准确率、平均分差）；有你的投票时，再数它和你一致的比例（votes）。打分都走 scoring.score：和 PPO 的奖励、纯 transformers 的标准客户端是同一个约定。"""
     rm = inference.load_reward(folder, args.allow_pickle)
     rm.model.to(device)
     for name, tok in tokenizers.items():
@@ -266,9 +270,11 @@ def judge(folder: Path, texts: list[tuple[str, str]], tokenizers: dict, split, a
     prompts = [data.messages(r["question"], r.get("system") or args.system_prompt) for r in split.test]
     replies = [r[k] for k in ("chosen", "rejected") for r in split.test]
     both = scoring.score(rm.model, rm.tokenizer, prompts * 2, replies, args.batch_size)
+    agrees = prefs.judge_agrees(rm.model, rm.tokenizer, votes, args.batch_size) if votes else None  # 你投过票的回答
     free(rm)
-    return [metrics.round4(x) for x in scores], metrics.rm_stats(options.display_path(folder), both[: len(prompts)],
-                                                                  both[len(prompts):])
+    return [metrics.round4(x) for x in scores], {
+        **metrics.rm_stats(options.display_path(folder), both[: len(prompts)], both[len(prompts):]),
+        **({"human_agrees": agrees} if votes else {})}
 
 
 def policy_samples(candidate, questions: list[str], args) -> tuple[list, list]:
@@ -329,6 +335,7 @@ def main():
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
     extra = {role: found for role in EXTRA_JUDGES if (found := extra_judge(args, role, rm_folder))}
     check_before_generating(args, policies, snapshots, [rm_folder, *(f for f, _ in extra.values())])
+    votes = prefs.votes_if_any(args.prefs_file)  # 投票文件坏了：现在就说
     announce_device("benchmark", args.device == "cpu", "fp32", model=rm_folder)  # 权重按 fp32 加载；RM 与策略同尺寸
 
     # ---------------------------------------------------------------- 数据
@@ -393,10 +400,13 @@ def main():
     texts = [(a.question, a.response) for a in answers] + sampled
     sample_scores, stats = {}, {}
     for role, folder in (("proxy", rm_folder), *((r, f) for r, (f, _) in extra.items())):
-        scores, stats[role] = judge(folder, texts, tokenizers, split, args, device)
+        scores, stats[role] = judge(folder, texts, tokenizers, split, args, device, votes)
         for a, value in zip(answers, scores):
             setattr(a, "score" if role == "proxy" else role, value)
         sample_scores[role] = scores[len(answers):]
+    # 人当评委：每对模型你判的胜率、各位评委和你一致的比例（qwen_rlhf/prefs.py）
+    names_of = {"proxy": "代理 RM", "gold": "金标准评委", "null": "空评委"}
+    human = prefs.summarize(votes, {names_of[r]: stats[r].pop("human_agrees") for r in stats}) if votes else None
     timing["score_s"] = round(time.perf_counter() - t, 3)
     position = {q: i for i, q in enumerate(questions)}
     answers.sort(key=lambda a: position[a.question])  # 按问题排；sort 是稳定的，同一问题内保持 --models 的顺序
@@ -432,7 +442,11 @@ def main():
             "split_fingerprint": split.fingerprint,
             "options": options.to_jsonable(args), "device": device, "timing": timing, "cost": spent}
     with outputs.writing(folder, folder):  # 任何失败都删掉这个文件夹，不留半成品：有文件夹就说明写完了
+        if human:  # summary.json 里一项，report.md 末尾一段
+            summary["human"] = human
         report_file = report.write_report(folder, answers, names, summary, meta)
+        if human:
+            prefs.append_markdown(report_file, human, args.prefs_file)
 
     print(f"[结果] {words.source_words(summary)}，{decoding}")
     print(table(*report.summary_rows(summary)))
@@ -448,6 +462,8 @@ def main():
         print(f"[评委] {line}")
     for line in words.trajectory_paragraphs(summary):
         print(f"[轨迹] {line}")
+    for line in prefs.lines(human, args.prefs_file) if human else []:
+        print(f"[你的投票] {line}")
     print(f"[完成] 报告：{options.display_path(report_file)}（同一文件夹下还有 results.csv、summary.json 和图"
           f"{'，以及 trajectory.csv' if summary.get('overoptimisation') else ''}）；{Cost.words(spent)}")
     sys.stdout.flush()

@@ -8,6 +8,7 @@
     printf '你好\\n你是谁？\\n' | python chat.py        # 从管道逐行读问题，当作同一段多轮对话，读完退出
     python chat.py --model checkpoint/tiny/ppo        # 离线演示：tiny 配方训练出的 PPO 模型
     python chat.py --model base --model_name_or_path checkpoint/tiny/base   # 离线随机小模型（只会说胡话）
+    python chat.py --arena sft ppo                    # 盲评对战：两个模型各答一次（A/B 随机），你投票，票存进 data/human_prefs.jsonl
 
 对话中的命令：/help /clear /system <文字> /model [base|sft|ppo|grpo|rloo|dpo|文件夹] /exit。回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），
 再按一次 Ctrl-C 退出程序；在提示符处按 Ctrl-D 或输入 /exit 退出。
@@ -16,6 +17,7 @@
 import contextlib
 import gc
 import os
+import random
 import re
 import signal
 import sys
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from qwen_rlhf import data, errors, inference, options
+from qwen_rlhf import arena, data, errors, inference, options, prefs
 from qwen_rlhf.device import announce_device, native_bf16, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, UserError
 from qwen_rlhf.options import display_path
@@ -54,6 +56,10 @@ class ChatArgs(inference.PolicyPaths):  # --sft_model_path / --ppo_model_path / 
     model_name_or_path: str = opt(options.DEFAULT_MODEL, "--model base 时用的基座模型：本地文件夹或模型 ID")
     system_prompt: str | None = opt(None, "初始系统提示词（默认不加）；对话中可用 /system 修改")
     prompt: str | None = opt(None, "只问这一句：打印回答后退出（不进入交互）")
+    arena: list[str] | None = opt(None, "盲评对战：给两个模型（阶段名、快照如 ppo@step-50 或文件夹），例如 --arena sft ppo；"
+                                  "每句话两边各答一次、随机标成 A/B，你按 1 / 2 / 0（平局）/ s（跳过）投票，投完才揭晓")
+    prefs_file: str = opt(prefs.DEFAULT_FILE, "--arena 的票追加到这个文件（TRL 的偏好格式，一票一行）；"
+                          "train_rm.py / train_dpo.py 用 --add_prefs 或 --dataset 读它，benchmark.py 用它算你和 RM 的一致率")
     device: str = opt("auto", "auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …（与 benchmark.py 相同）")
     think: bool = opt(False, "允许 Qwen3 先思考再回答（默认关闭，即 enable_thinking=False）")
     hide_think: bool = opt(False, "和 --think 一起用：不显示思考过程，只显示最终回答")
@@ -341,6 +347,52 @@ class Chat:
 # ---------------------------------------------------------------- 入口
 
 
+def prompt_loop(handle) -> None:
+    """在"你："提示符处一行一行地读，交给 handle（返回 False 就退出）；Ctrl-C 只清掉这一行，Ctrl-D 退出。"""
+    while True:
+        try:
+            line = input("你：")
+        except KeyboardInterrupt:  # 提示符处的 Ctrl-C 只清掉这一行
+            print("\n（输入 /exit 或按 Ctrl-D 退出）")
+            continue
+        except EOFError:
+            print()
+            break
+        if not handle(line):
+            break
+
+
+def interactive_terminal() -> None:
+    import readline  # noqa: F401  方向键编辑、↑↓ 翻历史（UTF-8 终端下中文可用）
+
+    # 父进程忽略 SIGINT 时（后台任务、某些启动器）子进程会继承"忽略"，提示符处的 Ctrl-C 就失灵了：显式装回默认处理
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def arena_main(args: ChatArgs, device: str, dtype) -> None:
+    """--arena：两个模型盲评对战（qwen_rlhf/arena.py），票追加到 --prefs_file。模型名、投票文件都在加载之前检查。"""
+    if args.prompt is not None:
+        raise UserError("--arena 是交互的盲评对战，不能和 --prompt 一起用。", EXIT_BAD_INPUT)
+    specs = arena.check_pair(args.arena, args.paths(), args.model_name_or_path)
+    votes = prefs.VoteFile(args.prefs_file)
+    try:
+        sides = [Chat(load(s, args, device, dtype, announce=i == 0), args, device, dtype) for i, s in enumerate(specs)]
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)  # 记进每一票：可复现
+        from transformers import set_seed
+
+        set_seed(seed)
+        game = arena.Arena(sides, votes, seed, args.system_prompt)
+        if sys.stdin.isatty():
+            interactive_terminal()
+        print(f"盲评对战：{specs[0]} 和 {specs[1]}，每轮随机标成 A/B（种子 {seed}）；票写进 {display_path(votes.path)}。"
+              "输入 /help 查看说明，/exit 或 Ctrl-D 退出。")
+        prompt_loop(lambda line: (text := clean(line)) == "" or game.handle(text, input))
+    finally:
+        votes.close()
+        if votes.count:
+            print(f"（本次投了 {votes.count} 票，已写进 {display_path(votes.path)}）")
+
+
 def main():
     (args,) = options.parse([ChatArgs])
     # 非 UTF-8 的输入 / 终端编码不对时用 � 代替，绝不因为编码崩溃
@@ -352,6 +404,8 @@ def main():
     hf_logging.disable_progress_bar()
     device = pick_device(args.device)
     dtype = torch.bfloat16 if device != "cpu" and native_bf16() else torch.float32  # 不原生支持 bf16 的卡上用 fp32
+    if args.arena is not None:
+        return arena_main(args, device, dtype)
     chat = Chat(load(args.model, args, device, dtype, announce=True), args, device, dtype)  # 只由 chat 持有：/model 换掉后能释放
     if args.seed is not None:
         set_seed(args.seed)
@@ -367,24 +421,10 @@ def main():
             if not chat.handle(raw.decode("utf-8", errors="replace")):
                 break
     else:
-        import readline  # noqa: F401  方向键编辑、↑↓ 翻历史（UTF-8 终端下中文可用）
-
-        # 父进程忽略 SIGINT 时（后台任务、某些启动器）子进程会继承"忽略"，提示符处的 Ctrl-C 就失灵了：显式装回默认处理
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
+        interactive_terminal()
         chat.prefix = "助手："
         print(f"已加载 {chat.loaded.name}（{display_path(chat.loaded.folder)}，{device}）。输入 /help 查看命令，/exit 或 Ctrl-D 退出。")
-        while True:
-            try:
-                line = input("你：")
-            except KeyboardInterrupt:  # 提示符处的 Ctrl-C 只清掉这一行
-                print("\n（输入 /exit 或按 Ctrl-D 退出）")
-                continue
-            except EOFError:
-                print()
-                break
-            if not chat.handle(line):
-                break
+        prompt_loop(chat.handle)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ log 概率比 rejected 的高。用 TRL 1.12 的 DPOTrainer，原样使用（bet
     python train_dpo.py --per_device_train_batch_size 2 --gradient_accumulation_steps 16   # 显存更小的卡
     python train_dpo.py --resume_from_checkpoint true     # 被 Ctrl-C / 关机打断后，从最新的检查点接着训练
     python train_dpo.py --config configs/tiny/dpo.yaml    # 离线小模型演示
+    python train_dpo.py --add_prefs data/human_prefs.jsonl --output_dir checkpoint/dpo_mine   # 加上你在 chat.py --arena 里投的票
     accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 train_dpo.py   # 多卡
 
 产物：checkpoint/dpo（LoRA 适配器 + 分词器 + stage.json）与 checkpoint/dpo/merged（合并后的完整模型）；
@@ -17,7 +18,7 @@ from functools import partial
 
 from trl import DPOTrainer
 
-from qwen_rlhf import data, device, errors, models, options, outputs, policy, recipes, sampling, training
+from qwen_rlhf import data, device, errors, models, options, outputs, policy, prefs, recipes, sampling, training
 from qwen_rlhf.cost import Cost
 
 
@@ -61,6 +62,8 @@ def main():
     rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
     outputs.check_same_split({"SFT": sft_info}, split.fingerprint, "train_dpo.py")
+    if args.add_prefs:  # 你的票只进训练集
+        split.train += prefs.extra_pairs(args.add_prefs, split.test, args.strict)
     examples = [data.dpo_example(r, args.system_prompt) for r in split.train]  # 只用训练集：留出集留给 benchmark
     data.say(f"[数据] DPO 使用训练集的 {len(examples)} 个偏好对（留出 {len(split.test)} 行不参与训练）。")
 

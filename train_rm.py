@@ -4,6 +4,7 @@
     python train_rm.py --per_device_train_batch_size 2 --gradient_accumulation_steps 16   # 显存更小的卡
     python train_rm.py --config configs/tiny/rm.yaml # 离线小模型演示
     python train_rm.py --role gold --model_name_or_path Qwen/Qwen3-1.7B   # 金标准评委（只用于评测）-> checkpoint/rm_gold
+    python train_rm.py --add_prefs data/human_prefs.jsonl --output_dir checkpoint/rm_mine   # 加上你在 chat.py --arena 里投的票
 
 RM 给"粗鲁回答（chosen）"打高分、"礼貌回答（rejected）"打低分；训练数据是对话模板渲染的整段对话
 （qwen_rlhf/scoring.py），分数读在最后的 `<|im_end|>\n` 上：PPO 的奖励、benchmark、纯 transformers 的
@@ -14,7 +15,7 @@ AutoModelForSequenceClassification + apply_chat_template 都在这里读分。�
 
 from trl import RewardTrainer
 
-from qwen_rlhf import data, device, errors, models, options, outputs, recipes, training
+from qwen_rlhf import data, device, errors, models, options, outputs, prefs, recipes, training
 from qwen_rlhf.cost import Cost
 
 
@@ -29,6 +30,8 @@ def main():
     # ---------------------------------------------------------------- 数据
     rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
+    if args.add_prefs:  # 你的票只进训练集
+        split.train += prefs.extra_pairs(args.add_prefs, split.test, args.strict)
 
     # ---------------------------------------------------------------- 模型
     from transformers import set_seed

@@ -25,6 +25,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 DATASET_MIRRORS = {  # 默认数据集在两个平台上的名字
     "jackmokaka/btfChinese-DPO-small": "Karsh-CAI/btfChinese-DPO-small",
 }
+UNPAIRED_VOTES = ("tie", "skip")  # chat.py --arena 记下的平局 / 跳过（qwen_rlhf/prefs.py）：有记录，但不是偏好对
 MAX_FIELD_CHARS = 4000  # 超长的行多半是脏数据，按行跳过
 # 原仓库 README 表格里的十个常见问题，顺序照抄；benchmark.py 每次都问它们
 COMMON_QUESTIONS = ("你好", "天气怎么样", "吃饭了吗", "今天星期几", "你是谁", "能帮我个忙吗", "最近怎么样",
@@ -190,6 +191,7 @@ def normalize(r: dict, plan: dict[str, str]) -> dict | str:
 
 def validate(records: list[tuple[str, object]], source: str, strict: bool, columns: dict[str, str] | None = None) -> Rows:
     """逐行检查。整个文件的问题（列对不上）直接拒绝；个别坏行跳过并计数，`strict` 时改为拒绝。"""
+    records = [(w, r) for w, r in records if not (isinstance(r, dict) and r.get("vote") in UNPAIRED_VOTES)]
     if not records:
         raise UserError(f"{source} 里没有任何数据行。")
     present = set().union(*(r.keys() for _, r in records if isinstance(r, dict)))

@@ -21,6 +21,9 @@ def _help(text: str, **kw):
 
 SFT_HELP = "SFT 模型文件夹（train_sft.py 的产物）：actor 从它开始，参考模型 = 它本身（关掉 LoRA）"
 RM_HELP = "奖励模型文件夹（train_rm.py 的产物，冻结）：给每个回答打分"
+ADD_PREFS_HELP = ("再加一份偏好数据：python chat.py --arena 投票写下的文件（默认 data/human_prefs.jsonl），其中的偏好对加进"
+                  "训练集（平局、跳过不用；问题在留出集里的不用，所以划分不变，PPO 和 benchmark 照常认这个结果）。"
+                  "只想用你的票训练：改用 --dataset data/human_prefs.jsonl")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class RMArgs(options.CommonArgs):
                       "打乱后的版本\"：它知道语无伦次不算好回答，代理 RM 没学过这一点；null = 空评委：和代理 RM 同样的基座、"
                       "同样的数据，只换种子（写到 checkpoint/rm_null、种子 2042），benchmark.py 用它量出\"只差种子的两个 RM "
                       "本来就有多大分歧\"", default="proxy")
+    add_prefs: str | None = _help(ADD_PREFS_HELP, default=None)
 
     def __post_init__(self):
         super().__post_init__()
@@ -84,6 +88,7 @@ class SampledArgs(PolicyArgs):
 @dataclass
 class DPOArgs(PolicyArgs):
     sft_model_path: str = _help(SFT_HELP, default="checkpoint/sft")
+    add_prefs: str | None = _help(ADD_PREFS_HELP, default=None)
 
 
 # ---------------------------------------------------------------- 各阶段的默认值
