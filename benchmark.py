@@ -144,11 +144,14 @@ def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[d
 
 
 def method_label(stage: str | None, training_options: dict) -> str | None:
-    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"）：报告、summary.json、CSV、图例都用这个标签，
-    读者不会把 KL 为 0 的一次当成默认的。图例用英文（默认字体没有中文字形）。"""
+    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"），DPO 加了 NLL 项（rpo_alpha）时也带上：报告、
+    summary.json、CSV、图例都用这个标签，读者不会把 KL 为 0 的一次当成默认的。图例用英文（默认字体没有中文字形）。"""
     knob = recipes.kl_setting(stage) if stage else None
     coef = training_options.get(knob[0]) if knob else None
-    return f"{stage} ({knob[0]}={coef:g})" if coef is not None and coef != knob[1] else stage
+    extra = [f"{knob[0]}={coef:g}"] if coef is not None and coef != knob[1] else []
+    if training_options.get("rpo_alpha") is not None:
+        extra.append(f"rpo_alpha={training_options['rpo_alpha']:g}")
+    return f"{stage} ({', '.join(extra)})" if extra else stage
 
 
 # 评委：代理 RM 之外的两位，(选项, stage.json 里的 role, 中文名, 怎样训练)

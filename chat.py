@@ -59,7 +59,7 @@ class ChatArgs(inference.PolicyPaths):  # --sft_model_path / --ppo_model_path / 
     arena: list[str] | None = opt(None, "盲评对战：给两个模型（阶段名、快照如 ppo@step-50 或文件夹），例如 --arena sft ppo；"
                                   "每句话两边各答一次、随机标成 A/B，你按 1 / 2 / 0（平局）/ s（跳过）投票，投完才揭晓")
     prefs_file: str = opt(prefs.DEFAULT_FILE, "--arena 的票追加到这个文件（TRL 的偏好格式，一票一行）；"
-                          "train_rm.py / train_dpo.py 用 --add_prefs 或 --dataset 读它，benchmark.py 用它算你和 RM 的一致率")
+                          "train_rm.py / train_dpo.py 的 add_prefs 或 dataset 选项读它，benchmark.py 用它算你和 RM 的一致率")
     device: str = opt("auto", "auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …（与 benchmark.py 相同）")
     think: bool = opt(False, "允许 Qwen3 先思考再回答（默认关闭，即 enable_thinking=False）")
     hide_think: bool = opt(False, "和 --think 一起用：不显示思考过程，只显示最终回答")

@@ -6,7 +6,7 @@ log 概率比 rejected 的高。用 TRL 1.12 的 DPOTrainer，原样使用（bet
     python train_dpo.py --per_device_train_batch_size 2 --gradient_accumulation_steps 16   # 显存更小的卡
     python train_dpo.py --resume_from_checkpoint true     # 被 Ctrl-C / 关机打断后，从最新的检查点接着训练
     python train_dpo.py --config configs/tiny/dpo.yaml    # 离线小模型演示
-    python train_dpo.py --add_prefs data/human_prefs.jsonl --output_dir checkpoint/dpo_mine   # 加上你在 chat.py --arena 里投的票
+    python train_dpo.py --add_prefs data/human_prefs.jsonl --output_dir checkpoint/dpo_mine   # 加上你在 chat.py 的盲评模式（arena）里投的票
     accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 train_dpo.py   # 多卡
 
 产物：checkpoint/dpo（LoRA 适配器 + 分词器 + stage.json）与 checkpoint/dpo/merged（合并后的完整模型）；

@@ -4,7 +4,7 @@
     python train_rm.py --per_device_train_batch_size 2 --gradient_accumulation_steps 16   # 显存更小的卡
     python train_rm.py --config configs/tiny/rm.yaml # 离线小模型演示
     python train_rm.py --role gold --model_name_or_path Qwen/Qwen3-1.7B   # 金标准评委（只用于评测）-> checkpoint/rm_gold
-    python train_rm.py --add_prefs data/human_prefs.jsonl --output_dir checkpoint/rm_mine   # 加上你在 chat.py --arena 里投的票
+    python train_rm.py --add_prefs data/human_prefs.jsonl --output_dir checkpoint/rm_mine   # 加上你在 chat.py 的盲评模式（arena）里投的票
 
 RM 给"粗鲁回答（chosen）"打高分、"礼貌回答（rejected）"打低分；训练数据是对话模板渲染的整段对话
 （qwen_rlhf/scoring.py），分数读在最后的 `<|im_end|>\n` 上：PPO 的奖励、benchmark、纯 transformers 的

@@ -7,6 +7,8 @@
 #   SEEDS="1 2" METHODS="grpo dpo" bash scripts/compare.sh   # 只跑其中几个
 #   METHODS="ppo grpo rloo dpo" bash scripts/compare.sh      # PPO 也按种子各跑一个
 #   WEAK_KL=1 bash scripts/compare.sh        # 另加 KL 系数为 0 的 PPO 和 GRPO 各一次：不拉住它们时离 SFT 多远、金标准分怎样
+#   RPO=1 bash scripts/compare.sh            # 另加 DPO + chosen 上的 NLL 项（TRL 的 rpo_alpha 1.0），每个种子一个，和普通 DPO 并排：
+#                                            # 对付 DPO 把概率从 chosen 上挪走（"似然位移"）的常用办法
 #   JOBS=1 bash scripts/compare.sh           # 一次只训练一个（迷你演示默认同时两个：两个核，每个单线程；日志在 <输出>/logs/）
 #   bash scripts/compare.sh --real           # 真实尺寸：脚本默认值（GPU），读 checkpoint/sft、checkpoint/rm（和 checkpoint/rm_gold），
 #                                            # 写到 checkpoint/compare/
@@ -69,6 +71,8 @@ if [ "${1:-}" != "--real" ]; then
   gold_rm() { "$PY" scripts/make_tiny_model.py --size gold --out "$root/base_gold" && "$PY" train_rm.py $(recipe rm_gold) \
     --overwrite_output_dir true; }
   [ -f "$root/rm_gold/stage.json" ] || launch rm_gold gold_rm
+  # 空评委：代理 RM 的基座和数据、另一个种子（见 configs/tiny/rm_null.yaml）：量出两个只差种子的 RM 本来就有的分歧
+  [ -f "$root/rm_null/stage.json" ] || launch rm_null "$PY" train_rm.py $(recipe rm_null) --overwrite_output_dir true
   finish
 fi
 [ -f "$root/sft/stage.json" ] && [ -f "$root/rm/stage.json" ] || {
@@ -92,6 +96,7 @@ for seed in $SEEDS; do
   for m in $METHODS; do
     train "$m" "$out/$m-seed$seed" "$seed"
   done
+  if [ "${RPO:-0}" = 1 ]; then train dpo "$out/dpo-rpo1-seed$seed" "$seed" --rpo_alpha 1.0; fi
 done
 if [ "${WEAK_KL:-0}" = 1 ]; then  # 对照：没有 KL 拉住的 PPO 和 GRPO（第一个种子各一次）
   first="${SEEDS%% *}"
@@ -100,6 +105,7 @@ if [ "${WEAK_KL:-0}" = 1 ]; then  # 对照：没有 KL 拉住的 PPO 和 GRPO（
 fi
 finish
 gold=(); [ -f "$root/rm_gold/stage.json" ] && gold=(--gold_model_path "$root/rm_gold")
+[ -f "$root/rm_null/stage.json" ] && gold+=(--null_model_path "$root/rm_null")
 "$PY" benchmark.py $(recipe benchmark) --sft_model_path "$root/sft" --ppo_model_path "$root/ppo" --reward_model_path "$root/rm" \
   "${gold[@]}" --models "$models" --trajectory true --output_dir "$out/benchmark"
 echo "[对比] 全部完成，用时 $(( $(date +%s) - start )) 秒；报告在 $out/benchmark/ 下最新的文件夹里（report.md、trajectory.csv、reward_vs_kl.png）。"

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import TINY, last_line, run_inline, run_script
-from qwen_rlhf import metrics, report
+from qwen_rlhf import metrics, report, words
 from qwen_rlhf.data import COMMON_QUESTIONS
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING
 from qwen_rlhf.metrics import Answer
@@ -84,7 +84,7 @@ def test_gains_win_rate_and_summary_numbers():
     assert (ppo["wins"], ppo["ties"], ppo["losses"], ppo["n"]) == (1, 1, 1, 3)
     lo, hi = ppo["mean_gain_vs_sft_ci95"]
     assert -0.5 <= lo < 1 / 3 < hi <= 1.5  # 重抽的均值落在单题提升的最小值和最大值之间
-    assert "mean_gain_vs_sft" not in s["models"]["sft"] and s["models"]["sft"]["kl_to_sft"] == 0.0
+    assert "mean_gain_vs_sft" not in s["models"]["sft"] and s["models"]["sft"]["kl_seq"] == 0.0
     assert s["models"]["sft"]["mean_score"] == pytest.approx(2.0)
     assert s["models"]["ppo"]["mean_tokens"] == 1.0 and s["models"]["ppo"]["distinct_2"] is None
     assert s["models"]["ppo"]["distinct_share"] == pytest.approx(1 / 3)
@@ -106,12 +106,12 @@ def test_a_model_identical_to_sft_gets_a_gain_interval_covering_zero_and_all_tie
     same = [Answer(a.question, a.source, "copy", a.response, a.score, a.tokens) for a in sft]
     answers = sft + same
     metrics.add_gains(answers)
-    s = metrics.summarize(answers, ["sft", "copy"], {"pairs": 1, "accuracy": 1.0, "margin": 0.0}, kl={"copy": 0.0})
+    s = metrics.summarize(answers, ["sft", "copy"], {"pairs": 1, "accuracy": 1.0, "margin": 0.0}, kl={"copy": metrics.kl_stats([[0.0], [0.0]], 1)})
     copy = s["models"]["copy"]
     assert copy["mean_gain_vs_sft_ci95"] == [0.0, 0.0] and copy["mean_gain_vs_sft"] == 0.0
     assert (copy["wins"], copy["ties"], copy["losses"]) == (0, 8, 0) and copy["win_rate_vs_sft_ci95"] == [0.0, 0.0]
     assert copy["mean_score_ci95"] == s["models"]["sft"]["mean_score_ci95"]  # 同一批重抽的问题：配对
-    assert "噪声之内" in report.verdict(copy)
+    assert "噪声之内" in words.verdict(copy)
 
 
 def test_bootstrap_interval_is_fixed_by_the_seed_and_brackets_the_mean():
@@ -121,29 +121,35 @@ def test_bootstrap_interval_is_fixed_by_the_seed_and_brackets_the_mean():
     assert ci == metrics.bootstrap_ci(len(gains), stat)  # 同样的数据总给同样的区间
     assert min(gains) < ci[0] < sum(gains) / len(gains) < ci[1] < max(gains)
     assert metrics.versus_baseline(gains)["mean_gain_vs_sft_ci95"][0] > 0  # 8 题里 6 题为正：区间在 0 以上
-    assert "明显比 SFT 得分高" in report.verdict(metrics.versus_baseline(gains))
+    assert "明显比 SFT 得分高" in words.verdict(metrics.versus_baseline(gains))
 
 
 def test_seeds_of_one_method_are_pooled_as_mean_and_spread():
     per_model = {"sft": {"mean_score": 0.0},
-                 "grpo-s1": {"mean_score": 1.0, "mean_gain_vs_sft": 1.0, "win_rate_vs_sft": 0.75, "kl_to_sft": 0.1},
-                 "grpo-s2": {"mean_score": 3.0, "mean_gain_vs_sft": 3.0, "win_rate_vs_sft": 0.25, "kl_to_sft": 0.3},
-                 "dpo-s1": {"mean_score": -1.0, "mean_gain_vs_sft": -1.0, "win_rate_vs_sft": 0.5, "kl_to_sft": 0.2}}
+                 "grpo-s1": {"mean_score": 1.0, "mean_gain_vs_sft": 1.0, "win_rate_vs_sft": 0.75, "kl_seq": 0.1},
+                 "grpo-s2": {"mean_score": 3.0, "mean_gain_vs_sft": 3.0, "win_rate_vs_sft": 0.25, "kl_seq": 0.3},
+                 "dpo-s1": {"mean_score": -1.0, "mean_gain_vs_sft": -1.0, "win_rate_vs_sft": 0.5, "kl_seq": 0.2}}
     got = metrics.by_method(per_model, {"sft": "sft", "grpo-s1": "grpo", "grpo-s2": "grpo", "dpo-s1": "dpo"})
     assert list(got) == ["grpo", "dpo"] and got["grpo"]["models"] == 2
     assert got["grpo"]["mean_gain_vs_sft"] == pytest.approx([2.0, 2 ** 0.5])  # 样本标准差
     assert got["grpo"]["beats_sft_in_every_model"] and not got["dpo"]["beats_sft_in_every_model"]
-    assert got["dpo"]["kl_to_sft"] == [0.2, 0.0]
+    assert got["dpo"]["kl_seq"] == [0.2, 0.0]
     head, rows = report.method_rows({"by_method": got})
     assert rows[0][:4] == ["grpo", "2", "2.00 ± 1.41", "+2.00 ± 1.41"] and rows[1][-1] == "否"
     assert report.method_rows({"by_method": {"dpo": got["dpo"]}}) is None  # 每个方法只有一个模型：不出这张表
 
 
-def test_kl_to_sft_pools_every_position_of_every_answer():
-    # 两条回答共 3 个位置：(0.1 + 0.3 + 0.2) / 3；长回答按它的长度计权，不是每条回答的平均再平均
-    assert metrics.per_token_kl([[0.1, 0.3], [0.2]]) == pytest.approx(0.2)
-    assert metrics.per_token_kl([[0.5] * 9, [0.0]]) == pytest.approx(0.45)
-    assert metrics.per_token_kl([]) is None
+def test_sequence_kl_sums_each_answer_and_per_token_kl_pools_every_position():
+    # 两个问题各 2 个回答：序列 KL = 每条回答的位置之和，同一问题的回答先平均；每 token = 所有位置合在一起的平均
+    got = metrics.kl_stats([[0.1, 0.3], [0.2], [0.5] * 4, []], per_question=2)
+    assert got["kl_seq_by_question"] == pytest.approx([0.3, 1.0])
+    assert got["kl_seq"] == pytest.approx(0.65)
+    assert got["kl_per_token"] == pytest.approx((0.1 + 0.3 + 0.2 + 2.0) / 7)
+    lo, hi = got["kl_seq_ci95"]
+    assert 0.3 <= lo <= 0.65 <= hi <= 1.0
+    # 一条空回答（一开口就结束）的序列 KL 是 0，每 token KL 看不见它：变短的模型每 token KL 可以不变、序列 KL 变小
+    assert metrics.kl_stats([[0.2, 0.2], []], 1)["kl_per_token"] == pytest.approx(0.2)
+    assert metrics.kl_stats([[0.2, 0.2], []], 1)["kl_seq"] == pytest.approx(0.2)
 
 
 # ---------------------------------------------------------------- 精确 KL（inference.kl_to_reference）
@@ -155,7 +161,7 @@ def kl_setup(tiny_model):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from qwen_rlhf import data, inference, models
+    from qwen_rlhf import data, models, sampling
 
     tok = models.load_tokenizer(tiny_model, padding_side="left")
     torch.manual_seed(0)
@@ -166,20 +172,20 @@ def kl_setup(tiny_model):
         if "lora_B" in name:
             torch.nn.init.normal_(w, std=0.5)
     prompts = [data.prompt_ids(tok, q) for q in ("你好", "今天星期几", "你是谁")]
-    responses = inference.generate(model, tok, prompts, 8, do_sample=True, temperature=1.0)
+    responses = sampling.generate(model, tok, prompts, 8, do_sample=True, temperature=1.0)
     return SimpleNamespace(tok=tok, model=model, prompts=prompts, responses=responses)
 
 
 def test_a_model_against_itself_has_exactly_zero_kl_at_every_position(kl_setup, tiny_model):
-    from qwen_rlhf import inference, models
+    from qwen_rlhf import models, sampling
 
     s = kl_setup
     plain = models.load_causal_lm(tiny_model, s.tok).eval()
-    same = inference.kl_to_reference(plain, s.tok, s.prompts, s.responses, reference=plain)
+    same = sampling.kl_to_reference(plain, s.tok, s.prompts, s.responses, reference=plain)
     assert [len(k) for k in same] == [len(r) for r in s.responses]
     assert all(k == 0.0 for row in same for k in row)
     with s.model.disable_adapter():  # 关掉适配器的 LoRA 模型对它自己（参考 = 关掉适配器）：同样是 0
-        off = inference.kl_to_reference(plain, s.tok, s.prompts, s.responses, reference=s.model)
+        off = sampling.kl_to_reference(plain, s.tok, s.prompts, s.responses, reference=s.model)
     assert all(k == 0.0 for row in off for k in row)
 
 
@@ -188,10 +194,10 @@ def test_chunked_kl_equals_a_float64_computation_over_the_whole_vocabulary(kl_se
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from qwen_rlhf import inference, models
+    from qwen_rlhf import models, sampling
 
     s = kl_setup
-    got = inference.kl_to_reference(s.model, s.tok, s.prompts, s.responses, batch_size=2, chunk_bytes=3 * 4 * 151936)
+    got = sampling.kl_to_reference(s.model, s.tok, s.prompts, s.responses, batch_size=2, chunk_bytes=3 * 4 * 151936)
     assert all(k > 0 for row in got for k in row)  # B 不为 0：每个位置都离开了 SFT
     m64 = get_peft_model(models.load_causal_lm(tiny_model, s.tok, dtype=torch.float64),
                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"],
@@ -210,7 +216,7 @@ def test_chunked_kl_equals_a_float64_computation_over_the_whole_vocabulary(kl_se
 def test_kl_grows_when_the_adapter_weights_are_scaled_up(kl_setup):
     import torch
 
-    from qwen_rlhf import inference, metrics
+    from qwen_rlhf import metrics, sampling
 
     s = kl_setup
     sizes = []
@@ -219,7 +225,7 @@ def test_kl_grows_when_the_adapter_weights_are_scaled_up(kl_setup):
             for name, w in s.model.named_parameters():
                 if "lora_B" in name:
                     w.mul_(scale)
-        sizes.append(metrics.per_token_kl(inference.kl_to_reference(s.model, s.tok, s.prompts, s.responses)))
+        sizes.append(metrics.kl_stats(sampling.kl_to_reference(s.model, s.tok, s.prompts, s.responses), 1)["kl_seq"])
         with torch.no_grad():
             for name, w in s.model.named_parameters():
                 if "lora_B" in name:
@@ -234,7 +240,7 @@ def test_the_kl_pass_never_holds_a_tensor_larger_than_its_chunk(kl_setup):
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from qwen_rlhf import inference
+    from qwen_rlhf import sampling
 
     class Largest(TorchDispatchMode):
         biggest = 0
@@ -251,7 +257,7 @@ def test_the_kl_pass_never_holds_a_tensor_larger_than_its_chunk(kl_setup):
     s = kl_setup
     budget = 2 * 4 * 151936
     with Largest():
-        inference.kl_to_reference(s.model, s.tok, s.prompts, s.responses, chunk_bytes=budget)
+        sampling.kl_to_reference(s.model, s.tok, s.prompts, s.responses, chunk_bytes=budget)
     assert 0 < Largest.biggest <= budget, Largest.biggest
     with Largest():  # 对照：一次前向的完整 logits 远超这个上限，钩子确实看得到它
         with torch.no_grad():
@@ -259,10 +265,66 @@ def test_the_kl_pass_never_holds_a_tensor_larger_than_its_chunk(kl_setup):
     assert Largest.biggest > 10 * budget
 
 
+def test_the_kl_pass_builds_no_kv_cache_and_its_peak_memory_follows_the_batch_size(tmp_path):
+    """精确 KL 的一遍前向不建 KV 缓存（Qwen3-0.6B 上一批要多占约 1 GB）、一次只放 batch_size 条：用 torch 的分发钩子
+    数活着的张量的总字节数（不是最大的那一个），取峰值。8 层、KV 头和注意力头一样多的迷你模型上，20 条回答的 KV 缓存
+    约 20 MB，比其余的中间张量都大。"""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from qwen_rlhf import data, models, sampling, tiny
+
+    class Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+
+        def _free(self, n):
+            self.live -= n
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not func.is_view:
+                inputs = [a for a in args if isinstance(a, torch.Tensor)]
+                for t in (out if isinstance(out, (tuple, list)) else [out]):
+                    if isinstance(t, torch.Tensor) and not any(t is a for a in inputs):  # 原地操作不是新分配
+                        n = t.untyped_storage().nbytes()
+                        self.live += n
+                        self.peak = max(self.peak, self.live)
+                        weakref.finalize(t, self._free, n)
+            return out
+
+    folder = tiny.build(tmp_path / "deep", dict(tiny.TINY, num_hidden_layers=8, num_key_value_heads=4, head_dim=64))
+    tok = models.load_tokenizer(folder, padding_side="left")
+    model, ref = (models.load_causal_lm(folder, tok).eval() for _ in range(2))
+    prompts = [data.prompt_ids(tok, q) for q in COMMON_QUESTIONS] * 2
+    responses = [list(range(100, 140))] * len(prompts)
+    tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses))
+    kv_cache = 8 * 2 * 4 * 64 * 4 * tokens  # 层 × (K, V) × KV 头 × head_dim × fp32 × token
+
+    def peak(batch_size):
+        with Live() as live:
+            sampling.kl_to_reference(model, tok, prompts, responses, reference=ref, batch_size=batch_size,
+                                     chunk_bytes=4 * 151936)
+        return live.peak
+
+    one, twenty = peak(1), peak(20)
+    forward = model.model.forward  # 对照：强制建 KV 缓存（以前的写法），峰值多出整个缓存
+    with pytest.MonkeyPatch.context() as mp:
+        for m in (model, ref):
+            mp.setattr(m.model, "forward", lambda *a, f=m.model.forward, **k: f(*a, **{**k, "use_cache": True}))
+        cached = peak(20)
+    assert model.model.forward == forward
+    assert twenty < cached - kv_cache / 2, (twenty, cached, kv_cache)
+    assert one < twenty / 1.5, (one, twenty)  # 一次一条：峰值随 batch_size 变小
+
+
 def test_fast_cpu_sampling_draws_from_the_same_distribution_and_never_a_filtered_token():
     import torch
 
-    from qwen_rlhf.inference import fast_cpu_sampling
+    from qwen_rlhf.sampling import fast_cpu_sampling
 
     probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(40000, 1)
     torch.manual_seed(0)
@@ -275,8 +337,44 @@ def test_fast_cpu_sampling_draws_from_the_same_distribution_and_never_a_filtered
     counts = torch.bincount(first.flatten(), minlength=5).float() / len(first)
     assert counts[1] == 0 and counts[4] == 0  # 概率为 0 的 token（top-k / top-p 滤掉的）永远抽不到
     assert counts.tolist() == pytest.approx([0.5, 0.0, 0.3, 0.2, 0.0], abs=0.01)
-    assert torch.multinomial is not None and torch.multinomial.__name__ == "multinomial"  # 出了 with 就换回来
-    assert torch.multinomial.__module__ != "qwen_rlhf.inference"
+    assert torch.multinomial.__module__ != "qwen_rlhf.sampling"  # 出了 with 就换回来
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1])
+def test_fast_cpu_sampling_raises_torchs_own_error_on_a_broken_row(bad):
+    """发散的策略（NaN / inf / 负的概率）：和 torch.multinomial 一样报错，而不是悄悄抽出词表最后一个 token。"""
+    import torch
+
+    from qwen_rlhf.sampling import fast_cpu_sampling
+
+    probs = torch.tensor([[0.5, 0.5, 0.0], [0.2, bad, 0.3]])
+    with pytest.raises(RuntimeError) as theirs:
+        torch.multinomial(probs, 1)
+    with fast_cpu_sampling(), pytest.raises(RuntimeError) as ours:
+        torch.multinomial(probs, 1)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_fast_cpu_sampling_is_active_only_in_the_thread_that_entered_it():
+    """别的线程（例如同一进程里 chat 的流式输出、用户自己的代码）在这期间调用 torch.multinomial，拿到的仍是 torch 原本的
+    随机数流：同样的种子、同样的结果。"""
+    import threading
+
+    import torch
+
+    from qwen_rlhf.sampling import fast_cpu_sampling
+
+    probs = torch.softmax(torch.randn(4, 1000, generator=torch.Generator().manual_seed(1)), -1)
+    expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(5))
+    got = {}
+    with fast_cpu_sampling():
+        worker = threading.Thread(target=lambda: got.update(
+            ids=torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(5))))
+        worker.start()
+        worker.join()
+        inside = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got["ids"], expected)
+    assert not torch.equal(inside, expected)  # 本线程里用的是另一串随机数（快的那个）
 
 
 def test_one_of_sft_ppo_only_skips_gains(tmp_path):
@@ -465,15 +563,15 @@ def test_n_way_benchmark_reports_every_model_against_sft_with_intervals_kl_and_c
     for name in ("ppo", "twin"):
         m = models[name]
         for key in ("mean_score", "mean_score_ci95", "mean_gain_vs_sft", "mean_gain_vs_sft_ci95", "win_rate_vs_sft",
-                    "win_rate_vs_sft_ci95", "wins", "ties", "losses", "kl_to_sft", "mean_tokens", "empty_share",
+                    "win_rate_vs_sft_ci95", "wins", "ties", "losses", "kl_seq", "kl_per_token", "mean_tokens", "empty_share",
                     "unfinished_share", "distinct_2", "training_cost"):
             assert key in m, key
         lo, hi = m["mean_score_ci95"]
         assert lo <= m["mean_score"] <= hi and m["wins"] + m["ties"] + m["losses"] == summary["num_questions"]
     twin_ = models["twin"]
     assert twin_["mean_gain_vs_sft_ci95"] == [0.0, 0.0] and twin_["ties"] == summary["num_questions"]
-    assert twin_["kl_to_sft"] == 0.0  # 和 SFT 一模一样的完整模型：每个位置的精确 KL 都是 0（不是"接近 0"）
-    assert models["ppo"]["kl_to_sft"] > 0  # LoRA 改变了分布
+    assert twin_["kl_seq"] == 0.0  # 和 SFT 一模一样的完整模型：每个位置的精确 KL 都是 0（不是"接近 0"）
+    assert models["ppo"]["kl_seq"] > 0  # LoRA 改变了分布
     # 训练花费读自各自的 stage.json
     ppo_cost = json.loads((pipeline["ppo"] / "stage.json").read_text(encoding="utf-8"))["cost"]
     assert models["ppo"]["training_cost"] == ppo_cost and models["sft"]["training_cost"]["wall_s"] > 0
@@ -555,12 +653,13 @@ def test_different_split_options_are_refused(pipeline, tiny_model, tmp_path):
 
 def test_every_reported_kl_is_non_negative_and_the_report_says_what_it_means(bench):
     """精确 KL（对整个词表求和）不会是负数，报告不再需要解释"为什么是负的"，只用一句话说它是什么。"""
-    kls = {m: s["kl_to_sft"] for m, s in bench.summary["models"].items()}
+    kls = {m: s["kl_seq"] for m, s in bench.summary["models"].items()}
     assert kls["sft"] == 0.0 and kls["ppo"] > 0
-    assert all(row["kl_to_sft"] >= 0 for row in bench.summary["trajectory"])  # 得分-KL 图上的每个点
+    assert all(row["kl_seq"] >= 0 for row in bench.summary["trajectory"])  # 得分-KL 图上的每个点
     assert "可以小于 0" not in bench.md and "一定 ≥ 0" in bench.md and "对整个词表求和" in bench.md
+    assert "训练约束的那个量" in bench.md and "objective/kl" in bench.md  # 为什么和 TRL 记的不一样
     line = next(x for x in bench.proc.stdout.splitlines() if x.startswith("[生成] ppo"))
-    assert f"离 SFT 的 KL 每 token {kls['ppo']:.4f}" in line
+    assert f"离 SFT 的序列 KL {kls['ppo']:.3f}" in line
 
 
 def test_top_k_then_top_p_samples_exactly_what_transformers_own_warpers_sample(tiny_model):
@@ -568,18 +667,18 @@ def test_top_k_then_top_p_samples_exactly_what_transformers_own_warpers_sample(t
     同样的种子下采出逐 token 相同的回答；inference.generate 用的就是它。"""
     import torch
 
-    from qwen_rlhf import data, inference, models
+    from qwen_rlhf import data, models, sampling
 
     tok = models.load_tokenizer(tiny_model, padding_side="left")
     model = models.load_causal_lm(tiny_model, tok).eval()
-    ids, mask = inference.left_pad(tok, [data.prompt_ids(tok, q) for q in COMMON_QUESTIONS])
+    ids, mask = sampling.left_pad(tok, [data.prompt_ids(tok, q) for q in COMMON_QUESTIONS])
     common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12, do_sample=True,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     theirs = model.generate(**common, temperature=0.7, top_k=20, top_p=0.8)
     torch.manual_seed(0)
     ours = model.generate(**common, temperature=1.0, top_k=0, top_p=1.0,
-                          logits_processor=[inference.TopKTopP(0.7, 20, 0.8)])
+                          logits_processor=[sampling.TopKTopP(0.7, 20, 0.8)])
     assert torch.equal(theirs, ours)
     torch.manual_seed(0)
     plain = model.generate(**common, temperature=0.7, top_k=20, top_p=1.0)  # 对照：top-p 真的起了作用

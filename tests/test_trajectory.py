@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import TINY, last_line, rl_args, run_inline, run_script, stage_args
 
-from qwen_rlhf import metrics, policy, report
+from qwen_rlhf import metrics, policy, report, words
+from qwen_rlhf import trajectory as traj
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING
 from qwen_rlhf.metrics import Answer
 
@@ -24,42 +25,37 @@ def info(folder):
 # ---------------------------------------------------------------- 读曲线的纯函数
 
 
-def curve(*points):
-    """[(kl, 代理分, 金标准分)] -> method_curves 的格式；噪声（区间半宽）0.1。"""
-    return [{"kl": k, "proxy": p, "gold": g, "proxy_half": 0.1, "gold_half": 0.1, "seeds": 1} for k, p, g in points]
-
-
-@pytest.mark.parametrize("points, verdict", [
-    ([(0, 0, 0), (0.1, 1, 0.8), (0.3, 2, 1.0), (0.6, 3, 0.2)], "overoptimised"),  # 金标准先升后降
-    ([(0, 0, 0), (0.1, 1, -0.3), (0.3, 2, -0.9)], "gold_falls"),  # 从一开始就降
-    ([(0, 0, 0), (0.1, 1, 0.05), (0.3, 2, -0.05)], "gold_flat"),  # 在噪声之内没变
-    ([(0, 0, 0), (0.1, 1, 0.5), (0.3, 2, 0.9)], "both_rise"),
-    ([(0, 0, 0), (0.1, 0.05, 0.5), (0.3, 0.02, 0.9)], "proxy_flat"),  # 代理分自己都没升
-    ([(0, 0, None), (0.1, 1, None)], "no_gold"),
-])
-def test_overoptimisation_reads_the_shape_of_the_gold_curve(points, verdict):
-    got = metrics.overoptimisation(curve(*points))
-    assert got["verdict"] == verdict, got
-    if verdict == "overoptimised":
-        assert got["peak_kl"] == 0.3 and got["gold_drop_after_peak"] == pytest.approx(0.8)
-        line = report.VERDICTS[verdict].format(**got)
-        assert "KL≈0.300" in line and "回落了 0.80" in line
-
-
-def test_trajectory_rows_and_method_curves_average_seeds_point_by_point():
-    qs = ["甲", "乙"]
-    answers = [Answer(q, "held_out", m, "x", s, 1, gold=g) for m, s, g in
-               [("sft", 0.0, 0.0), ("a@1", 1.0, 1.0), ("a", 2.0, 0.5), ("b@1", 3.0, 1.0), ("b", 4.0, 1.5)] for q in qs]
-    metrics.add_gains(answers)
+def test_trajectory_rows_use_the_sequence_kl_and_put_every_judge_on_the_sft_scale():
+    """每个点：序列 KL（每个问题的平均）及区间、√KL、每 token KL；每位评委的平均分、相对 SFT 的配对提升、以 SFT 标准差
+    为单位的提升。几个种子按训练进度（seen）对齐：只有所有种子都有的进度点才进平均曲线。"""
+    points = {"sft": {"kl_seq": [0.0, 0.0], "kl_token": 0.0, "proxy": [0.0, 2.0], "gold": [1.0, 1.0]},
+              "a@1": {"kl_seq": [0.5, 1.5], "kl_token": 0.1, "proxy": [1.0, 3.0], "gold": [2.0, 2.0]},
+              "a": {"kl_seq": [4.0, 4.0], "kl_token": 0.2, "proxy": [2.0, 4.0], "gold": [1.0, 1.0]},
+              "b@1": {"kl_seq": [1.0, 1.0], "kl_token": 0.1, "proxy": [1.0, 3.0], "gold": [3.0, 3.0]},
+              "b": {"kl_seq": [9.0, 9.0], "kl_token": 0.3, "proxy": [4.0, 6.0], "gold": [1.0, 1.0]}}
     runs = [{"method": "grpo", "run": r, "seed": i, "points": [("sft", None), (f"{r}@1", {"step": 1, "seen": 8, "unit":
-             "answers"}), (r, {"step": 2, "seen": 16, "unit": "answers"})]} for i, r in enumerate(("a", "b"))]
-    rows = metrics.trajectory_rows(answers, runs, {"a@1": 0.1, "a": 0.2, "b@1": 0.3, "b": 0.4})
-    assert [(r["model"], r["step"], r["seen"], r["kl_to_sft"]) for r in rows[:3]] == [
-        ("sft", 0, 0, 0.0), ("a@1", 1, 8, 0.1), ("a", 2, 16, 0.2)]
-    assert rows[2]["proxy_mean"] == 2.0 and rows[2]["gold_mean"] == 0.5 and rows[2]["proxy_gain_ci95"] == [2.0, 2.0]
-    (grpo,) = metrics.method_curves(rows).values()
-    assert [(p["kl"], p["proxy"], p["gold"], p["seeds"]) for p in grpo] == [
-        (0.0, 0.0, 0.0, 2), (pytest.approx(0.2), 2.0, 1.0, 2), (pytest.approx(0.3), 3.0, 1.0, 2)]
+             "answers"}), (r, {"step": 2, "seen": 16 + 8 * i, "unit": "answers"})]} for i, r in enumerate(("a", "b"))]
+    rows = traj.point_rows(runs, points, {"proxy": 2.0, "gold": 0.5})
+    a = rows[2]
+    assert (a["model"], a["seen"], a["kl_seq"], a["sqrt_kl"], a["kl_per_token"]) == ("a", 16, 4.0, 2.0, 0.2)
+    assert (a["proxy_gain"], a["proxy_gain_sd"], a["gold_gain"], a["gold_gain_sd"]) == (2.0, 1.0, 0.0, 0.0)
+    assert rows[1]["gold_gain_sd"] == pytest.approx(2.0) and rows[1]["gold_gain_ci95"] == [1.0, 1.0]
+    (grpo,) = traj.method_curves(rows).values()
+    # 最终结果的进度不同（16 vs 24）：平均曲线只留两个种子都有的 SFT 和第 8 个回答处
+    assert [(p["seen"], p["kl_seq"], p["gold_gain_sd"], p["seeds"]) for p in grpo] == [
+        (0, 0.0, 0.0, 2), (8, pytest.approx(1.0), pytest.approx(3.0), 2)]
+
+
+def test_the_verdict_is_written_from_the_test_result_and_states_its_error_rate():
+    summary = {"overoptimisation": {"grpo (beta=0)": {
+        "proxy": {"gain": 1.2, "gain_ci95": [0.5, 1.9], "word": "rise"}, "final_kl_seq": 2.5,
+        "gold": {"gain": -0.4, "gain_ci95": [-0.9, 0.1], "word": "not_confirmed", "verdict": "overoptimised",
+                 "drop": 0.9, "drop_ci95": [0.3, 1.5], "p_value": 0.01, "alpha": 0.05, "points": 5, "runs": 1,
+                 "proxy_rise_after_peak": 0.7, "kl_rise_after_peak": 1.1, "peak_kl": 0.4}}}}
+    first, line = words.trajectory_paragraphs(summary)
+    assert "不超过 5%" in first and "tests/test_verdict.py" in first
+    assert line.startswith("**grpo (beta=0)**") and "回落了 0.90" in line and "p = 0.010" in line
+    assert "没有得到证实（区间碰到 0）" in line and "不认同" not in line
 
 
 def test_a_run_with_a_non_default_kl_coefficient_carries_it_in_its_method_label(tmp_path):
@@ -84,12 +80,12 @@ def test_dpo_diagnosis_tells_not_learned_from_learned_but_displaced():
         return ("dpo", {"held_out": {"pairs": 37, "preference_accuracy": acc, "logp_chosen_change": chosen,
                                      "logp_rejected_change": rejected}, "empty_share": 0.44, "mean_tokens": 2.0})
 
-    assert "没学会这份偏好" in report.dpo_diagnosis([member(0.52, -0.1, -0.1)], sft)
-    displaced = report.dpo_diagnosis([member(0.82, -1.7, -4.2)], sft)
+    assert "没学会这份偏好" in words.dpo_diagnosis([member(0.52, -0.1, -0.1)], sft)
+    displaced = words.dpo_diagnosis([member(0.82, -1.7, -4.2)], sft)
     assert "学会了区分" in displaced and "似然位移" in displaced and "空回答占 44%（SFT 20%）" in displaced
     assert "log p(chosen) -1.70" in displaced and "准确率 82%" in displaced
-    assert "这个 RM 不奖励" in report.dpo_diagnosis([member(0.9, 0.5, -2.0)], sft)
-    assert report.dpo_diagnosis([("ppo", {"held_out": None})], sft) == ""
+    assert "这个 RM 不奖励" in words.dpo_diagnosis([member(0.9, 0.5, -2.0)], sft)
+    assert words.dpo_diagnosis([("ppo", {"held_out": None})], sft) == ""
 
 
 def test_fluency_pairs_shuffle_the_chosen_answer_and_skip_what_cannot_change():
@@ -256,12 +252,14 @@ def test_trajectory_csv_has_every_snapshot_in_training_order_with_both_judges_an
     for rows in by_run.values():
         assert [int(r["step"]) for r in rows] == sorted(int(r["step"]) for r in rows)
         assert [int(r["seen"]) for r in rows] == sorted(int(r["seen"]) for r in rows)
-        assert rows[0]["kl_to_sft"] == "0.000000" and all(float(r["kl_to_sft"]) > 0 for r in rows[1:])
-    for r in trajectory.rows:  # 每个点的分数 = results.csv 里这个模型的回答的平均分（两位评委各自的）
-        mine = [a for a in trajectory.results if a["model"] == r["model"]]
-        assert float(r["proxy_mean"]) == pytest.approx(sum(float(a["score"]) for a in mine) / len(mine), abs=1e-4)
-        assert float(r["gold_mean"]) == pytest.approx(sum(float(a["gold_score"]) for a in mine) / len(mine), abs=1e-4)
-        assert float(r["proxy_ci_low"]) <= float(r["proxy_mean"]) <= float(r["proxy_ci_high"])
+        assert rows[0]["kl_seq"] == "0.000000" and all(float(r["kl_seq"]) > 0 for r in rows[1:])
+        assert all(float(r["sqrt_kl"]) == pytest.approx(float(r["kl_seq"]) ** 0.5, abs=1e-4) for r in rows)
+        assert all(float(r["kl_seq_ci_low"]) <= float(r["kl_seq"]) <= float(r["kl_seq_ci_high"]) for r in rows)
+        for r in rows:  # 两位评委：相对 SFT 的提升 = 这个点的平均分 − SFT 的（同一批问题，配对），区间包住它
+            for j in ("proxy", "gold"):
+                assert float(r[f"{j}_gain"]) == pytest.approx(float(r[f"{j}_mean"]) - float(rows[0][f"{j}_mean"]),
+                                                             abs=2e-4)
+                assert float(r[f"{j}_gain_ci_low"]) <= float(r[f"{j}_gain"]) + 1e-4
     assert {r["unit"] for r in by_run["dpo"][1:]} == {"pairs"} and by_run["ppo"][-1]["seen"] == "512"
 
 
@@ -270,11 +268,12 @@ def test_the_report_reads_the_trajectory_and_shows_both_judges_side_by_side(traj
     assert "## 训练轨迹：代理分、金标准分与 KL" in md and "奖励过度优化" in md
     assert set(summary["overoptimisation"]) == {"ppo", "grpo", "dpo"}
     for method, r in summary["overoptimisation"].items():
-        assert r["verdict"] in report.VERDICTS
-        assert f"**{method}**（{r['points']} 个点）：" + report.VERDICTS[r["verdict"]].format(**r) in md
+        assert r["gold"]["verdict"] in words.VERDICTS and r["proxy"]["word"] in words.GAIN_WORDS
+        assert f"**{method}**：最终相对 SFT，代理分 {r['proxy']['gain']:+.2f}" in md
+    assert f"不超过 {traj.ALPHA:.0%}" in md  # 判定的误报率写在报告里
     assert "代理 RM（训练时优化的）在" in md and "金标准评委（只用来评测）在" in md
     assert summary["gold"]["accuracy"] >= 0 and summary["gold"]["folder"] != summary["rm"]["folder"]
-    assert "金标准提升" in md and summary["models"]["ppo"]["gold_gain_vs_sft_ci95"] is not None
+    assert "金标准提升(SFT标准差)" in md and summary["models"]["ppo"]["gold_mean_gain_vs_sft_ci95"] is not None
     assert "**dpo**　DPO：" in md and "诊断：留出" in md  # DPO 的那段带着它自己在留出偏好对上的诊断
     png = trajectory.folder / report.REWARD_KL_PNG
     assert png.read_bytes()[:8] == PNG_SIGNATURE and f"]({report.REWARD_KL_PNG})" in md
