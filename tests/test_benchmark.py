@@ -683,3 +683,57 @@ def test_top_k_then_top_p_samples_exactly_what_transformers_own_warpers_sample(t
     torch.manual_seed(0)
     plain = model.generate(**common, temperature=0.7, top_k=20, top_p=1.0)  # 对照：top-p 真的起了作用
     assert not torch.equal(theirs, plain)
+
+
+OUTSIDE_CLIENT = r'''
+"""一个用户自己的脚本：只用 transformers / peft，照 summary.json 里记下的种子和解码，重新生成评测的回答。"""
+import json, sys
+from pathlib import Path
+
+import torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+folder, questions, opts = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+adapter = (folder / "adapter_config.json").is_file()
+model = (AutoPeftModelForCausalLM if adapter else AutoModelForCausalLM).from_pretrained(str(folder)).eval()
+tok = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
+prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=True, add_generation_prompt=True,
+                                   enable_thinking=False, return_dict=True)["input_ids"] for q in questions]
+order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # 评测的分批：按提示长度排序，每 batch_size 个一批
+set_seed(opts["seed"])
+out = {}
+for s in range(0, len(order), opts["batch_size"]):
+    idx = order[s:s + opts["batch_size"]]
+    batch = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**batch, do_sample=True, temperature=opts["temperature"], top_p=opts["top_p"],
+                             top_k=opts["top_k"], max_new_tokens=opts["max_new_tokens"])
+    for i, row in zip(idx, ids[:, batch["input_ids"].shape[1]:].tolist()):
+        row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
+        out[questions[i]] = tok.decode(row, skip_special_tokens=True).strip()
+print(json.dumps(out, ensure_ascii=False))
+'''
+
+
+@pytest.mark.parametrize("name", ["sft", "ppo"])
+def test_a_plain_transformers_script_reproduces_every_sampled_answer(bench, pipeline, tmp_path, name):
+    """评测的采样回答（tiny 配方是 --do_sample）= 用户自己的脚本用 summary.json 里的种子和解码、同样的分批调用
+    model.generate 得到的回答，一个字都不差（PPO 用 peft 自己的 AutoPeftModelForCausalLM 读适配器）。以前 CPU 上换成了
+    自己的抽样，随机数流不同，这里 0/N 相同。"""
+    import subprocess
+    import sys
+
+    opts = bench.summary["options"]
+    assert opts["do_sample"]
+    mine = {r["question"]: r["response"] for r in bench.rows if r["model"] == name}
+    script = tmp_path / "client.py"
+    script.write_text(OUTSIDE_CLIENT, encoding="utf-8")
+    folder = pipeline[name]
+    r = subprocess.run([sys.executable, script, folder, json.dumps(list(mine), ensure_ascii=False),
+                        json.dumps({k: opts[k] for k in ("seed", "batch_size", "temperature", "top_p", "top_k",
+                                                          "max_new_tokens")})],
+                       cwd=folder.parent.parent, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    theirs = json.loads(r.stdout.strip().splitlines()[-1])
+    assert theirs == mine
