@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_compare.py            # 两个全新的仓库副本里各从零跑一遍 demo.sh 和 compare.sh，写 bench/results/compare_tiny.json
     .venv/bin/python bench/bench_compare.py --keep DIR # compare.sh 复用 DIR（已有的模型跳过，只补缺的），跑完留下来；不跑演示
     WEAK_KL=1 .venv/bin/python bench/bench_compare.py --out bench/results/compare_tiny_weak_kl.json   # 另加 KL 为 0 的运行
+    RPO=1 … 另加 DPO + rpo_alpha 的运行（环境变量原样交给 compare.sh）
 
 从零跑：迷你基座、SFT、RM、金标准评委也在计时内。各阶段的用时读它们自己写的 stage.json 里的 cost.wall_s
 （含加载模型），评测的读 summary.json；整个 compare.sh 和 demo.sh 的墙钟时间另记，并给出两者之比。
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
-from qwen_rlhf import report  # noqa: E402
+from qwen_rlhf import words  # noqa: E402
 
 
 def main():
@@ -74,14 +75,18 @@ def main():
         "benchmark_wall_s": summary["cost"]["wall_s"], "benchmark_timing": summary["timing"],
         "stage_wall_s": per_stage_s, "runs": stages,
         "num_questions": summary["num_questions"], "rm": summary["rm"], "gold": summary["gold"],
+        "null": summary.get("null"), "gold_base": summary.get("gold_base"), "kl_sampling": summary.get("kl_sampling"),
         "by_method": summary["by_method"], "overoptimisation": summary.get("overoptimisation"),
         "trajectory": summary.get("trajectory"),
         "models": {m: {k: s.get(k) for k in ("mean_score", "mean_score_ci95", "mean_gain_vs_sft", "mean_gain_vs_sft_ci95",
                                              "win_rate_vs_sft", "win_rate_vs_sft_ci95", "wins", "ties", "losses",
-                                             "gold_score", "gold_score_ci95", "gold_gain_vs_sft", "gold_gain_vs_sft_ci95",
-                                             "kl_to_sft", "mean_tokens", "empty_share", "distinct_2", "held_out")}
+                                             "gain_in_sft_sd", "gain_in_sft_sd_ci95", "gold_score", "gold_mean_gain_vs_sft",
+                                             "gold_mean_gain_vs_sft_ci95", "gold_gain_in_sft_sd",
+                                             "gold_gain_in_sft_sd_ci95", "null_mean_gain_vs_sft", "null_gain_in_sft_sd",
+                                             "kl_seq", "kl_seq_ci95", "kl_per_token", "mean_tokens", "empty_share",
+                                             "distinct_2", "held_out")}
                    for m, s in summary["models"].items()},
-        "report_paragraphs": report.method_paragraphs(summary) + report.trajectory_paragraphs(summary),
+        "report_paragraphs": words.method_paragraphs(summary) + words.trajectory_paragraphs(summary),
     }
     common.write_result(result, Path(a.out))
     if not a.keep:
