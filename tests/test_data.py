@@ -217,3 +217,21 @@ def test_columns_that_cannot_be_mapped_are_refused_naming_the_columns_found(tmp_
 def test_malformed_column_mapping_is_refused_before_reading(tmp_path):
     with pytest.raises(UserError, match="--columns 里的 'answer=good' 看不懂"):
         data.load_rows(str(tmp_path / "never-read.jsonl"), columns="question=q,answer=good")
+
+
+def test_dpo_tokens_are_cut_exactly_as_trls_dpo_trainer_cuts_them():
+    """DPO 的留出诊断用的 token = TRL 1.12 的 DPOTrainer 训练时用的：提示 + 回答整段分词再切掉提示，回答以
+    `<|im_end|>\\n` 结尾（单独给回答分词不含那个换行）。"""
+    from trl.data_utils import _tokenize
+
+    from qwen_rlhf import models, tiny
+
+    tok = models.load_tokenizer(tiny.tokenizer_files())
+    for row in SAMPLE[:5]:
+        example = data.dpo_example(row, "你是一个助手")
+        kwargs = {"tools": None, **example["chat_template_kwargs"]}
+        prompt = _tokenize(tok, example["prompt"], add_generation_prompt=True, **kwargs)["input_ids"]
+        want = [_tokenize(tok, example["prompt"] + example[k], **kwargs)["input_ids"][len(prompt):]
+                for k in ("chosen", "rejected")]
+        assert data.dpo_token_ids(tok, example) == (prompt, *want)
+        assert want[0][-2:] == tok("<|im_end|>\n", add_special_tokens=False)["input_ids"]

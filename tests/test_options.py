@@ -77,3 +77,22 @@ def test_only_the_library_rename_warnings_are_silenced(tiny_model):
         assert model.is_gradient_checkpointing
     future = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert len(future) >= 3 and all(re.match(qwen_rlhf.RENAMED_WARNINGS, m) for m in future), future
+
+
+def test_the_dataset_fingerprint_patch_lives_only_for_one_training(tmp_path):
+    """prepare 起到训练结束（GracefulStop.restore：fit 的 finally、on_train_end）为止，datasets 不算昂贵的指纹；之后
+    datasets 的函数换回原来的，同一进程里别的代码不受影响。"""
+    from types import SimpleNamespace
+
+    import datasets.arrow_dataset
+    import datasets.fingerprint
+
+    from qwen_rlhf import training
+
+    original = datasets.fingerprint.update_fingerprint, datasets.arrow_dataset.update_fingerprint
+    cfg = SimpleNamespace(process_index=0, output_dir=None)
+    _, stop = training.prepare(cfg, tmp_path / "result", "dpo")
+    assert datasets.arrow_dataset.update_fingerprint is not original[1]
+    assert datasets.fingerprint.update_fingerprint is not original[0]
+    stop.restore()
+    assert (datasets.fingerprint.update_fingerprint, datasets.arrow_dataset.update_fingerprint) == original

@@ -342,3 +342,55 @@ def test_the_adapter_weights_really_are_what_the_snapshot_saved(rl_runs):
     assert final.keys() == first.keys() == last.keys()
     assert any(not torch.equal(final[k], first[k]) for k in final)
     assert all(torch.equal(final[k], last[k]) for k in final)
+
+
+def test_the_gold_judge_defaults_to_another_base_and_the_null_judge_to_the_proxys():
+    """--role gold 默认换一个更大的基座（不是代理 RM 的"兄弟"）；--role null 和代理 RM 同一个基座、只换种子和文件夹。
+    配方和命令行仍然优先（tiny 的金标准配方用更大的迷你基座）。"""
+    from qwen_rlhf import recipes
+
+    proxy, gold, null = (recipes.parse("rm", ["--role", role])[0] for role in ("proxy", "gold", "null"))
+    proxy_cfg, gold_cfg, null_cfg = (recipes.parse("rm", ["--role", role])[1] for role in ("proxy", "gold", "null"))
+    assert gold.model_name_or_path != proxy.model_name_or_path == null.model_name_or_path
+    assert len({proxy_cfg.seed, gold_cfg.seed, null_cfg.seed}) == 3
+    assert len({proxy_cfg.output_dir, gold_cfg.output_dir, null_cfg.output_dir}) == 3
+    tiny_gold = recipes.parse("rm", ["--config", str(TINY / "rm_gold.yaml")])[0]
+    tiny_null = recipes.parse("rm", ["--config", str(TINY / "rm_null.yaml")])[0]
+    tiny_proxy = recipes.parse("rm", ["--config", str(TINY / "rm.yaml")])[0]
+    assert tiny_gold.model_name_or_path != tiny_proxy.model_name_or_path == tiny_null.model_name_or_path
+    assert tiny_null.role == "null"  # YAML 里的 null 加了引号，不是空值
+
+
+@pytest.mark.parametrize("role, who", [("gold", "金标准评委"), ("null", "空评委")])
+def test_neither_evaluation_judge_is_accepted_as_a_training_reward(tmp_path, role, who):
+    from qwen_rlhf import outputs
+    from qwen_rlhf.errors import UserError
+
+    folder = tmp_path / "judge"
+    folder.mkdir()
+    (folder / "stage.json").write_text(json.dumps({"stage": "rm", "role": role}), encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        outputs.check_reward_model(folder)
+    assert who in str(e.value) and f"--role {role}" in str(e.value)
+
+
+def test_a_gold_judge_on_the_proxys_base_gets_one_warning_line(tmp_path):
+    import benchmark
+
+    proxy = {"base_model": str(tmp_path / "base")}
+    assert benchmark.same_base({"base_model": str(tmp_path / "base" / ".")}, proxy)
+    assert not benchmark.same_base({"base_model": str(tmp_path / "bigger")}, proxy)
+    rm = {"pairs": 4, "accuracy": 1.0, "margin": 2.0, "folder": "rm"}
+    summary = {"rm": rm, "gold": rm, "gold_base": {"same": True, "proxy": "checkpoint/base/Qwen3-0.6B"}}
+    warned = [line for line in words.judge_lines(summary) if "同一个基座" in line]
+    assert len(warned) == 1 and "checkpoint/base/Qwen3-0.6B" in warned[0]
+    assert not [line for line in words.judge_lines({**summary, "gold_base": {"same": False}}) if "同一个基座" in line]
+
+
+def test_an_rpo_dpo_run_is_labelled_apart_from_plain_dpo(tmp_path):
+    import benchmark
+
+    policies = {"dpo": (tmp_path / "a", {"stage": "dpo", "options": {"training": {"beta": 0.1, "rpo_alpha": None}}}),
+                "dpo-rpo": (tmp_path / "b", {"stage": "dpo", "options": {"training": {"beta": 0.1, "rpo_alpha": 1.0}}})}
+    runs, _ = benchmark.model_runs(policies, with_snapshots=False)
+    assert [r["method"] for r in runs] == ["dpo", "dpo (rpo_alpha=1)"]
