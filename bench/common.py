@@ -24,17 +24,23 @@ def commit() -> str:
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    try:
+        head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    except OSError:  # GPU 机器上可能没有 git
+        return "unknown"
     return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def provenance() -> dict:
+    """哪次提交、什么命令、开始 / 结束时机器的负载（1 / 5 / 15 分钟平均；2 核机器空闲时 < 1，> 2 说明有别的任务在抢
+    CPU，这样的用时不能当这台机器的速度引用）。"""
+    return {"commit": commit(), "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+            "load_avg_1_5_15_at_start": LOAD_AT_START, "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()]}
+
+
 def write_result(result: dict, out: Path) -> None:
-    """写结果，附上提交、命令行和开始 / 结束时机器的负载（1 / 5 / 15 分钟平均；2 核机器空闲时 < 1，> 2 说明有别的
-    任务在抢 CPU，这样的用时不能当这台机器的速度引用）。"""
-    result = {**result, "commit": commit(),
-              "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-              "load_avg_1_5_15_at_start": LOAD_AT_START,
-              "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()]}
+    """写结果，附上 provenance()。"""
+    result = {**result, **provenance()}
     text = json.dumps(result, ensure_ascii=False, indent=2)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")

@@ -363,7 +363,7 @@ def main():
     result = {"machine": common.machine(info["gpu"] or "no GPU"), "size": size_name, "device": device,
               "gpu": info["gpu"], "precision": precision, "ok": not failed, "total_s": total,
               "prepare": {"wall_s": prep["wall_s"], "peak_rss_mb": prep["peak_rss_mb"], "data": info["data"]},
-              "stages": stages}
+              "stages": stages, **common.provenance()}
     print()
     print(report_table(result))
     target = Path(a.out) if a.out else result_file(size_name, device)
