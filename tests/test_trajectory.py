@@ -325,8 +325,10 @@ def test_the_gold_judge_must_be_a_gold_role_rm_other_than_the_proxy(pipeline, go
             pipeline["rm"], "--output_dir", tmp_path / "out", "--models", "sft"]
     r = run_inline("benchmark.py", *base, "--gold_model_path", pipeline["rm"], tmp=tmp_path)
     assert r.returncode == EXIT_BAD_INPUT and "不是金标准评委" in last_line(r.stderr) and not (tmp_path / "out").exists()
+    r = run_inline("benchmark.py", *base, "--null_model_path", pipeline["rm"], tmp=tmp_path)  # 空评委也必须是 role: null
+    assert r.returncode == EXIT_BAD_INPUT and "不是空评委" in last_line(r.stderr) and not (tmp_path / "out").exists()
     r = run_inline("benchmark.py", *base, "--gold_model_path", tmp_path / "nowhere", tmp=tmp_path)
-    assert r.returncode == 0 and "[金标准] 没有" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and "[金标准评委] 没有" in r.stdout, r.stderr[-2000:]
     summary = json.loads(next((tmp_path / "out").glob("*/summary.json")).read_text(encoding="utf-8"))
     assert summary["gold"] is None and "gold_score" not in summary["models"]["sft"]
 
