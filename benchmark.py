@@ -22,7 +22,7 @@ from pathlib import Path
 from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, prefs, recipes, report
 from qwen_rlhf import sampling, scoring, trajectory, words
 from qwen_rlhf.console import table
-from qwen_rlhf.stages import STAGES, chat_stages, rl_stages
+from qwen_rlhf.stages import STAGES, chat_stages, oom_hint, rl_stages
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.device import announce_device, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
@@ -473,4 +473,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "benchmark")
+    errors.run(main, oom_hint("benchmark"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from qwen_rlhf import arena, data, errors, inference, options, prefs
+from qwen_rlhf import arena, data, errors, inference, options, prefs, stages
 from qwen_rlhf.device import announce_device, native_bf16, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, UserError
 from qwen_rlhf.options import display_path
@@ -428,4 +428,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "chat")
+    errors.run(main, stages.oom_hint("chat"))

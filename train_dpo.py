@@ -18,7 +18,7 @@ from functools import partial
 
 from trl import DPOTrainer
 
-from qwen_rlhf import data, device, errors, models, options, outputs, policy, prefs, recipes, sampling, training
+from qwen_rlhf import data, device, errors, models, options, outputs, policy, prefs, recipes, sampling, stages, training
 from qwen_rlhf.cost import Cost
 
 
@@ -104,4 +104,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "dpo")
+    errors.run(main, stages.oom_hint("dpo"))

@@ -18,6 +18,7 @@ from qwen_rlhf import data, device, errors, models, options, outputs, policy, pp
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.errors import UserError
 from qwen_rlhf.recipes import PPOArgs
+from qwen_rlhf.stages import oom_hint
 from trl.experimental.ppo import PPOConfig
 
 # 续训时可以和原来不同的选项（只影响保存、日志和显示）；其余任何一个不同都拒绝续训
@@ -175,4 +176,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "ppo")
+    errors.run(main, oom_hint("ppo"))

@@ -17,7 +17,8 @@ from pathlib import Path
 from . import scoring
 from .errors import EXIT_BAD_INPUT, UserError
 from .models import hub_download
-from .options import CHECKPOINT_DIR, input_path, main_process_first
+from .options import main_process_first
+from .paths import CHECKPOINT_DIR, input_path
 
 COLUMNS = ("question", "chosen", "rejected")
 OPTIONAL_COLUMNS = ("system",)
@@ -364,8 +365,6 @@ def fluency_pairs(rows: list[dict], seed: int) -> list[dict]:
     """金标准评委（train_rm.py --role gold）多学的偏好对：每行的 chosen 胜过"把它的字随机打乱"的版本（同样的字、
     没有语序）。代理 RM 只见过"粗鲁 胜过 礼貌"，没见过语无伦次的回答；策略钻代理 RM 空子时吐出的正是一串它爱听的字，
     这一对让第二个评委能分出来。打乱由 seed 决定（同样的选项得到同样的数据）；打乱后和原文一样的（一个字、全是同一个字）跳过。"""
-    import random
-
     rng = random.Random(seed)
     out = []
     for r in rows:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import console, recipes
 from .errors import EXIT_BAD_INPUT, UserError, run
+from .stages import oom_hint
 from .tiny import QWEN3_0_6B
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,4 +313,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(lambda: main(sys.argv[1:]), "memory")
+    run(lambda: main(sys.argv[1:]), oom_hint("memory"))

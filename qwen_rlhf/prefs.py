@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import data, metrics, scoring
 from .errors import EXIT_BAD_INPUT, UserError
-from .options import display_path, input_path, output_path
+from .paths import display_path, input_path, output_path
 
 DEFAULT_FILE = "data/human_prefs.jsonl"
 KEYS = {"1": "a", "2": "b", "0": "tie", "s": "skip"}  # 终端里按的键 -> 文件里的 vote

@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from dataclasses import dataclass, field
 
-from . import options
+import trl
+
+from . import device, options
 from .errors import EXIT_BAD_INPUT, UserError
 from .policy import LoRAArgs
 
@@ -165,8 +168,6 @@ class Recipe:
     sampled: bool = False  # GRPO / RLOO：回答预算 --total_answers 按进程数换成步数（见 steps_for_answers）
 
     def types(self) -> list[type]:
-        import importlib
-
         module, name = self.config.split(":")
         return [self.project, getattr(importlib.import_module(module), name), *([LoRAArgs] if self.lora else [])]
 
@@ -197,7 +198,7 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
     在任何模型加载之前，这里还拒绝本阶段用不了的 DeepSpeed ZeRO-3（refuse_zero3），并按进程数把 GRPO / RLOO 的
     回答预算换成步数（steps_for_answers）。"""
     r = RECIPES[stage]
-    defaults = {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}
+    defaults = {**r.defaults, **device.precision_defaults(allow_fp16=r.allow_fp16)}
     parsed = options.parse(r.types(), defaults, argv)
     if stage == "rm" and ROLES.get(parsed[0].role):  # 金标准评委 / 空评委的默认值（配方和命令行仍然优先）：再解析一次
         parsed = options.parse(r.types(), {**defaults, **ROLES[parsed[0].role]}, argv)
@@ -234,8 +235,6 @@ def __getattr__(name: str):
     """recipes.GRPOConfig / recipes.RLOOConfig：checked_sampled 包过的 TRL 配置类（RECIPES 里 GRPO / RLOO 用它们）。
     用到时才导入 TRL；放在模块属性上，是因为 Trainer 把配置 pickle 进检查点的 training_args.bin，pickle 按"模块.类名"找类。"""
     if name in ("GRPOConfig", "RLOOConfig"):
-        import trl
-
         return checked_sampled(getattr(trl, name))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .paths import CHECKPOINT_DIR
+
 _LR_NAN = "多半是学习率过高或 fp16 溢出：减小 --learning_rate，或在支持的 GPU 上用 --bf16 true。"
 _BATCH_OOM = ("减小 --per_device_train_batch_size（同时增大 --gradient_accumulation_steps 保持总批量），"
               "确认 --gradient_checkpointing true，或减小 --max_length")
@@ -31,8 +33,6 @@ class Stage:
 
     @property
     def folder(self):
-        from .options import CHECKPOINT_DIR  # 用到时才导入：本模块只靠标准库，scripts/compare.sh 用 python3 直接读登记表
-
         return CHECKPOINT_DIR / self.name if self.script else None
 
     @property
