@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "qwen_rlhf"
 LAYERS = {
     "__init__": 0, "paths": 0, "errors": 0, "stages": 0, "console": 0, "metrics": 0,
     "options": 1, "device": 1, "cost": 1, "tiny": 1, "models": 1, "outputs": 1, "data": 1, "scoring": 1,
-    "sampling": 1, "policy": 1, "recipes": 1, "trajectory": 1, "preflight": 1,
+    "sampling": 1, "policy": 1, "datafile": 1, "recipes": 1, "trajectory": 1, "preflight": 1,
     "training": 2, "ppo": 2, "sampled": 2, "inference": 2, "memory": 2, "prefs": 2, "arena": 2, "words": 2,
     "plots": 2, "report": 2, "policy_run": 2, "sampled_run": 2,
 }
