@@ -22,7 +22,7 @@ from pathlib import Path
 from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, prefs, recipes, report
 from qwen_rlhf import sampling, scoring, trajectory, words
 from qwen_rlhf.console import table
-from qwen_rlhf.stages import STAGES, chat_stages, rl_stages
+from qwen_rlhf.stages import STAGES, chat_stages, oom_hint, rl_stages
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.device import announce_device, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
@@ -31,7 +31,7 @@ from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 @dataclass
 class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_path / --ppo_model_path / --grpo_model_path …
     models: str = field(default="", metadata={
-        "help": "要评测的模型，逗号分隔：base / sft / ppo / grpo / rloo / dpo（对应 --model_name_or_path / "
+        "help": f"要评测的模型，逗号分隔：{' / '.join(chat_stages())}（对应 --model_name_or_path / "
                 "--<阶段>_model_path）、快照（ppo@step-50）或本地模型文件夹；SFT 是得分提升、胜率和 KL 的基线。"
                 "默认（空）：sft 加上已经训练好（文件夹里有 stage.json）的每个 RL 阶段"})
     reward_model_path: str = field(default="checkpoint/rm", metadata={
@@ -101,7 +101,7 @@ def default_models(args) -> list[str]:
     paths = args.paths()
     found = [n for n in rl_stages() if n in paths and (options.input_path(paths[n]) / outputs.STAGE_FILE).is_file()]
     if not found:
-        raise UserError("checkpoint/ 里还没有训练好的 RL 模型（ppo / grpo / rloo / dpo）；先运行 python train_ppo.py，"
+        raise UserError(f"checkpoint/ 里还没有训练好的 RL 模型（{' / '.join(rl_stages())}）；先运行 python train_ppo.py，"
                         "或用 --models sft 只评测 SFT。", EXIT_MISSING)
     return ["sft", *found]
 
@@ -473,4 +473,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "benchmark")
+    errors.run(main, oom_hint("benchmark"))

@@ -1,7 +1,7 @@
 """对话：在终端里和任一阶段的模型多轮聊天（默认 PPO 模型），回答逐字显示。
 
     python chat.py                                    # 和 PPO 模型聊天（checkpoint/ppo，LoRA 已合并）
-    python chat.py --model grpo                       # 换一个阶段：base / sft / ppo / grpo / rloo / dpo，或任意本地模型文件夹
+    python chat.py --model grpo                       # 换一个阶段（阶段名见 --help 的 --model），或任意本地模型文件夹
     python chat.py --model sft --sft_model_path checkpoint/sft-v2   # 另一个 SFT 文件夹（与 benchmark.py 同名的选项）
     python chat.py --model base --think               # 原始 Qwen3-0.6B，允许思考（思考过程灰色显示）
     python chat.py --prompt "你是谁？"                 # 只问一句：打印回答后退出
@@ -10,7 +10,7 @@
     python chat.py --model base --model_name_or_path checkpoint/tiny/base   # 离线随机小模型（只会说胡话）
     python chat.py --arena sft ppo                    # 盲评对战：两个模型各答一次（A/B 随机），你投票，票存进 data/human_prefs.jsonl
 
-对话中的命令：/help /clear /system <文字> /model [base|sft|ppo|grpo|rloo|dpo|文件夹] /exit。回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），
+对话中的命令：/help /clear /system <文字> /model [阶段名|文件夹] /exit。回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），
 再按一次 Ctrl-C 退出程序；在提示符处按 Ctrl-D 或输入 /exit 退出。
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from qwen_rlhf import arena, data, errors, inference, options, prefs
+from qwen_rlhf import arena, data, errors, inference, options, prefs, stages
 from qwen_rlhf.device import announce_device, native_bf16, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, UserError
 from qwen_rlhf.options import display_path
@@ -34,12 +34,13 @@ from qwen_rlhf.options import display_path
 MAX_INPUT_CHARS = 8000  # 一次粘贴 100 KB 也不会卡住：只保留开头
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # C0 控制字符（保留 \t 和 \n）和 DEL
 THINK_TAGS = ("<think>", "</think>")
-HELP = """命令：
+STAGE_NAMES = " / ".join(stages.chat_stages())  # 能对话的阶段，来自阶段登记表
+HELP = f"""命令：
   /help             显示本帮助
   /clear            清空对话历史（系统提示词保留）
   /system <文字>    设置系统提示词；只输入 /system 显示当前的，/system - 取消
   /model            显示已加载的模型
-  /model <模型>     换模型：base / sft / ppo / grpo / rloo / dpo 或一个本地模型文件夹；换成功后清空对话历史
+  /model <模型>     换模型：{STAGE_NAMES} 或一个本地模型文件夹；换成功后清空对话历史
                     （之前的回答来自另一个模型），系统提示词保留；换不成时仍用当前模型
   /exit             退出（也可以在提示符处按 Ctrl-D）
 回答时按 Ctrl-C 打断这一句（这一轮问答不计入历史），再按一次退出程序。"""
@@ -51,7 +52,7 @@ def opt(default, text):
 
 @dataclass
 class ChatArgs(inference.PolicyPaths):  # --sft_model_path / --ppo_model_path / --grpo_model_path …（和 benchmark.py 同名）
-    model: str = opt("ppo", "和哪个模型对话：base / sft / ppo / grpo / rloo / dpo（即 --model_name_or_path / "
+    model: str = opt("ppo", f"和哪个模型对话：{STAGE_NAMES}（即 --model_name_or_path / "
                      "--<阶段>_model_path），或一个本地模型文件夹；对话中可用 /model 切换")
     model_name_or_path: str = opt(options.DEFAULT_MODEL, "--model base 时用的基座模型：本地文件夹或模型 ID")
     system_prompt: str | None = opt(None, "初始系统提示词（默认不加）；对话中可用 /system 修改")
@@ -428,4 +429,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "chat")
+    errors.run(main, stages.oom_hint("chat"))

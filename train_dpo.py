@@ -14,11 +14,10 @@ log 概率比 rejected 的高。用 TRL 1.12 的 DPOTrainer，原样使用（bet
 曲线：tensorboard/dpo/<时间>/，看 dpo/loss 是否从 0.693 往下走、dpo/rewards/accuracies 是否上升、dpo/rewards/margins 是否变大。
 """
 
-from functools import partial
-
 from trl import DPOTrainer
 
-from qwen_rlhf import data, device, errors, models, options, outputs, policy, prefs, recipes, sampling, training
+from qwen_rlhf import data, device, errors, models, options, outputs, policy, policy_run, prefs, recipes, sampling, stages
+from qwen_rlhf import training
 from qwen_rlhf.cost import Cost
 
 
@@ -75,19 +74,17 @@ def main():
     from datasets import Dataset
     from transformers import set_seed
 
-    tb, stop = training.prepare(cfg, final, "dpo")
+    wiring = policy_run.PolicyWiring.for_trainer(cfg, final, "dpo", args.snapshots, seed=cfg.seed,
+                                                 split_fingerprint=split.fingerprint)
     # LoRA 适配器的随机初始化在 TRL 训练器的 __init__ 里（peft_config），Trainer 自己的 set_seed 在那之后：先播种，
     # 同样的选项和 --seed 得到同样的适配器、同样的训练
     set_seed(cfg.seed)
-    snapshots = training.Snapshots("dpo", args.snapshots, final, training.seen_per_step(cfg), seed=cfg.seed,
-                                   split_fingerprint=split.fingerprint)
     trainer = DPOTrainer(
         model=actor, args=cfg, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-        peft_config=lora.peft_config(), callbacks=[training.FiniteGuard("dpo"), stop, snapshots],
+        peft_config=lora.peft_config(), callbacks=wiring.callbacks,
     )
-    training.use_stage_tensorboard(trainer, "dpo", tb)
-    snapshots.bind(lambda: trainer.accelerator.unwrap_model(trainer.model))
-    training.fit(trainer, stop.bind(trainer), cfg.resume_from_checkpoint)
+    stop = wiring.bind(trainer, lambda: trainer.accelerator.unwrap_model(trainer.model))
+    training.fit(trainer, stop, cfg.resume_from_checkpoint)
     # 诊断：留出偏好对（从不用来训练）上的隐式奖励准确率、log p(chosen) / log p(rejected) 相对 SFT 的变化：
     # 分得清"没学会偏好"和"学会了、但把概率挪到了别处"
     diagnosis = held_out_diagnosis(trainer, tokenizer, split.test, cfg.beta, args.system_prompt) \
@@ -97,11 +94,11 @@ def main():
     training.save_result(
         trainer, final, "dpo", tokenizer,
         {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
-        export=partial(policy.save_policy, sft_path=sft_path, tokenizer=tokenizer, snapshots=snapshots.folder),
+        export=wiring.export(sft_path, tokenizer),
         split_fingerprint=split.fingerprint, num_pairs=len(examples), optimizer_steps=trainer.state.global_step,
-        progress=snapshots.progress(trainer.state), held_out=diagnosis, tensorboard=str(tb),
+        progress=wiring.progress(trainer), held_out=diagnosis, tensorboard=str(wiring.tb),
     )
 
 
 if __name__ == "__main__":
-    errors.run(main, "dpo")
+    errors.run(main, stages.oom_hint("dpo"))

@@ -18,6 +18,8 @@ from qwen_rlhf import data, device, errors, models, options, outputs, policy, pp
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.errors import UserError
 from qwen_rlhf.recipes import PPOArgs
+from qwen_rlhf.policy_run import PolicyWiring
+from qwen_rlhf.stages import oom_hint
 from trl.experimental.ppo import PPOConfig
 
 # 续训时可以和原来不同的选项（只影响保存、日志和显示）；其余任何一个不同都拒绝续训
@@ -127,17 +129,14 @@ def main():
     tb = options.input_path(saved["tensorboard"]) if saved else outputs.tensorboard_dir("ppo", final)  # 续训：接着原来的曲线画
     info["tensorboard"] = str(tb)
     cfg.output_dir = str(work)
-    stop = training.GracefulStop()
-    snapshots = training.Snapshots("ppo", args.snapshots, final, lambda state: state.episode, seed=cfg.seed,
-                                   split_fingerprint=split.fingerprint)
+    wiring = PolicyWiring("ppo", args.snapshots, final, lambda state: state.episode, training.GracefulStop(), tb,
+                          seed=cfg.seed, split_fingerprint=split.fingerprint)
     trainer = ppo.RLHFPPOTrainer(
         args=cfg, processing_class=tokenizer, model=actor, ref_model=None, reward_model=reward,
         value_model=critic, train_dataset=Dataset.from_list(examples), peft_config=lora.peft_config(),
-        callbacks=[training.FiniteGuard("ppo"), stop, snapshots], run_info=info, stop=stop,
+        callbacks=wiring.callbacks, run_info=info, stop=wiring.stop,
     )
-    stop.bind(trainer)
-    snapshots.bind(lambda: trainer.accelerator.unwrap_model(trainer.model).policy)
-    training.use_stage_tensorboard(trainer, "ppo", tb)
+    stop = wiring.bind(trainer, lambda: trainer.accelerator.unwrap_model(trainer.model).policy)
     if resume:
         trainer.resume(options.input_path(resume))
     try:
@@ -152,8 +151,8 @@ def main():
                              rollout_tokens_per_s=trainer.rollout_tokens / max(trainer.rollout_seconds, 1e-9))
         with outputs.StagingDir(final) as tmp:
             outputs.pause_point("final-save")
-            where = policy.save_policy(tmp, sft_path, tokenizer, model=trainer.accelerator.unwrap_model(trainer.model).policy,
-                                       snapshots=snapshots.folder)
+            export = wiring.export(sft_path, tokenizer, model=trainer.accelerator.unwrap_model(trainer.model).policy)
+            where = export(tmp)
             if args.save_critic:
                 trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(str(tmp / "critic"))
             outputs.write_stage_info(
@@ -161,7 +160,7 @@ def main():
                              "lora": options.to_jsonable(lora)},
                 **where, reward_model=str(rm_path), base_model=str(base), split_fingerprint=split.fingerprint,
                 optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode,
-                progress=snapshots.progress(trainer.state), tensorboard=str(tb),
+                progress=wiring.progress(trainer), tensorboard=str(tb),
                 launch=training.launch_info(cfg), cost=record,
                 resumed={"checkpoint": options.display_path(resume), "at_update": saved["global_step"]} if saved else None,
             )
@@ -175,4 +174,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "ppo")
+    errors.run(main, oom_hint("ppo"))

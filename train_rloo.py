@@ -17,66 +17,10 @@
 
 from functools import partial
 
-from qwen_rlhf import data, device, errors, models, options, outputs, policy, recipes, sampled, training
-from qwen_rlhf.cost import Cost
-from qwen_rlhf.sampled import RLOOTrainer  # TRL 的 RLOOTrainer，只在采样时切到 eval（梯度检查点的问题，见 sampled.py）
+from qwen_rlhf import errors, sampled_run
+from qwen_rlhf.stages import oom_hint
 
-
-def main():
-    # ---------------------------------------------------------------- 选项
-    cost = Cost()
-    args, cfg, lora = recipes.parse("rloo")  # 选项与默认值在 qwen_rlhf/recipes.py
-    final = options.output_path(cfg.output_dir)
-    outputs.check_writable(final, args.overwrite_output_dir)
-    sft_path, rm_path = options.input_path(args.sft_model_path), options.input_path(args.reward_model_path)
-    sft_info = outputs.check_kind(sft_path, ("sft",), "--sft_model_path")
-    rm_info = outputs.check_reward_model(rm_path)
-    device.announce_device("rloo", cfg.use_cpu, device.precision_of(cfg), model=sft_path)
-
-    # ---------------------------------------------------------------- 数据
-    rows = data.load_rows(args.dataset, args.strict, args.columns)
-    split = data.split_rows(rows.rows, args.test_size, args.split_seed)
-    outputs.check_same_split({"SFT": sft_info, "RM": rm_info}, split.fingerprint, "train_rloo.py")
-    tokenizer = models.load_tokenizer(sft_path, padding_side="left")  # 在提示后面直接生成：左填充
-    examples = [data.sampled_example(r, args.system_prompt) for r in data.unique_questions(split.train)]
-    examples = data.drop_long_prompts(tokenizer, examples, args.max_prompt_length, "RLOO 提示")
-    data.say(f"[数据] RLOO 使用 {len(examples)} 个训练问题；每个问题 {cfg.num_generations} 个回答。")
-
-    # ---------------------------------------------------------------- 模型
-    frozen = policy.frozen_dtype(cfg.bf16)  # 只训练 LoRA：SFT 基座（也是参考模型）和 RM 在 bf16 时就用 bf16
-    actor = models.load_causal_lm(sft_path, tokenizer, args.allow_pickle, dtype=frozen)
-    rm = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=frozen)
-    models.check_same_family(tokenizer, {"SFT": actor, "RM": rm})
-    reward = sampled.RMReward(rm.to(cfg.device), tokenizer, args.missing_eos_penalty)
-
-    # ---------------------------------------------------------------- 训练
-    from datasets import Dataset
-    from transformers import set_seed
-
-    tb, stop = training.prepare(cfg, final, "rloo")
-    # LoRA 适配器的随机初始化在 TRL 训练器的 __init__ 里（peft_config），Trainer 自己的 set_seed 在那之后：先播种，
-    # 同样的选项和 --seed 得到同样的适配器、同样的训练
-    set_seed(cfg.seed)
-    snapshots = training.Snapshots("rloo", args.snapshots, final, training.seen_per_step(cfg), seed=cfg.seed,
-                                   split_fingerprint=split.fingerprint)
-    trainer = RLOOTrainer(
-        model=actor, reward_funcs=reward, args=cfg, train_dataset=Dataset.from_list(examples),
-        processing_class=tokenizer, peft_config=lora.peft_config(),
-        callbacks=[training.FiniteGuard("rloo"), stop, snapshots],
-    )
-    training.use_stage_tensorboard(trainer, "rloo", tb)
-    snapshots.bind(lambda: trainer.accelerator.unwrap_model(trainer.model))
-    training.fit(trainer, stop.bind(trainer), cfg.resume_from_checkpoint)
-
-    # ---------------------------------------------------------------- 保存
-    training.save_result(
-        trainer, final, "rloo", tokenizer,
-        {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
-        export=partial(policy.save_policy, sft_path=sft_path, tokenizer=tokenizer, snapshots=snapshots.folder),
-        answers=reward.answers * cfg.world_size, reward_model=str(rm_path), split_fingerprint=split.fingerprint,
-        optimizer_steps=trainer.state.global_step, progress=snapshots.progress(trainer.state), tensorboard=str(tb),
-    )
-
+main = partial(sampled_run.main, "rloo")  # 和 train_grpo.py 同一个流程（qwen_rlhf/sampled_run.py），只差训练器
 
 if __name__ == "__main__":
-    errors.run(main, "rloo")
+    errors.run(main, oom_hint("rloo"))

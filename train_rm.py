@@ -15,7 +15,7 @@ AutoModelForSequenceClassification + apply_chat_template 都在这里读分。�
 
 from trl import RewardTrainer
 
-from qwen_rlhf import data, device, errors, models, options, outputs, prefs, recipes, training
+from qwen_rlhf import data, device, errors, models, options, outputs, prefs, recipes, stages, training
 from qwen_rlhf.cost import Cost
 
 
@@ -73,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "rm")
+    errors.run(main, stages.oom_hint("rm"))

@@ -9,7 +9,7 @@
 
 from trl import SFTTrainer
 
-from qwen_rlhf import data, device, errors, models, options, outputs, recipes, training
+from qwen_rlhf import data, device, errors, models, options, outputs, recipes, stages, training
 from qwen_rlhf.cost import Cost
 
 
@@ -57,4 +57,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "sft")
+    errors.run(main, stages.oom_hint("sft"))

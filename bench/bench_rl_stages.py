@@ -24,21 +24,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py
+from qwen_rlhf.stages import STAGES as REGISTRY  # noqa: E402
 
-STAGES = ("grpo", "rloo", "dpo")  # 每个跑 4 步（STEPS）
-STEPS = {"grpo": ["--max_steps", "4", "--per_device_train_batch_size", "8"],  # 每步 1 个问题 × 8 个回答
-         "rloo": ["--max_steps", "4", "--per_device_train_batch_size", "8"], "dpo": ["--max_steps", "4"]}
+# Trainer 派生的 LoRA 阶段（登记表里显存公式是 sampled / pairs 的：grpo / rloo / dpo）；PPO 是我们自己的 PPOTrainer 子类
+STAGES = tuple(n for n, s in REGISTRY.items() if s.adapter and s.memory_kind in ("sampled", "pairs"))
+# 每个跑 4 步；在线采样的每步 1 个问题 × 8 个回答
+STEPS = {"sampled": ["--max_steps", "4", "--per_device_train_batch_size", "8"], "pairs": ["--max_steps", "4"]}
 
 
 def stage_argv(stage: str, sft: Path, rm: Path, out: Path) -> list[str]:
-    inputs = ["--sft_model_path", str(sft)] + (["--reward_model_path", str(rm)] if stage != "dpo" else [])
-    return ["--config", str(ROOT / "configs" / "tiny" / f"{stage}.yaml"), *inputs, *STEPS[stage], "--output_dir", str(out),
-            "--report_to", "none", "--save_strategy", "no"]
+    folders = {"sft": sft, "rm": rm}
+    inputs = [x for i in REGISTRY[stage].inputs for x in (REGISTRY[i].path_option, str(folders[i]))]
+    return ["--config", str(REGISTRY[stage].tiny_recipe), *inputs, *STEPS[REGISTRY[stage].memory_kind],
+            "--output_dir", str(out), "--report_to", "none", "--save_strategy", "no"]
 
 
 def plain(stage: str, argv: list[str]) -> None:
-    """原样的 TRL：子进程里运行（--_plain）。"""
-    import trl
+    """原样的 TRL：子进程里运行（--_plain）。训练器是登记表里的 trainer。"""
+    import importlib
+
     from datasets import Dataset
 
     from qwen_rlhf import data, models, options, recipes
@@ -48,12 +52,13 @@ def plain(stage: str, argv: list[str]) -> None:
     tok = models.load_tokenizer(sft, padding_side="left")
     rows = data.split_rows(data.load_rows(args.dataset).rows, args.test_size, args.split_seed).train
     model = models.load_causal_lm(sft, tok)
-    if stage == "dpo":
-        trainer = trl.DPOTrainer(model=model, args=cfg, processing_class=tok, peft_config=lora.peft_config(),
+    module, name = REGISTRY[stage].trainer.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    if REGISTRY[stage].memory_kind == "pairs":
+        trainer = cls(model=model, args=cfg, processing_class=tok, peft_config=lora.peft_config(),
                                  train_dataset=Dataset.from_list([data.dpo_example(r) for r in rows]))
     else:
         rm = models.load_score_model(options.input_path(args.reward_model_path), tok)
-        cls = trl.GRPOTrainer if stage == "grpo" else trl.RLOOTrainer
         trainer = cls(model=model, reward_funcs=rm, reward_processing_classes=tok, args=cfg, processing_class=tok,
                       peft_config=lora.peft_config(),
                       train_dataset=Dataset.from_list([data.sampled_example(r) for r in data.unique_questions(rows)]))

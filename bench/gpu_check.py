@@ -40,6 +40,7 @@ gpu_check_<尺寸>_<设备>.json，例如 gpu_check_tiny_cpu.json（--out 可改
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -54,8 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
-from qwen_rlhf import console, memory, outputs, tiny  # noqa: E402  父进程不做 CUDA 运算（import torch 本身不占显存）
-from qwen_rlhf.stages import rl_stages  # noqa: E402
+from qwen_rlhf import console, memory, outputs, recipes, tiny  # noqa: E402  父进程不做 CUDA 运算（import torch 本身不占显存）
+from qwen_rlhf.stages import STAGES, rl_stages  # noqa: E402
 
 SIZES = {"full": ("qwen3-0.6b", tiny.QWEN3_0_6B), "tiny": ("tiny", tiny.TINY)}
 PPO_UPDATES = 8
@@ -63,10 +64,16 @@ PROMPT_TOKENS = memory.PROMPT_TOKENS  # 真实尺寸时提示长度和显存估�
 CHAT_PROMPT = "你好，你是谁？"
 LABELS = {**{s: s.upper() for s in memory.STAGES}, "benchmark": "评测", "chat": "对话"}  # 训练阶段：sft … dpo
 RL = rl_stages()  # 评测拿来和 SFT 比的阶段（ppo / grpo / rloo / dpo）
-NEEDS = {"ppo": ("sft", "rm"), "grpo": ("sft", "rm"), "rloo": ("sft", "rm"), "dpo": ("sft",),
+# 要用到哪些阶段的产物：训练阶段的来自登记表（inputs），上游失败时跳过
+NEEDS = {**{s: STAGES[s].inputs for s in memory.STAGES if STAGES[s].inputs},
          "benchmark": ("sft", "rm", "ppo"), "chat": ("ppo",)}
 # 开始之前要等这些阶段结束（不论成败）：评测要把所有训练出来的 RL 阶段都放进 --models
 AFTER = {**NEEDS, "benchmark": tuple(memory.STAGES)}
+
+
+def takes_base(stage: str) -> bool:
+    """这个阶段的选项里有没有 --model_name_or_path（SFT / RM / PPO 有；GRPO / RLOO / DPO 从 SFT 开始，没有）。"""
+    return "model_name_or_path" in {f.name for f in dataclasses.fields(recipes.RECIPES[stage].project)}
 
 
 def result_file(size_name: str, device: str) -> Path:
@@ -82,7 +89,8 @@ def sampled(answer_tokens: int, steps: int) -> list[str]:
 
 
 def plan(size: str, device: str) -> dict:
-    """每种情形的数据形状（行数、提示长度、max_length）和额外选项（路径另加）。GPU 上只定步数，其余是脚本默认值。"""
+    """每种情形的数据形状（行数、提示长度、max_length）和额外选项（路径另加）。GPU 上只定步数，其余是脚本默认值。
+    训练阶段的选项按登记表里的 memory_kind 给（sft / rm / ppo / sampled / pairs）：同一类的新阶段自动有一份。"""
     if device == "cuda":
         from qwen_rlhf.recipes import PPO  # 全局 rollout 批量 = 每卡批量 × 累积（1 个进程）
 
@@ -90,7 +98,7 @@ def plan(size: str, device: str) -> dict:
         steps = ["--max_steps", "3", "--logging_steps", "1"]  # logging_steps 1：SFT 的 token 数记在每步的日志里
         return dict(rows=330, prompt_tokens=PROMPT_TOKENS, max_length=500, sft=steps, rm=steps,
                     ppo=["--total_episodes", str(PPO_UPDATES * rollout)],
-                    grpo=["--max_steps", "4"], rloo=["--max_steps", "4"], dpo=steps, benchmark=[], chat=[])
+                    sampled=["--max_steps", "4"], pairs=steps, benchmark=[], chat=[])
     if size == "tiny":
         # 同一条路径（梯度检查点、LoRA、合并、评测、对话），什么都缩小：2 核 CPU 上的时间大半花在 15 万词表的
         # logits 上（每个 token 一行 15 万个数），所以序列短、批量小、PPO 4 次更新
@@ -100,7 +108,7 @@ def plan(size: str, device: str) -> dict:
                     rm=[*train, "--per_device_eval_batch_size", "2"],
                     ppo=["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                          "--local_rollout_forward_batch_size", "2", "--response_length", "8", "--total_episodes", "8"],
-                    grpo=sampled(8, 2), rloo=sampled(8, 2), dpo=train,
+                    sampled=sampled(8, 2), pairs=train,
                     benchmark=["--num_questions", "2", "--max_new_tokens", "8"], chat=["--max_new_tokens", "8"])
     # 真实尺寸上 CPU：证明真实维度的路径（GQA、共享嵌入、真实投影上的 LoRA、打分头、合并），批量最小
     train = ["--max_length", "128", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
@@ -109,7 +117,7 @@ def plan(size: str, device: str) -> dict:
                 rm=[*train, "--per_device_eval_batch_size", "2"],
                 ppo=["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                      "--local_rollout_forward_batch_size", "2", "--response_length", "16", "--total_episodes", "2"],
-                grpo=sampled(16, 1), rloo=sampled(16, 1), dpo=train,
+                sampled=sampled(16, 1), pairs=train,
                 benchmark=["--num_questions", "2", "--max_new_tokens", "16"], chat=["--max_new_tokens", "16"])
 
 
@@ -284,8 +292,8 @@ def main():
     p = plan(size, device)
     precision = "bf16" if info["bf16"] else "fp32"
     # 不支持 bf16 的卡上 SFT / RM / DPO 用 fp16 混合精度（字节数与 bf16 相同），PPO / GRPO / RLOO 用 fp32
-    precisions = {"sft": "bf16" if device == "cuda" else "fp32", "rm": "bf16" if device == "cuda" else "fp32",
-                  "ppo": precision, "grpo": precision, "rloo": precision, "dpo": "bf16" if device == "cuda" else "fp32"}
+    precisions = {s: ("bf16" if device == "cuda" else "fp32") if recipes.RECIPES[s].allow_fp16 else precision
+                  for s in memory.STAGES}
     print(f"[自检] {size_name} 在 {info['gpu'] or 'CPU'} 上；数据 {info['data']}；用时 {prep['wall_s']:.0f} 秒", flush=True)
 
     # ---------------------------------------------------------------- 各阶段
@@ -293,13 +301,9 @@ def main():
     common_args = ["--model_name_or_path", base, "--dataset", data_file]
     out = {s: work / s for s in LABELS}
     scripts = {
-        "sft": ("train_sft.py", [*p["sft"], *common_args, "--output_dir", out["sft"]]),
-        "rm": ("train_rm.py", [*p["rm"], *common_args, "--output_dir", out["rm"]]),
-        "ppo": ("train_ppo.py", [*p["ppo"], *common_args, "--sft_model_path", out["sft"],
-                                 "--reward_model_path", out["rm"], "--output_dir", out["ppo"]]),
-        **{stage: (f"train_{stage}.py", [*p[stage], "--dataset", data_file, "--sft_model_path", out["sft"],
-                                         *(["--reward_model_path", out["rm"]] if stage != "dpo" else []),
-                                         "--output_dir", out[stage]]) for stage in ("grpo", "rloo", "dpo")},
+        **{s: (STAGES[s].script, [*p[STAGES[s].memory_kind], *(common_args if takes_base(s) else common_args[2:]),
+                                  *(x for i in STAGES[s].inputs for x in (STAGES[i].path_option, out[i])),
+                                  "--output_dir", out[s]]) for s in memory.STAGES},
         "benchmark": ("benchmark.py", [*p["benchmark"], *common_args, "--reward_model_path", out["rm"],
                                        *(x for s in ("sft", *RL) for x in (f"--{s}_model_path", out[s])),
                                        "--output_dir", out["benchmark"]]),

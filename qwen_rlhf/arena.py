@@ -14,7 +14,7 @@ import sys
 
 from . import inference
 from .errors import EXIT_BAD_INPUT, UserError
-from .options import display_path
+from .paths import display_path
 from .prefs import KEYS, VoteFile, vote_row
 
 VOTE_PROMPT = "你的投票（1 = A 好，2 = B 好，0 = 一样好，s = 跳过）："

@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, UserError
+from .paths import CHECKPOINT_DIR, input_path, looks_like_local
+from .stages import STAGES
 
 GOOD_IMAGES = "AutoDL 的 PyTorch 2.6 / 2.7 / 2.8（Python 3.12）镜像"
 INSTALL = "bash scripts/install_gpu.sh"
@@ -110,7 +112,7 @@ def precision_of(cfg) -> str:
 
 def native_bf16(index: int | None = None) -> bool:
     """这块 GPU（默认当前的）是否原生支持 bf16：计算能力 ≥ 8.0（A100 / A800、30 / 40 系、H100 …），AMD 的卡都支持。
-    精度的唯一判断：options.precision_defaults（各训练阶段的默认值）、chat.py、bench/gpu_check.py、preflight 都问它。
+    精度的唯一判断：precision_defaults（各训练阶段的默认值）、chat.py、bench/gpu_check.py、preflight 都问它。
 
     不用 torch.cuda.is_bf16_supported() 的默认值：它默认 including_emulation=True，在 T4 / V100 / 2080 Ti（计算能力 7.x）
     上只要能建出 bf16 张量就返回 True，跑的是模拟的 bf16，慢得多（torch/cuda/__init__.py 的 is_bf16_supported）。"""
@@ -121,6 +123,18 @@ def native_bf16(index: int | None = None) -> bool:
     if torch.version.hip:
         return True
     return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def precision_defaults(allow_fp16: bool = True) -> dict:
+    """GPU 原生支持 bf16（native_bf16：计算能力 ≥ 8.0）就用 bf16；T4 / V100 这类卡上 SFT / RM / DPO 用 fp16，
+    在线采样的阶段（PPO / GRPO / RLOO，allow_fp16=False）用 fp32（fp16 易出 NaN）；CPU 上用 fp32。"""
+    import torch
+
+    if native_bf16():
+        return {"bf16": True, "fp16": False}
+    if torch.cuda.is_available():
+        return {"bf16": False, "fp16": allow_fp16}
+    return {"bf16": False, "fp16": False}
 
 
 def pick_device(spec: str) -> str:
@@ -163,8 +177,6 @@ def model_params(name_or_path: str | os.PathLike | None) -> int | None:
     """本地模型文件夹（或已下载到 checkpoint/base/ 的模型 ID、PPO 的 merged/）的参数量；找不到 config.json 时 None。"""
     if not name_or_path:
         return None
-    from .options import CHECKPOINT_DIR, input_path
-
     path = input_path(name_or_path)
     for folder in (path, path / "merged", CHECKPOINT_DIR / "base" / str(name_or_path).replace("/", "__")):
         try:
@@ -197,8 +209,6 @@ def one_process_many_gpus(stage: str, count: int) -> str:
     autocast（transformers/training_args.py、trainer.py 的 _wrap_model）；TRL 的 PPOTrainer 则只用 0 号卡。
     只用一块卡要在 CUDA 初始化之前设 CUDA_VISIBLE_DEVICES，脚本里已经太晚（改私有的 _n_gpu 又是在和库对着干）；
     而租了几块卡的人该自己选：用一块，还是用 accelerate launch 把它们都用上。"""
-    from .stages import STAGES
-
     command = shlex.join([STAGES[stage].script, *sys.argv[1:]])
     return (f"这台机器有 {count} 块 GPU，而 {STAGES[stage].script} 是用 python 直接启动的（一个进程）：transformers 会用 "
             f"DataParallel 在一个进程里带 {count} 块卡（慢、bf16 混合精度不生效；PPO 只用第一块）。只用一块卡："
@@ -218,9 +228,6 @@ def announce_device(stage: str, use_cpu: bool, precision: str = "fp32", model: s
     pick_device 设好）。
     """
     import torch
-
-    from .models import looks_like_local
-    from .stages import STAGES
 
     training = stage in STAGES
     cpu_flag = "--use_cpu true" if training else "--device cpu"

@@ -97,10 +97,9 @@ def write_error(e: BaseException, where: str | None, codes=tuple(WRITE_FAILURES)
                      f"之前完成的结果没有被改动。{todo}。", exit_code)
 
 
-def run(main: Callable[[], None], stage: str) -> None:
-    """运行脚本主函数，把用户能引起的失败变成一行中文错误和对应的退出码。"""
-    from .stages import oom_hint  # stages 经 options 导入本模块：放在这里免得循环导入
-
+def run(main: Callable[[], None], oom_hint: str = "减小批量") -> None:
+    """运行脚本主函数，把用户能引起的失败变成一行中文错误和对应的退出码。oom_hint：内存 / 显存不足时说的做法，
+    由脚本传入（stages.oom_hint(阶段)），本模块只用标准库、不读阶段登记表。"""
     debug = debug_enabled()
     try:
         main()
@@ -115,10 +114,10 @@ def run(main: Callable[[], None], stage: str) -> None:
     except MemoryError:
         if debug:
             raise
-        fail(f"内存不足。可以：{oom_hint(stage)}。", EXIT_RESOURCE)
+        fail(f"内存不足。可以：{oom_hint}。", EXIT_RESOURCE)
     except Exception as e:  # noqa: BLE001  显存不足是 torch 的异常类型，这里按名字识别，免得在此导入 torch
         if not debug and type(e).__name__ == "OutOfMemoryError":
-            fail(f"显存不足（CUDA out of memory）。可以：{oom_hint(stage)}。", EXIT_RESOURCE)
+            fail(f"显存不足（CUDA out of memory）。可以：{oom_hint}。", EXIT_RESOURCE)
         # 训练中途写检查点（Trainer 自己写）时磁盘满：不论哪个库抛出
         err = write_error(e, getattr(e, "filename", None), ANYWHERE, cleaned=False)
         if not debug and err is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 from .models import check_weights, load_causal_lm, load_score_model, load_tokenizer, resolve_model_source
-from .options import ROOT, display_path, input_path
+from .paths import ROOT, display_path, input_path
 from .outputs import check_kind, read_json, stage_info
 from .policy import SNAPSHOTS, snapshots_of
 from .sampling import kl_to_reference

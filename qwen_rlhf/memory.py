@@ -19,6 +19,8 @@ from pathlib import Path
 
 from . import console, recipes
 from .errors import EXIT_BAD_INPUT, UserError, run
+from .stages import STAGES as REGISTRY
+from .stages import oom_hint, training_stages
 from .tiny import QWEN3_0_6B
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,10 +30,9 @@ OVERHEAD = 1 * GiB  # CUDA 上下文 + cuBLAS 工作区 + 分配器碎片：经�
 CARDS_GB = (24, 32, 80)
 PROMPT_TOKENS = 64  # PPO 的提示按 64 token 估计（数据集的问题套上对话模板后大多更短）
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-STAGES = tuple(recipes.RECIPES)  # 每个训练阶段都有一个估算：sft / rm / ppo / grpo / rloo / dpo
-# 估算公式按 TRL 的训练器分：GRPO 和 RLOO 的显存形状相同（在线采样 + LoRA，没有 critic）
-KINDS = {"SFTConfig": "sft", "RewardConfig": "rm", "PPOConfig": "ppo", "GRPOConfig": "sampled", "RLOOConfig": "sampled",
-         "DPOConfig": "pairs"}
+# 每个训练阶段都有一个估算（sft / rm / ppo / grpo / rloo / dpo）；公式按登记表里的 memory_kind 分：
+# GRPO 和 RLOO 的显存形状相同（在线采样 + LoRA，没有 critic）
+STAGES = training_stages()
 Shape = namedtuple("Shape", "vocab hidden inter layers heads kv_heads head_dim tied bias")
 
 
@@ -104,11 +105,11 @@ class Opts:
     prompt_length: int = PROMPT_TOKENS
     overhead: int = OVERHEAD
     gqa_repeat: bool = True
-    kind: str = ""  # KINDS：用哪一个公式
+    kind: str = ""  # 登记表里的 memory_kind：用哪一个公式
 
 
 def kind_of(stage: str) -> str:
-    return KINDS[recipes.RECIPES[stage].config.split(":")[1]]
+    return REGISTRY[stage].memory_kind
 
 
 def phases(m: Shape, o: Opts) -> dict[str, dict[str, int]]:
@@ -312,4 +313,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(lambda: main(sys.argv[1:]), "memory")
+    run(lambda: main(sys.argv[1:]), oom_hint("memory"))

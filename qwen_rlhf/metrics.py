@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from .stages import STAGES
+
 EMPTY = "（空）"  # 模型一开口就输出 <|im_end|> 时，警告和表格里显示这个
 COLLAPSE_SHARE = 0.5  # 不同回复占比低于它：回答塌缩成几句固定的话
 
@@ -89,10 +91,11 @@ def collapse_warning(model: str, responses: list[str], sft_responses: list[str] 
             f"{'（一开口就输出 <|im_end|>）' if not top else ''}。")
     sft_share = distinct_share(sft_responses) if sft_responses else None
     shown = model.upper() if model.isalpha() else model  # 阶段名写成 PPO / GRPO，本地文件夹名原样
+    knob = STAGES[model].kl_option if model in STAGES else None  # 本地文件夹：不知道是哪个阶段，不点选项名
     if model != BASELINE and sft_share is not None and sft_share >= threshold:
         return head + (f"SFT 的不同回复占比是 {sft_share:.0%}，{shown} 陷入到单一模式的回答中：这是奖励投机（reward hacking）"
                        "——模型找到了几句 RM 打高分的话，不管问什么都这么答。RM 分数高不等于回答好，请看回复原文；"
-                       "可以加大 kl_coef 或减少训练步数。")
+                       f"可以加大 KL 系数{f'（--{knob}）' if knob else ''}或减少训练步数。")
     if model != BASELINE and sft_share is not None:
         return head + f"SFT 模型本身就这样（同样雷同），不是 {shown} 造成的。"
     return head + "模型本身就只会这几句（小模型或训练不足时常见）。"

@@ -6,24 +6,19 @@ import json
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, EXIT_NETWORK, UserError
-from .options import CHECKPOINT_DIR, display_path, drop_empty_dir, input_path, main_process_first
+from .options import main_process_first
+from .outputs import check_kind
+from .paths import CHECKPOINT_DIR, display_path, drop_empty_dir, input_path, looks_like_local
 
 EOS_TOKEN = "<|im_end|>"  # Qwen3 对话的停止符
 PAD_TOKEN = "<|endoftext|>"  # 填充符：绝不能等于停止符，否则 PPO 的掩码会把停止符也盖掉
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-def looks_like_local(name: str) -> bool:
-    """是本地路径的写法（而不是 ModelScope / Hugging Face 的 "组织/名字"）。"""
-    return name.startswith((".", "/", "~")) or name.startswith("checkpoint") or name.count("/") != 1
-
-
 def resolve_model_source(name_or_path: str) -> Path:
     """已存在的本地文件夹原样使用；否则下载到 checkpoint/base/<ID>/：先 ModelScope（国内快），再 Hugging Face。"""
     path = input_path(name_or_path)
     if path.is_dir():
-        from .outputs import check_kind  # outputs 不依赖本模块；放在这里免得两个模块互相导入
-
         check_kind(path, ("base", "sft"), "--model_name_or_path")  # 基座可以是下载的 Qwen3，也可以是 SFT 模型
         return path
     if looks_like_local(name_or_path):

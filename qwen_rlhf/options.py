@@ -5,60 +5,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from trl import TrlParser
 
 from .errors import EXIT_BAD_INPUT, UserError
+from .paths import CHECKPOINT_DIR, ROOT, display_path, drop_empty_dir, input_path, output_path  # noqa: F401  脚本里写 options.input_path 等
 
-ROOT = Path(__file__).resolve().parent.parent  # 仓库根目录：所有默认路径都从这里算，与当前目录无关
-CHECKPOINT_DIR = ROOT / "checkpoint"
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 DEFAULT_DATASET = "jackmokaka/btfChinese-DPO-small"
-
-
-def input_path(p: str | os.PathLike) -> Path:
-    """用户给的输入路径：绝对路径原样用；相对路径先看当前目录，没有再从仓库根目录找。"""
-    p = Path(p).expanduser()
-    if p.is_absolute() or p.exists():
-        return p.resolve()
-    return ROOT / p
-
-
-def output_path(p: str | os.PathLike) -> Path:
-    """输出路径：相对路径一律相对仓库根目录，从哪里运行都写到同一个地方。"""
-    p = Path(p).expanduser()
-    return p if p.is_absolute() else ROOT / p
-
-
-def display_path(p: str | os.PathLike) -> str:
-    """给用户看的路径：仓库里的写成相对仓库根目录（checkpoint/sft），仓库外的原样。"""
-    try:
-        return str(Path(p).resolve().relative_to(ROOT))
-    except ValueError:
-        return str(p)
-
 
 def main_process_first():
     """accelerate launch 多进程时让主进程先做（下载到同一个文件夹、修复上次被杀留下的输出），其余进程等它做完再读结果。
     单进程时什么也不做，也不初始化分布式。"""
-    import contextlib
-
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return contextlib.nullcontext()
     from accelerate import PartialState
 
     return PartialState().main_process_first()
-
-
-def drop_empty_dir(path: Path) -> None:
-    """下载失败后删掉下载库先建好的空文件夹，免得 checkpoint/ 里留下看起来像下载过的空目录。"""
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
 
 
 def _help(text: str, **kw):
@@ -140,20 +108,6 @@ def parse(dataclass_types: list, defaults: dict | None = None, args: list[str] |
     if from_flags:
         raise UserError(f"未知选项 {from_flags}。用 --help 查看所有选项（注意拼写和下划线）。")
     return tuple(parsed)
-
-
-def precision_defaults(allow_fp16: bool = True) -> dict:
-    """GPU 原生支持 bf16（device.native_bf16：计算能力 ≥ 8.0）就用 bf16；T4 / V100 这类卡上 SFT / RM / DPO 用 fp16，
-    在线采样的阶段（PPO / GRPO / RLOO，allow_fp16=False）用 fp32（fp16 易出 NaN）；CPU 上用 fp32。"""
-    import torch
-
-    from .device import native_bf16
-
-    if native_bf16():
-        return {"bf16": True, "fp16": False}
-    if torch.cuda.is_available():
-        return {"bf16": False, "fp16": allow_fp16}
-    return {"bf16": False, "fp16": False}
 
 
 def to_jsonable(obj) -> dict:

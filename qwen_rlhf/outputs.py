@@ -14,15 +14,18 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 from .errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError, write_error
-from .options import ROOT, display_path, main_process_first
+from .options import main_process_first
+from .paths import ROOT, display_path
 from .stages import STAGES
 
 STAGE_FILE = "stage.json"  # 每个阶段写完才有的文件：选项 + 划分指纹 + 来源 + 花费
@@ -71,8 +74,6 @@ def lock_output(final: Path) -> None:
 
     不用 filelock 包：它每次尝试加锁都以 O_TRUNC 打开锁文件，没拿到锁的一方会清掉持有者写在里面的进程号和开始时间。
     多进程（accelerate launch）时只由主进程调用：锁属于这次运行，不属于每个进程。"""
-    import fcntl
-
     final = Path(final)
     if final in _LOCKS:
         return
@@ -184,8 +185,6 @@ def pause_point(name: str) -> None:
     """测试用的钩子：环境变量 QWEN_RLHF_TEST_PAUSE_AT 等于 name 时，在这里打印一行 `[pause] name` 然后停住，
     直到被杀。测试等到这一行再 SIGKILL，就准确地杀在"写到一半"的那一刻，不用轮询文件夹去抢时间。"""
     if os.environ.get(PAUSE_ENV) == name:
-        import threading
-
         print(f"[pause] {name}", flush=True)
         threading.Event().wait()
 

@@ -6,11 +6,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .models import load_causal_lm
+from .outputs import pause_point, read_json, write_json, write_stage_info, writing
+from .paths import display_path
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -78,8 +84,6 @@ def snapshot_steps(count: int, total: int) -> list[int]:
 
 def snapshots_of(folder: Path) -> list[Path]:
     """一个 LoRA 策略结果文件夹里的快照（写完了的：有 stage.json），按步数排好。"""
-    import re
-
     root = Path(folder) / SNAPSHOTS
     found = [(int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else [])
              if (m := re.fullmatch(r"step-(\d+)", p.name)) and (p / "stage.json").is_file()]
@@ -90,10 +94,6 @@ def save_snapshot(model, root: Path, step: int, record: dict) -> Path:
     """训练中的一个快照：peft 模型的适配器 + stage.json（阶段、第几步、看过多少回答 / 偏好对）。先写到旁边的临时文件夹
     再改名：写到一半被杀不会留下半个快照；续训时重做的那一步覆盖同名的快照。只由主进程调用。
     这里不是可续训的检查点（没有优化器、计数器）：续训用 <结果>-trainer-checkpoints/checkpoint-N/。"""
-    import shutil
-
-    from .outputs import write_stage_info, writing
-
     final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
     with writing(final, tmp):  # 磁盘满等：一行中文，删掉半个快照
         shutil.rmtree(tmp, ignore_errors=True)
@@ -109,12 +109,6 @@ def point_adapter_at(folder: Path, sft_path: Path, result: Path | None = None) -
     返回要写进 stage.json 的基座位置（inference.resolve_adapter_base 按它找基座）。folder 可以是最终位置旁边的
     临时文件夹：相对路径只和上一级有关，改名就位后照样成立。result：快照所属的结果文件夹（checkpoint 树按它找：
     快照和结果用同一个基座路径）。"""
-    import json
-    import os
-
-    from .options import display_path
-    from .outputs import read_json
-
     config_file = Path(folder) / "adapter_config.json"
     adapter_config = read_json(config_file, "刚写出的适配器配置读不回来：检查磁盘后重新运行这个阶段的脚本")
     adapter_config["base_model_name_or_path"] = adapter_base_path(result or folder, sft_path)
@@ -132,8 +126,6 @@ def save_policy(folder: Path, sft_path: Path, tokenizer, model=None, snapshots: 
     folder 可以是最终位置旁边的临时文件夹（outputs.StagingDir）。model：要保存的 peft 模型（PPO 传它）；
     Trainer 派生的阶段（GRPO / RLOO / DPO）已经由所有进程一起调用 trainer.save_model 把适配器写进 folder
     （见 training.save_result），传 None。"""
-    from .outputs import pause_point, read_json, write_json
-
     if model is not None:
         model.save_pretrained(str(folder))
     where = point_adapter_at(folder, sft_path)
@@ -141,8 +133,6 @@ def save_policy(folder: Path, sft_path: Path, tokenizer, model=None, snapshots: 
         tokenizer.save_pretrained(str(folder))
     # 合并到 fp32 的 SFT 权重上（训练时的冻结基座可能是 bf16，见 frozen_dtype），用 peft 自己的加载与合并
     from peft import PeftModel
-
-    from .models import load_causal_lm
 
     merged = PeftModel.from_pretrained(load_causal_lm(sft_path, tokenizer), str(folder)).merge_and_unload()
     merged.config.use_cache = True  # 训练时为梯度检查点关掉了；推理要打开

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as metadata
 import os
 import re
 import shutil
@@ -25,8 +26,8 @@ from pathlib import Path
 from .console import table
 from .device import GOOD_IMAGES, INSTALL, Driver, driver_info, native_bf16, version_tuple, why_no_gpu
 from .errors import EXIT_ENVIRONMENT
+from .paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent  # 与 options.ROOT 相同（不导入 options：它导入 trl）
 MIN_PYTHON, MIN_TORCH = (3, 11), (2, 6)  # transformers 5.23 / matplotlib 3.11 要 Python ≥ 3.11；transformers 在 torch < 2.6 时停用 PyTorch
 # 默认流程写进 checkpoint/ 的量，按参数量算的估计（README"训练被中断了怎么办"里的磁盘一条）
 DISK_PARTS = (("基座模型", 1.5), ("SFT 的 Trainer 检查点", 7), ("RM 的 Trainer 检查点", 7), ("PPO 检查点", 7))
@@ -194,8 +195,6 @@ def read_pins(requirements: Path) -> dict[str, str]:
 
 
 def installed_version(name: str) -> str | None:
-    from importlib import metadata
-
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

@@ -5,7 +5,7 @@ https://huggingface.co/docs/trl/dataset_formats#preference），另有几个独�
     vote      a / b（A 或 B 更好）、tie（一样好）、skip（跳过）
     model_a, model_b, answer_a, answer_b   这一轮显示为 A、B 的模型和它们的回答
     seed, turn, time                       会话的种子（A/B 的分配和采样都由它决定）、第几轮、投票时间
-只有 a / b 的行有 chosen / rejected：平局和跳过记下了，但不是偏好对（data.validate 读到它们直接略过）。
+只有 a / b 的行有 chosen / rejected：平局和跳过记下了，但不是偏好对（datafile.validate 读到它们直接略过）。
 多轮对话时 prompt 只放这一轮的问题（可带系统提示）：本仓库的 RM / DPO 只学单轮的偏好对，两边此前的历史也各不相同。
 
 写：每票一次 write（O_APPEND），在 flock 下、屏蔽 Ctrl-C / 挂断信号，写完 fsync：两个会话同时投进一个文件不丢、
@@ -21,14 +21,14 @@ import signal
 from datetime import datetime
 from pathlib import Path
 
-from . import data, metrics, scoring
+from . import data, datafile, metrics, scoring
 from .errors import EXIT_BAD_INPUT, UserError
-from .options import display_path, input_path, output_path
+from .paths import display_path, input_path, output_path
 
 DEFAULT_FILE = "data/human_prefs.jsonl"
 KEYS = {"1": "a", "2": "b", "0": "tie", "s": "skip"}  # 终端里按的键 -> 文件里的 vote
 DECIDED = ("a", "b")
-assert set(KEYS.values()) - set(DECIDED) == set(data.UNPAIRED_VOTES)  # 两处说的是同一组"不是偏好对"的票
+assert set(KEYS.values()) - set(DECIDED) == set(datafile.UNPAIRED_VOTES)  # 两处说的是同一组"不是偏好对"的票
 AGREEMENT_FLOOR = 0.7  # 低于它就明说：RM 和你的口味不一致
 
 
@@ -101,9 +101,9 @@ def vote_row(question: str, system: str | None, names: list[str], answers: list[
 
 def read_votes(path: Path) -> list[dict]:
     """整个文件逐行检查；任何一行不对就拒绝（一行中文，说出哪一行）。返回每一票：
-    {vote, model_a, model_b}，分出胜负的另有 question / system / chosen / rejected（经 data.validate 检查）和 winner。"""
+    {vote, model_a, model_b}，分出胜负的另有 question / system / chosen / rejected（经 datafile.validate 检查）和 winner。"""
     out = []
-    for where, r in data.read_file(path):  # 不是 JSON、不是 UTF-8、空文件：data 已有的一行报错
+    for where, r in datafile.read_file(path):  # 不是 JSON、不是 UTF-8、空文件：data 已有的一行报错
         names = [r.get(k) if isinstance(r, dict) else None for k in ("model_a", "model_b")]
         if not isinstance(r, dict) or r.get("vote") not in KEYS.values() or not all(isinstance(n, str) and n for n in names):
             raise UserError(f"{where} 不是 chat.py --arena 写的一票（要有 vote：a/b/tie/skip 和 model_a、model_b）；"
@@ -111,7 +111,7 @@ def read_votes(path: Path) -> list[dict]:
         vote = {"vote": r["vote"], "model_a": names[0], "model_b": names[1]}
         if r["vote"] in DECIDED:
             try:
-                (pair,) = data.validate([(where, r)], where, strict=True).rows
+                (pair,) = datafile.validate([(where, r)], where, strict=True).rows
             except UserError as e:
                 raise UserError(f"{where} 这一票不是完整的偏好行（{e.message}）", EXIT_BAD_INPUT) from None
             vote.update(pair, winner=names[DECIDED.index(r["vote"])])

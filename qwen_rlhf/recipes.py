@@ -7,12 +7,16 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from dataclasses import dataclass, field
 
-from . import options
+import trl
+
+from . import device, options
 from .errors import EXIT_BAD_INPUT, UserError
 from .policy import LoRAArgs
+from .stages import STAGES
 
 
 def _help(text: str, **kw):
@@ -143,52 +147,37 @@ DPO = dict(
 )
 
 
-# 不能用 DeepSpeed ZeRO-3 的阶段和原因。configs/accelerate/zero3.yaml 的 zero3_init_flag 让进程里每个 from_pretrained
-# 都在 deepspeed.zero.Init 下把参数分片（transformers 的 HfDeepSpeedConfig），不在 DeepSpeed 引擎里的模型拿到的是空分片。
-_SAVE_POLICY_UNDER_ZERO3 = ("导出时主进程单独重新加载 SFT 基座合并 LoRA（policy.save_policy），其余进程在等，多半卡住，"
-                            "最好也只是合并出空的模型")
-NO_ZERO3 = {
-    "ppo": "能跑完，但合并 LoRA 时基座的嵌入层是分片的，合并出的模型里嵌入层是空的；0.6B 模型用它也省不了显存",
-    "grpo": f"打分的 RM 不在 DeepSpeed 引擎里，第一次打分时它的权重是空的分片；{_SAVE_POLICY_UNDER_ZERO3}",
-    "rloo": f"打分的 RM 不在 DeepSpeed 引擎里，第一次打分时它的权重是空的分片；{_SAVE_POLICY_UNDER_ZERO3}",
-    "dpo": _SAVE_POLICY_UNDER_ZERO3,
-}
-
-
 @dataclass(frozen=True)
 class Recipe:
-    project: type  # 本仓库的选项
-    config: str  # TRL 的 Config（GRPO / RLOO 是包过检查的子类）："模块:类名"，用到时才导入（trl.experimental.ppo 导入要好几秒）
+    project: type  # 本仓库的选项（TRL 的 Config 是登记表里的 config）
     defaults: dict
     lora: bool = False  # 再加一组 LoRAArgs
     allow_fp16: bool = True  # 在线采样的阶段不用 fp16（容易 NaN）：不支持 bf16 的卡上用 fp32
     sampled: bool = False  # GRPO / RLOO：回答预算 --total_answers 按进程数换成步数（见 steps_for_answers）
 
-    def types(self) -> list[type]:
-        import importlib
-
-        module, name = self.config.split(":")
-        return [self.project, getattr(importlib.import_module(module), name), *([LoRAArgs] if self.lora else [])]
-
 
 RECIPES: dict[str, Recipe] = {
-    "sft": Recipe(SFTArgs, "trl:SFTConfig", SFT),
-    "rm": Recipe(RMArgs, "trl:RewardConfig", RM),
-    "ppo": Recipe(PPOArgs, "trl.experimental.ppo:PPOConfig", PPO, lora=True, allow_fp16=False),
-    "grpo": Recipe(SampledArgs, "qwen_rlhf.recipes:GRPOConfig", {**SAMPLED, "output_dir": "checkpoint/grpo"},
-                   lora=True, allow_fp16=False, sampled=True),
-    "rloo": Recipe(SampledArgs, "qwen_rlhf.recipes:RLOOConfig", {**SAMPLED, "output_dir": "checkpoint/rloo"},
-                   lora=True, allow_fp16=False, sampled=True),
-    "dpo": Recipe(DPOArgs, "trl:DPOConfig", DPO, lora=True),
+    "sft": Recipe(SFTArgs, SFT),
+    "rm": Recipe(RMArgs, RM),
+    "ppo": Recipe(PPOArgs, PPO, lora=True, allow_fp16=False),
+    "grpo": Recipe(SampledArgs, {**SAMPLED, "output_dir": "checkpoint/grpo"}, lora=True, allow_fp16=False, sampled=True),
+    "rloo": Recipe(SampledArgs, {**SAMPLED, "output_dir": "checkpoint/rloo"}, lora=True, allow_fp16=False, sampled=True),
+    "dpo": Recipe(DPOArgs, DPO, lora=True),
 }
+
+
+def types(stage: str) -> list[type]:
+    """stage 的选项类：[项目选项, TRL 的 Config（登记表里的 "模块:类名"，用到时才导入：trl.experimental.ppo 导入要好几秒）
+    [, LoRAArgs]]。GRPO / RLOO 的 Config 是本模块包过检查的子类（见 checked_sampled）。"""
+    module, name = STAGES[stage].config.split(":")
+    return [RECIPES[stage].project, getattr(importlib.import_module(module), name),
+            *([LoRAArgs] if RECIPES[stage].lora else [])]
 
 
 def kl_setting(stage: str) -> tuple[str, float] | None:
     """LoRA 策略阶段的 KL 系数：(选项名, 本仓库的默认值)；别的阶段 None。PPO 叫 kl_coef，GRPO / RLOO / DPO 叫 beta（TRL 的名字）。"""
-    if stage not in RECIPES or not RECIPES[stage].lora:
-        return None
-    name = "kl_coef" if stage == "ppo" else "beta"
-    return name, RECIPES[stage].defaults[name]
+    name = STAGES[stage].kl_option if stage in STAGES else None
+    return (name, RECIPES[stage].defaults.get(name)) if name else None
 
 
 def parse(stage: str, argv: list[str] | None = None) -> tuple:
@@ -197,10 +186,10 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
     在任何模型加载之前，这里还拒绝本阶段用不了的 DeepSpeed ZeRO-3（refuse_zero3），并按进程数把 GRPO / RLOO 的
     回答预算换成步数（steps_for_answers）。"""
     r = RECIPES[stage]
-    defaults = {**r.defaults, **options.precision_defaults(allow_fp16=r.allow_fp16)}
-    parsed = options.parse(r.types(), defaults, argv)
+    defaults = {**r.defaults, **device.precision_defaults(allow_fp16=r.allow_fp16)}
+    parsed = options.parse(types(stage), defaults, argv)
     if stage == "rm" and ROLES.get(parsed[0].role):  # 金标准评委 / 空评委的默认值（配方和命令行仍然优先）：再解析一次
-        parsed = options.parse(r.types(), {**defaults, **ROLES[parsed[0].role]}, argv)
+        parsed = options.parse(types(stage), {**defaults, **ROLES[parsed[0].role]}, argv)
     refuse_zero3(stage, parsed[1])
     if r.sampled and parsed[1].max_steps <= 0:
         parsed[1].max_steps = steps_for_answers(parsed[0].total_answers, parsed[1])
@@ -208,14 +197,15 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
 
 
 def refuse_zero3(stage: str, cfg) -> None:
-    """NO_ZERO3 里的阶段在 DeepSpeed ZeRO-3 下用一行中文拒绝（退出码 2），指向 ZeRO-2 / DDP。
+    """登记表里写了 no_zero3 的阶段在 DeepSpeed ZeRO-3 下用一行中文拒绝（退出码 2），指向 ZeRO-2 / DDP。
 
     cfg.deepspeed_plugin 由 TrainingArguments 自己建好：accelerate launch 的 DeepSpeed 配置和 --deepspeed ds.json 都算。
     在解析选项之后、任何 from_pretrained 之前拒绝：zero.Init 一旦生效，加载的模型就已经被分片了。"""
     plugin = getattr(cfg, "deepspeed_plugin", None)
-    if stage in NO_ZERO3 and plugin is not None and plugin.zero_stage == 3:
+    reason = STAGES[stage].no_zero3
+    if reason and plugin is not None and plugin.zero_stage == 3:
         raise UserError(
-            f"{stage.upper()} 不支持 DeepSpeed ZeRO-3（{NO_ZERO3[stage]}）。请改用 ZeRO-2（accelerate launch --config_file "
+            f"{stage.upper()} 不支持 DeepSpeed ZeRO-3（{reason}）。请改用 ZeRO-2（accelerate launch --config_file "
             f"configs/accelerate/zero2.yaml）或 DDP（--config_file configs/accelerate/ddp.yaml）。", EXIT_BAD_INPUT)
 
 
@@ -234,8 +224,6 @@ def __getattr__(name: str):
     """recipes.GRPOConfig / recipes.RLOOConfig：checked_sampled 包过的 TRL 配置类（RECIPES 里 GRPO / RLOO 用它们）。
     用到时才导入 TRL；放在模块属性上，是因为 Trainer 把配置 pickle 进检查点的 training_args.bin，pickle 按"模块.类名"找类。"""
     if name in ("GRPOConfig", "RLOOConfig"):
-        import trl
-
         return checked_sampled(getattr(trl, name))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -16,7 +17,7 @@ from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
 from .errors import ANYWHERE, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
-from .options import display_path, input_path
+from .paths import display_path, input_path
 from .outputs import STAGE_FILE, StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
 from .policy import SNAPSHOTS, save_snapshot, snapshot_steps, snapshots_of
 from .stages import STAGES, nan_hint
@@ -189,8 +190,6 @@ COMPLETE_MARKERS = ("trainer_state.json", "resume.json")  # Trainer / 我们的 
 def last_complete_checkpoint(work: Path) -> str | None:
     """work 里步数最大的、写完了的 checkpoint-N。Trainer 直接写进 checkpoint-N/（不经临时文件夹），写到一半被杀的
     那个没有最后写的 trainer_state.json：跳过它，用上一个（transformers 的 get_last_checkpoint 只看名字）。"""
-    import re
-
     found = [(int(m.group(1)), p) for p in (work.iterdir() if work.is_dir() else [])
              if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()
              and any((p / f).is_file() for f in COMPLETE_MARKERS)]

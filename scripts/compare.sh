@@ -22,6 +22,9 @@ SEEDS="${SEEDS:-1 2 3}"
 METHODS="${METHODS:-grpo rloo dpo}"
 # 先检查 METHODS 和 SEEDS，再做任何准备：方法名来自阶段登记表（qwen_rlhf/stages.py 只用标准库，python3 就能读）
 KNOWN="$(python3 -c 'from qwen_rlhf.stages import rl_stages; print(*rl_stages())')"
+registry() {  # registry <阶段> <字段>：登记表里这个阶段的一项（inputs：它读哪些阶段的产物；kl_option：KL 系数的选项名）
+  python3 -c 'import sys; from qwen_rlhf.stages import STAGES; v = getattr(STAGES[sys.argv[1]], sys.argv[2]); print(*v) if isinstance(v, tuple) else print(v)' "$1" "$2"
+}
 for m in $METHODS; do
   if [[ " $KNOWN " != *" $m "* ]]; then
     echo "错误：METHODS 里的 \"$m\" 不是能对比的方法；可用的有 $KNOWN（例如 METHODS=\"grpo dpo\"）。" >&2; exit 2
@@ -87,7 +90,7 @@ train() {  # train <方法> <结果文件夹> <种子> [额外选项…]：已�
   local m="$1" dir="$2" seed="$3"; shift 3
   models="$models,$dir"
   if [ -f "$dir/stage.json" ]; then echo "[对比] 已有 $dir，跳过"; return; fi
-  local rm_opt=(--reward_model_path "$root/rm"); [ "$m" = dpo ] && rm_opt=()   # DPO 只用偏好对，不用 RM
+  local rm_opt=(); [[ " $(registry "$m" inputs) " == *" rm "* ]] && rm_opt=(--reward_model_path "$root/rm")  # DPO 不用 RM
   echo "[对比] $m，种子 $seed $* -> $dir"
   launch "$(basename "$dir")" "$PY" "train_$m.py" $(recipe "$m") --sft_model_path "$root/sft" "${rm_opt[@]}" \
     --output_dir "$dir" --seed "$seed" --overwrite_output_dir true "$@"
@@ -100,8 +103,8 @@ for seed in $SEEDS; do
 done
 if [ "${WEAK_KL:-0}" = 1 ]; then  # 对照：没有 KL 拉住的 PPO 和 GRPO（第一个种子各一次）
   first="${SEEDS%% *}"
-  train ppo "$out/ppo-kl0-seed$first" "$first" --kl_coef 0
-  train grpo "$out/grpo-beta0-seed$first" "$first" --beta 0
+  train ppo "$out/ppo-kl0-seed$first" "$first" "--$(registry ppo kl_option)" 0
+  train grpo "$out/grpo-beta0-seed$first" "$first" "--$(registry grpo kl_option)" 0
 fi
 finish
 gold=(); [ -f "$root/rm_gold/stage.json" ] && gold=(--gold_model_path "$root/rm_gold")

@@ -31,4 +31,4 @@ def main():
 
 
 if __name__ == "__main__":
-    errors.run(main, "tiny")
+    errors.run(main)

@@ -227,8 +227,8 @@ def test_launcher_dry_run_passes_the_recipe_to_each_process(recipe, launcher, ze
 
 
 PPO_CHECK = """
-from qwen_rlhf import errors, recipes
-errors.run(lambda: recipes.parse("ppo", ["--output_dir", {out!r}, "--use_cpu", "true", "--report_to", "none"]), "ppo")
+from qwen_rlhf import errors, recipes, stages
+errors.run(lambda: recipes.parse("ppo", ["--output_dir", {out!r}, "--use_cpu", "true", "--report_to", "none"]), stages.oom_hint("ppo"))
 """
 
 

@@ -60,7 +60,7 @@ def test_errors_run_turns_a_write_failure_from_any_library_into_one_line(capsys,
         raise raised()
 
     with pytest.raises(SystemExit) as e:
-        errors.run(main, "sft")
+        errors.run(main)
     assert e.value.code == code
     err = capsys.readouterr().err.strip()
     assert err.startswith("错误：") and words in err and "\n" not in err
@@ -71,7 +71,7 @@ def test_a_failure_that_is_not_a_write_failure_still_shows_its_traceback():
         raise ValueError("程序缺陷")
 
     with pytest.raises(ValueError):
-        errors.run(main, "sft")
+        errors.run(main)
 
 
 def test_writing_turns_permission_denied_into_one_line_and_removes_the_partial_folder(tmp_path):

@@ -240,7 +240,7 @@ def test_a_card_without_native_bf16_trains_in_fp16_or_fp32_and_the_device_line_s
     SFT / RM / DPO 用 fp16，PPO / GRPO / RLOO 用 fp32，和环境检查（preflight）说的一样；A800 上都用 bf16。
     用户硬加 --bf16 true 时设备那一行提醒这是模拟的 bf16。"""
     gpus(T4)
-    on_t4 = {s: device.precision_of(SimpleNamespace(**options.precision_defaults(recipes.RECIPES[s].allow_fp16)))
+    on_t4 = {s: device.precision_of(SimpleNamespace(**device.precision_defaults(recipes.RECIPES[s].allow_fp16)))
              for s in TRAINING}
     assert on_t4 == {"sft": "fp16", "rm": "fp16", "ppo": "fp32", "grpo": "fp32", "rloo": "fp32", "dpo": "fp16"}
     device.announce_device("sft", False, on_t4["sft"])
@@ -249,7 +249,7 @@ def test_a_card_without_native_bf16_trains_in_fp16_or_fp32_and_the_device_line_s
     out = capsys.readouterr().out
     assert "计算能力 7.5" in out and "没有原生 bf16" in out
     gpus(A800)
-    assert all(options.precision_defaults(recipes.RECIPES[s].allow_fp16) == {"bf16": True, "fp16": False}
+    assert all(device.precision_defaults(recipes.RECIPES[s].allow_fp16) == {"bf16": True, "fp16": False}
                for s in TRAINING)
 
 

@@ -20,7 +20,7 @@ OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)")
 COMMAND = re.compile(r"python (\w+\.py)((?: --[a-z][a-z0-9_]*(?: [^\s\-，。；：（）、]+)?)+)")
 
 PARSERS = {  # 脚本 -> 它交给 options.parse 的 dataclass（训练脚本的在 recipes.RECIPES 里，一个阶段一项）
-    **{f"train_{stage}.py": recipe.types() for stage, recipe in recipes.RECIPES.items()},
+    **{f"train_{stage}.py": recipes.types(stage) for stage in recipes.RECIPES},
     "benchmark.py": [benchmark.BenchmarkArgs],
     "chat.py": [chat.ChatArgs],
 }

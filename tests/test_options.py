@@ -5,10 +5,10 @@ import warnings
 import pytest
 from trl import SFTConfig
 
-from qwen_rlhf import options, recipes
+from qwen_rlhf import device, options, recipes
 from qwen_rlhf.errors import UserError
 
-CPU = options.precision_defaults()  # 这台机器没有 GPU：fp32
+CPU = device.precision_defaults()  # 这台机器没有 GPU：fp32
 SFT_DEFAULTS = {**recipes.SFT, **CPU}
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import (ROOT, TINY, assert_one_line_error, offline_env, run_inline, run_script, run_until,
                       stage_args)
-from qwen_rlhf import errors, models, outputs
+from qwen_rlhf import errors, models, outputs, stages
 
 
 def write(path, text, encoding="utf-8"):
@@ -207,7 +207,7 @@ def test_out_of_memory_and_disk_full_become_one_line_hints(capsys):
         raise OutOfMemoryError("CUDA out of memory")
 
     with pytest.raises(SystemExit) as e:
-        errors.run(oom, "ppo")
+        errors.run(oom, stages.oom_hint("ppo"))
     assert e.value.code == errors.EXIT_RESOURCE
     assert "--response_length" in capsys.readouterr().err
 
@@ -215,7 +215,7 @@ def test_out_of_memory_and_disk_full_become_one_line_hints(capsys):
         raise OSError(errno.ENOSPC, "No space left on device", "checkpoint/.sft.tmp-1/model.safetensors")
 
     with pytest.raises(SystemExit) as e:
-        errors.run(full, "sft")
+        errors.run(full)
     assert e.value.code == errors.EXIT_RESOURCE
     assert "磁盘已满" in capsys.readouterr().err
 
