@@ -16,7 +16,7 @@
 
 from functools import partial
 
-from qwen_rlhf import data, device, errors, models, options, outputs, policy, recipes, sampled, training
+from qwen_rlhf import data, device, errors, models, options, outputs, policy, recipes, rewards, training
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.sampled import GRPOTrainer  # TRL 的 GRPOTrainer，只在采样时切到 eval（梯度检查点的问题，见 sampled.py）
 
@@ -46,7 +46,8 @@ def main():
     actor = models.load_causal_lm(sft_path, tokenizer, args.allow_pickle, dtype=frozen)
     rm = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=frozen)
     models.check_same_family(tokenizer, {"SFT": actor, "RM": rm})
-    reward = sampled.RMReward(rm.to(cfg.device), tokenizer, args.missing_eos_penalty)
+    reward = rewards.build("grpo", args, cfg, tokenizer, rm.to(cfg.device), load_rm=lambda p: models.load_score_model(
+        p, tokenizer, args.allow_pickle, dtype=frozen).to(cfg.device))  # --reward_funcs 的各项（TRL 的 reward_funcs 约定）
 
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
@@ -59,7 +60,7 @@ def main():
     snapshots = training.Snapshots("grpo", args.snapshots, final, training.seen_per_step(cfg), seed=cfg.seed,
                                    split_fingerprint=split.fingerprint)
     trainer = GRPOTrainer(
-        model=actor, reward_funcs=reward, args=cfg, train_dataset=Dataset.from_list(examples),
+        model=actor, reward_funcs=reward.trl_funcs(), args=cfg, train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer, peft_config=lora.peft_config(),
         callbacks=[training.FiniteGuard("grpo"), stop, snapshots],
     )
@@ -73,6 +74,7 @@ def main():
         {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
         export=partial(policy.save_policy, sft_path=sft_path, tokenizer=tokenizer, snapshots=snapshots.folder),
         answers=reward.answers * cfg.world_size, reward_model=str(rm_path), split_fingerprint=split.fingerprint,
+        reward=reward.record(),
         optimizer_steps=trainer.state.global_step, progress=snapshots.progress(trainer.state), tensorboard=str(tb),
     )
 
