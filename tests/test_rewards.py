@@ -185,3 +185,65 @@ def test_bad_reward_options_exit_with_one_line_before_anything_is_written(tmp_pa
                    tmp=tmp_path)
     assert_one_line_error(r, 2, needle)
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- 端到端：每一项一条曲线，stage.json 记下各项与权重
+
+USER_FILE = '''
+def shorter(prompts, completions, completion_ids, **kwargs):  # 给 TRL 的 GRPO 写的样子：原样用
+    return [-len(ids) / 16 for ids in completion_ids]
+'''
+
+
+def test_grpo_and_ppo_train_on_rm_rules_and_a_user_function_with_one_curve_per_term(work, sft, rm):
+    from conftest import read_scalars, rl_args, stage_args, trained
+
+    from qwen_rlhf.outputs import stage_info
+
+    (work / "user_reward.py").write_text(USER_FILE)
+    user = f"{work / 'user_reward.py'}:shorter"
+    funcs = ["--reward_funcs", "rm", "repetition", "length", user, "--reward_weights", "1.0", "0.5", "0.2", "0.3",
+             "--target_length", "8"]
+    runs = {"grpo": rl_args(work, "grpo", work / "grpo-rules", *funcs),
+            "ppo": stage_args("ppo", work / "tiny-qwen3", work / "ppo-rules", "--sft_model_path", sft.folder,
+                              "--reward_model_path", rm.folder, "--total_episodes", 32, *funcs)}
+    for stage, args in runs.items():
+        trained(f"train_{stage}.py", *args, tmp=work)
+        info = stage_info(work / f"{stage}-rules")
+        assert [(t["name"], t["weight"]) for t in info["reward"]["terms"]] == [
+            ("rm", 1.0), ("repetition", 0.5), ("length", 0.2), ("shorter", 0.3), ("missing_eos", 1.0)]
+        assert info["reward"]["terms"][3]["source"] == user
+        scalars = read_scalars(info["tensorboard"])
+        steps = len(scalars[f"{stage}/reward"])
+        assert steps >= 2
+        for name in ("rm", "repetition", "length", "shorter", "missing_eos"):
+            for what in ("mean", "std"):
+                values = scalars[f"{stage}/rewards/{name}/{what}"]
+                assert len(values) == steps and all(math.isfinite(v) for v in values), (stage, name, what)
+        assert all(-1 <= v <= 0 for v in scalars[f"{stage}/rewards/repetition/mean"] + scalars[f"{stage}/rewards/length/mean"])
+        assert all(-1 <= v < 0 for v in scalars[f"{stage}/rewards/shorter/mean"])  # 回答至少一个 token，最多 16 个
+
+
+RAISES_LATER = '''
+import pathlib
+
+def flaky(prompts, completions, **kwargs):
+    calls = pathlib.Path(__file__).with_suffix(".calls")
+    n = int(calls.read_text()) if calls.exists() else 0
+    calls.write_text(str(n + 1))
+    if n >= 2:
+        raise RuntimeError("数据库连不上")
+    return [0.0] * len(completions)
+'''
+
+
+def test_a_function_that_raises_mid_training_stops_with_one_line_and_leaves_a_checkpoint(work, sft, rm):
+    from conftest import rl_args, run_script
+
+    (work / "flaky_reward.py").write_text(RAISES_LATER)
+    out = work / "grpo-flaky"
+    r = run_script("train_grpo.py", *rl_args(work, "grpo", out, "--reward_funcs", "rm",
+                                             f"{work / 'flaky_reward.py'}:flaky", "--save_steps", 1), tmp=work)
+    assert_one_line_error(r, 2, "奖励函数 flaky", "RuntimeError: 数据库连不上", "--resume_from_checkpoint true")
+    assert not out.exists()
+    assert sorted(p.name for p in (work / "grpo-flaky-trainer-checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
