@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, prefs, recipes, report
-from qwen_rlhf import sampling, scoring, trajectory, words
+from qwen_rlhf import rewards, sampling, scoring, trajectory, words
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import STAGES, chat_stages, rl_stages
 from qwen_rlhf.cost import Cost
@@ -400,6 +400,7 @@ def main():
     sampled = [(questions[i // args.kl_samples], scoring.response_text(tokenizer, r))
                for name, (_, responses, tokenizer) in samples.items() for i, r in enumerate(responses)]
     tokenizers = {n: tok for n, (_, _, tok) in {**generated, **samples}.items()}
+    rewards.score_rules(answers, {n: tok for n, (_, _, tok) in generated.items()})  # 每条内置规则一列，不加进 RM 分数
     texts = [(a.question, a.response) for a in answers] + sampled
     sample_scores, stats = {}, {}
     for role, folder in (("proxy", rm_folder), *((r, f) for r, (f, _) in extra.items())):
@@ -423,6 +424,8 @@ def main():
     held_out = {n: (info or {}).get("held_out") for n, (_, info) in policies.items()}
     summary = metrics.summarize(answers, names, stats["proxy"], kl=kl, costs=costs, methods=methods,
                                 judges={role: stats[role] for role in extra}, held_out=held_out, stages=stages)
+    for n, (_, info) in policies.items():  # 每个模型训练时优化的奖励各项（stage.json）
+        summary["models"][n]["reward_terms"] = rewards.trained_terms(info)
     summary["gold_base"] = {"gold": (extra.get("gold") or (None, {}))[1].get("base_model"),
                             "proxy": (rm_info or {}).get("base_model"),
                             "same": "gold" in extra and same_base(extra["gold"][1], rm_info)}

@@ -99,6 +99,26 @@ def rule_scores(tokenizer, answers: list[str], target_length: int = DEFAULT_TARG
                                                                          completion_ids=ids)) for name in RULES}
 
 
+def score_rules(answers, tokenizers: dict) -> None:
+    """benchmark：给每个回答（metrics.Answer）填上每条内置规则的分数（a.rules），按模型用它自己的分词器数 token。
+    和 RM 分数、金标准分数各自一列，从不加进 RM 分数。"""
+    for model, tokenizer in tokenizers.items():
+        mine = [a for a in answers if a.model == model]
+        scores = rule_scores(tokenizer, [a.response for a in mine])
+        for i, a in enumerate(mine):
+            a.rules = {name: round(values[i], 4) for name, values in scores.items()}
+
+
+def trained_terms(info: dict | None) -> str | None:
+    """stage.json 里记下的训练奖励 -> "rm×1 + repetition×0.5"（报告里说每个模型训练时优化的是什么）；不是 RL 阶段时 None。"""
+    reward = (info or {}).get("reward")
+    if reward:
+        return " + ".join(f"{t['name']}×{t['weight']:g}" for t in reward["terms"])
+    if (info or {}).get("stage") in ("ppo", "grpo", "rloo"):  # 有训练奖励模块之前的结果：只有 RM（和 missing_eos）
+        return "rm×1"
+    return None
+
+
 # ---------------------------------------------------------------- 把 --reward_funcs 的一项变成函数
 
 @functools.cache
