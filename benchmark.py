@@ -138,19 +138,23 @@ def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[d
                     points.append((f"{name}@{snap.name}", snap_info["progress"]))
         points.append((name, final))
         training_options = (info or {}).get("options", {}).get("training", {})
-        runs.append({"method": method_label(stage, training_options) or name, "run": name,
+        runs.append({"method": method_label(stage, training_options, (info or {}).get("reward")) or name, "run": name,
                      "seed": training_options.get("seed"), "points": points})
     return runs, snapshots
 
 
-def method_label(stage: str | None, training_options: dict) -> str | None:
-    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"），DPO 加了 NLL 项（rpo_alpha）时也带上：报告、
-    summary.json、CSV、图例都用这个标签，读者不会把 KL 为 0 的一次当成默认的。图例用英文（默认字体没有中文字形）。"""
+def method_label(stage: str | None, training_options: dict, reward: dict | None = None) -> str | None:
+    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"），DPO 加了 NLL 项（rpo_alpha）时也带上，训练奖励
+    不只 rm 时带上各项（"grpo (rm+repetition)"，stage.json 的 reward）：报告、summary.json、CSV、图例都用这个标签，读者不会把
+    KL 为 0 的一次当成默认的，也不会把 rm + 规则的几个种子和只用 rm 的并成一组。图例用英文（默认字体没有中文字形）。"""
     knob = recipes.kl_setting(stage) if stage else None
     coef = training_options.get(knob[0]) if knob else None
     extra = [f"{knob[0]}={coef:g}"] if coef is not None and coef != knob[1] else []
     if training_options.get("rpo_alpha") is not None:
         extra.append(f"rpo_alpha={training_options['rpo_alpha']:g}")
+    terms = [t["name"] for t in (reward or {}).get("terms", []) if t["name"] != rewards.EOS_TERM]
+    if terms and terms != [rewards.RM]:
+        extra.append("+".join(terms))
     return f"{stage} ({', '.join(extra)})" if extra else stage
 
 

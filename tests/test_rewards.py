@@ -247,3 +247,19 @@ def test_a_function_that_raises_mid_training_stops_with_one_line_and_leaves_a_ch
     assert_one_line_error(r, 2, "奖励函数 flaky", "RuntimeError: 数据库连不上", "--resume_from_checkpoint true")
     assert not out.exists()
     assert sorted(p.name for p in (work / "grpo-flaky-trainer-checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_grpo_on_rm_and_repetition_is_its_own_method_beside_grpo_on_rm(tmp_path):
+    """compare.sh RULES=1：rm + repetition 的 GRPO 和只用 rm 的 GRPO 在报告里是两个方法（各自跨种子的均值），不并成一组；
+    只有 rm（+ missing_eos）的、早于训练奖励模块的结果仍叫 grpo。"""
+    import benchmark
+
+    def run(stage, *terms):
+        reward = {"terms": [{"name": n, "weight": 1.0} for n in (*terms, "missing_eos")]} if terms else None
+        return tmp_path / stage, {"stage": stage, "reward": reward, "options": {"training": {"seed": 1}}}
+
+    policies = {"sft": run("sft"), "grpo-seed1": run("grpo", "rm"), "grpo-rep-seed1": run("grpo", "rm", "repetition"),
+                "grpo-old": run("grpo"), "rloo-rules": run("rloo", "no_answer", "length")}
+    runs, _ = benchmark.model_runs(policies, with_snapshots=False)
+    assert {r["run"]: r["method"] for r in runs} == {"grpo-seed1": "grpo", "grpo-rep-seed1": "grpo (rm+repetition)",
+                                                     "grpo-old": "grpo", "rloo-rules": "rloo (no_answer+length)"}
