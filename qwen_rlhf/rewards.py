@@ -21,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 import math
+import numbers
 import sys
 import unicodedata
 from dataclasses import dataclass
@@ -244,11 +245,11 @@ class Checked:
             got = "一个不是列表的值" if out is None else f" {len(out)} 个值"
             raise UserError(f"{where}返回了{got}，应该每个回答一个分数（这次 {len(completions)} 个）：请让它返回同样长的列表。",
                             EXIT_BAD_INPUT)
-        for v in out:
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        for v in out:  # numbers.Real：Python 和 numpy 的数都算（TRL 用 torch.tensor 收下它们）
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)):
                 raise UserError(f"{where}返回了 {v!r}：每个分数必须是有限的数（或 None = 不适用），请检查它的计算。",
                                 EXIT_BAD_INPUT)
-        return out
+        return [None if v is None else float(v) for v in out]
 
 
 # ---------------------------------------------------------------- 唯一的训练奖励

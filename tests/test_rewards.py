@@ -169,9 +169,11 @@ def test_a_broken_user_function_stops_with_one_line_naming_it(judge, needle):
     assert "奖励函数 judge（mine.py:judge）" in e.value.message and "\n" not in e.value.message
 
 
-def test_none_means_not_applicable_as_in_trl():
-    checked = rewards.Checked(lambda prompts, completions, **k: [None, 0.5], "x:f")
-    assert checked(prompts=[None, None], completions=as_completions(["a", "b"])) == [None, 0.5]
+def test_none_means_not_applicable_as_in_trl_and_numpy_numbers_are_numbers():
+    import numpy as np
+
+    checked = rewards.Checked(lambda prompts, completions, **k: [None, np.float32(0.5), 2], "x:f")
+    assert checked(prompts=[None] * 3, completions=as_completions(["a", "b", "c"])) == [None, 0.5, 2.0]
 
 
 @pytest.mark.parametrize("script, funcs, needle", [
