@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, prefs, recipes, report
-from qwen_rlhf import sampling, scoring, trajectory, words
+from qwen_rlhf import rewards, sampling, scoring, trajectory, words
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import STAGES, chat_stages, oom_hint, rl_stages
 from qwen_rlhf.cost import Cost
@@ -138,19 +138,23 @@ def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[d
                     points.append((f"{name}@{snap.name}", snap_info["progress"]))
         points.append((name, final))
         training_options = (info or {}).get("options", {}).get("training", {})
-        runs.append({"method": method_label(stage, training_options) or name, "run": name,
+        runs.append({"method": method_label(stage, training_options, (info or {}).get("reward")) or name, "run": name,
                      "seed": training_options.get("seed"), "points": points})
     return runs, snapshots
 
 
-def method_label(stage: str | None, training_options: dict) -> str | None:
-    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"），DPO 加了 NLL 项（rpo_alpha）时也带上：报告、
-    summary.json、CSV、图例都用这个标签，读者不会把 KL 为 0 的一次当成默认的。图例用英文（默认字体没有中文字形）。"""
+def method_label(stage: str | None, training_options: dict, reward: dict | None = None) -> str | None:
+    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"），DPO 加了 NLL 项（rpo_alpha）时也带上，训练奖励
+    不只 rm 时带上各项（"grpo (rm+repetition)"，stage.json 的 reward）：报告、summary.json、CSV、图例都用这个标签，读者不会把
+    KL 为 0 的一次当成默认的，也不会把 rm + 规则的几个种子和只用 rm 的并成一组。图例用英文（默认字体没有中文字形）。"""
     knob = recipes.kl_setting(stage) if stage else None
     coef = training_options.get(knob[0]) if knob else None
     extra = [f"{knob[0]}={coef:g}"] if coef is not None and coef != knob[1] else []
     if training_options.get("rpo_alpha") is not None:
         extra.append(f"rpo_alpha={training_options['rpo_alpha']:g}")
+    terms = [t["name"] for t in (reward or {}).get("terms", []) if t["name"] != rewards.EOS_TERM]
+    if terms and terms != [rewards.RM]:
+        extra.append("+".join(terms))
     return f"{stage} ({', '.join(extra)})" if extra else stage
 
 
@@ -400,6 +404,7 @@ def main():
     sampled = [(questions[i // args.kl_samples], scoring.response_text(tokenizer, r))
                for name, (_, responses, tokenizer) in samples.items() for i, r in enumerate(responses)]
     tokenizers = {n: tok for n, (_, _, tok) in {**generated, **samples}.items()}
+    rewards.score_rules(answers, {n: tok for n, (_, _, tok) in generated.items()})  # 每条内置规则一列，不加进 RM 分数
     texts = [(a.question, a.response) for a in answers] + sampled
     sample_scores, stats = {}, {}
     for role, folder in (("proxy", rm_folder), *((r, f) for r, (f, _) in extra.items())):
@@ -423,6 +428,8 @@ def main():
     held_out = {n: (info or {}).get("held_out") for n, (_, info) in policies.items()}
     summary = metrics.summarize(answers, names, stats["proxy"], kl=kl, costs=costs, methods=methods,
                                 judges={role: stats[role] for role in extra}, held_out=held_out, stages=stages)
+    for n, (_, info) in policies.items():  # 每个模型训练时优化的奖励各项（stage.json）
+        summary["models"][n]["reward_terms"] = rewards.trained_terms(info)
     summary["gold_base"] = {"gold": (extra.get("gold") or (None, {}))[1].get("base_model"),
                             "proxy": (rm_info or {}).get("base_model"),
                             "same": "gold" in extra and same_base(extra["gold"][1], rm_info)}

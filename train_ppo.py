@@ -14,7 +14,7 @@
 
 import shutil
 
-from qwen_rlhf import data, device, errors, models, options, outputs, policy, ppo, recipes, training  # noqa: I001  先于 trl.experimental 导入（见 __init__）
+from qwen_rlhf import data, device, errors, models, options, outputs, policy, ppo, recipes, rewards, training  # noqa: I001  先于 trl.experimental 导入（见 __init__）
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.errors import UserError
 from qwen_rlhf.recipes import PPOArgs
@@ -119,6 +119,8 @@ def main():
     reward = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=frozen)
     critic = models.load_score_model(rm_path if args.critic_init == "rm" else base, tokenizer, args.allow_pickle)
     models.check_same_family(tokenizer, {"SFT": actor, "RM": reward, "critic": critic})
+    training_reward = rewards.build("ppo", args, cfg, tokenizer, reward, load_rm=lambda p: models.load_score_model(
+        p, tokenizer, args.allow_pickle, dtype=frozen).to(cfg.device))  # --reward_funcs 的各项，和 GRPO / RLOO 同一个模块
     if cfg.gradient_checkpointing:
         ppo.enable_gradient_checkpointing(actor, critic, kwargs=cfg.gradient_checkpointing_kwargs)
     ppo.set_mixed_precision(cfg.bf16)
@@ -134,7 +136,7 @@ def main():
     trainer = ppo.RLHFPPOTrainer(
         args=cfg, processing_class=tokenizer, model=actor, ref_model=None, reward_model=reward,
         value_model=critic, train_dataset=Dataset.from_list(examples), peft_config=lora.peft_config(),
-        callbacks=wiring.callbacks, run_info=info, stop=wiring.stop,
+        callbacks=wiring.callbacks, run_info=info, stop=wiring.stop, reward=training_reward,
     )
     stop = wiring.bind(trainer, lambda: trainer.accelerator.unwrap_model(trainer.model).policy)
     if resume:
@@ -158,7 +160,8 @@ def main():
             outputs.write_stage_info(
                 tmp, "ppo", {"script": options.to_jsonable(args), "training": cfg.to_dict(),
                              "lora": options.to_jsonable(lora)},
-                **where, reward_model=str(rm_path), base_model=str(base), split_fingerprint=split.fingerprint,
+                **where, reward_model=str(rm_path), reward=training_reward.record(), base_model=str(base),
+                split_fingerprint=split.fingerprint,
                 optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode,
                 progress=wiring.progress(trainer), tensorboard=str(tb),
                 launch=training.launch_info(cfg), cost=record,

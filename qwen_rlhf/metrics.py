@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .stages import STAGES
 
@@ -34,6 +34,7 @@ class Answer:
     gold_gain: float | None = None  # 同上，金标准分数相对 SFT 的提升
     null: float | None = None  # 空评委（--null_model_path：同数据、另一种子的第二个代理 RM）的分数
     null_gain: float | None = None
+    rules: dict[str, float] = field(default_factory=dict)  # 内置规则（rewards.RULES）给这个回答的分数，各自一列，不加进 score
 
 
 def round4(x: float) -> float:
@@ -196,6 +197,7 @@ def summarize(answers: list[Answer], models: list[str], rm: dict, kl: dict[str, 
             "unfinished_share": mean(float(not a.stopped) for a in mine),
             "distinct_share": distinct_share(texts),
             "distinct_2": distinct_2(texts),
+            "rules": {r: mean(a.rules[r] for a in mine) for r in (mine[0].rules if mine else {})},  # 规则各自的均值
             "kl_seq": own_kl.get("kl_seq"), "kl_seq_ci95": own_kl.get("kl_seq_ci95"),
             "kl_per_token": own_kl.get("kl_per_token"),
             "training_cost": (costs or {}).get(m),

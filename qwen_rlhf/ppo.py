@@ -3,7 +3,8 @@
 - 多进程（DDP）时 `model.policy` 不存在（huggingface/trl#2375）：把未包装的 policy / value_model 挂到包装器上。
 - `max_grad_norm` 从不裁剪：包一层 optimizer.step，在真正更新参数前裁剪梯度。
 - 记录每批 rollout 的"不同回复占比"和平均回复长度（多进程时收齐所有进程的）：看出奖励投机（所有问题都回同一句话）。
-- RM 的奖励按文本算（scoring.score），和 benchmark、标准客户端一样：见 _text_reward。
+- 奖励按回答文本算，由训练奖励模块（rewards.TrainingReward：RM + 规则 / 用户函数 + missing_eos，和 GRPO / RLOO
+  同一个）给出，每一项记一条曲线 rewards/<名字>/mean、/std：见 _text_reward。
 - 开了梯度检查点时，rollout 生成临时切到 eval：训练模式下每层会丢掉 KV cache，生成既慢又错（见 recording_generate）。
 - 可续训的检查点（TRL 的维护者认为 PPO 续训不在范围内，huggingface/trl#2657）：`_save_checkpoint` 存 LoRA 适配器、
   critic、优化器与学习率调度器、计数器、各进程的随机数状态；`resume()` 读回来，`train()` 只跑剩下的更新，
@@ -18,7 +19,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from statistics import mean
+from statistics import fmean, mean, stdev
 
 import torch
 from accelerate.utils import gather_object
@@ -37,13 +38,15 @@ RESUME_DAMAGED = "这个检查点不能用了：--resume_from_checkpoint 换一�
 
 
 class RLHFPPOTrainer(PPOTrainer):
-    def __init__(self, *args, train_dataset, run_info: dict, stop, **kwargs):
+    def __init__(self, *args, train_dataset, run_info: dict, stop, reward, **kwargs):
         # 数据集里每个提示的消息（data.ppo_example）：按提示 token 查回来，RM 渲染整段对话打分（见 _text_reward）；
         # TRL 的 DataCollatorWithPadding 只认 token，这一列交给它之前去掉
         self.prompt_messages = {tuple(ids): m for ids, m in zip(train_dataset["input_ids"], train_dataset["messages"])}
         super().__init__(*args, train_dataset=train_dataset.remove_columns("messages"), **kwargs)
         self.run_info = run_info  # 写进每个检查点：续训时核对选项、数据和 SFT / RM 是不是同一套
         self.stop = stop
+        self.reward = reward  # rewards.TrainingReward：和 GRPO / RLOO 同一个训练奖励
+        self._reward_terms: dict[str, list[float]] = {}  # 这次更新的 rollout 上每一项的分数（log 时算均值 / 标准差）
         self.resumed: dict | None = None
         self.rollout_tokens, self.rollout_seconds = 0, 0.0
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -77,24 +80,31 @@ class RLHFPPOTrainer(PPOTrainer):
 
         return clipped_step
 
-    # ---------------------------------------------------------------- 奖励：RM 给回答文本打分
+    # ---------------------------------------------------------------- 奖励：训练奖励模块给回答文本打分
     def _text_reward(self, get_reward):
         """TRL 1.12 在 train() 里用 token 算奖励：get_reward(reward_model, 提示 + 截断后的回复, pad, context_length)，
         读在回复最后一个非填充 token（`<|im_end|>`）上。而 RM 在对话模板渲染的文本上训练、读在 `<|im_end|>\\n` 上，
         benchmark 和标准客户端（transformers 的 AutoModelForSequenceClassification + apply_chat_template）也这样打分，
         TRL 自己的 GRPOTrainer / RLOOTrainer 同样先解码再套模板（trl/trainer/grpo_trainer.py 的 _calculate_rewards）。
-        所以对奖励模型的那一次调用换成：解码回复（scoring.response_text，和 benchmark 报告的文本一样）、按提示 token 查回
-        消息、scoring.score。critic 的那次调用（逐 token 的价值）照旧。missing_eos_penalty 之后由 TRL 按 token 扣，不受影响。"""
+        所以对奖励模型的那一次调用换成训练奖励模块（rewards.TrainingReward.score），交给它的正是 GRPOTrainer 交给
+        reward_funcs 的东西：提示消息（按提示 token 查回）、回答 token（截到第一个 `<|im_end|>`，含它）、它们解码的文本。
+        missing_eos 也在模块里扣（train() 期间关掉 TRL 自己那次），PPO、GRPO、RLOO 对同样的回答给同样的奖励。
+        critic 的那次调用（逐 token 的价值）照旧。"""
         tok = self.processing_class
+        eos, pad = tok.eos_token_id, tok.pad_token_id
 
         def reward(model, query_responses, pad_token_id, context_length):
             if model is not self.reward_model:
                 return get_reward(model, query_responses, pad_token_id, context_length)
             rows = query_responses.tolist()
             prompts = [self.prompt_messages[tuple(t for t in r[:context_length] if t != pad_token_id)] for r in rows]
-            answers = [scoring.response_text(tok, r[context_length:]) for r in rows]
-            scores = scoring.score(model, tok, prompts, answers, batch_size=len(rows))
-            return None, torch.tensor(scores, device=query_responses.device), None
+            ids = [completion_ids(r[context_length:], eos, pad) for r in rows]
+            completions = [[{"role": "assistant", "content": text}] for text in tok.batch_decode(ids, skip_special_tokens=True)]
+            totals, per_term = self.reward.score(prompts, completions, ids, trainer_state=self.state,
+                                                 log_extra=lambda *a, **k: None, log_metric=lambda *a, **k: None)
+            for name, values in per_term.items():
+                self._reward_terms.setdefault(name, []).extend(values)
+            return None, torch.tensor(totals, device=query_responses.device), None
 
         return reward
 
@@ -133,6 +143,10 @@ class RLHFPPOTrainer(PPOTrainer):
         if responses:
             logs["rollout/distinct_ratio"] = len(set(responses)) / len(responses)
             logs["rollout/response_length"] = mean(len(r) for r in responses)
+        terms = gather_object([self._reward_terms]) if self.accelerator.num_processes > 1 else [self._reward_terms]
+        self._reward_terms = {}
+        if any(terms):  # 和 GRPOTrainer 同样的名字：rewards/<项>/mean、/std（不算 None），reward / reward_std = 加权和
+            logs.update(reward_logs(terms, self.reward.names, self.reward.weights))
         if self.optimizer_steps:
             logs["policy/grad_norm"] = self.last_grad_norm
         if self.resumed and "eps" in logs:  # TRL 用"累计 episode / 本次运行的秒数"，续训后要减去之前的 episode
@@ -213,13 +227,43 @@ class RLHFPPOTrainer(PPOTrainer):
         gc.freeze()
         original_get_reward = trl_ppo.get_reward  # TRL 的 train() 从模块里按名字取 get_reward：只在 train() 期间换掉
         trl_ppo.get_reward = self._text_reward(original_get_reward)
+        self.reward.bind_rm(self.reward_model)  # TRL 可能已把 RM 换成 DeepSpeed 引擎：打分用它手里的那个
+        penalty, self.args.missing_eos_penalty = self.args.missing_eos_penalty, None  # 已在 rewards.MissingEOS 里扣过
         try:
             super().train()
         finally:
+            self.args.missing_eos_penalty = penalty
             trl_ppo.get_reward = original_get_reward
             gc.unfreeze()
             self.args.num_total_batches, self.dataloader = total, train_dataloader
             self.train_seconds = time.perf_counter() - self._train_started
+
+
+def completion_ids(response: list[int], eos: int, pad: int) -> list[int]:
+    """PPO 的回复 token（TRL 已把第一个 `<|im_end|>` 之后换成填充）-> GRPOTrainer 交给奖励函数的 completion_ids：
+    截到第一个 `<|im_end|>`（含它）；没停下的去掉末尾的填充。"""
+    if eos in response:
+        return response[: response.index(eos) + 1]
+    while response and response[-1] == pad:
+        response = response[:-1]
+    return response
+
+
+def reward_logs(parts: list[dict[str, list[float]]], names: list[str], weights: list[float]) -> dict[str, float]:
+    """各进程每一项的分数 -> TRL GRPOTrainer 的记法：rewards/<名字>/mean、/std（nanmean / nanstd，标准差用 n-1），
+    reward / reward_std = 加权和（None 不计入）。"""
+    per_term = {n: [v for p in parts for v in p.get(n, [])] for n in names}
+    totals = [sum(w * per_term[n][i] for n, w in zip(names, weights) if not math.isnan(per_term[n][i]))
+              for i in range(len(per_term[names[0]]))]
+    logs = {}
+    for key, values in [*((f"rewards/{n}", v) for n, v in per_term.items()), ("reward", totals)]:
+        values = [v for v in values if not math.isnan(v)]
+        mean_, std_ = (fmean(values), stdev(values) if len(values) > 1 else 0.0) if values else (math.nan, math.nan)
+        if key == "reward":
+            logs["reward"], logs["reward_std"] = mean_, std_
+        else:
+            logs[f"{key}/mean"], logs[f"{key}/std"] = mean_, std_
+    return logs
 
 
 class SkipFirst:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import trl
 
-from . import device, options
+from . import device, options, rewards
 from .errors import EXIT_BAD_INPUT, UserError
 from .policy import LoRAArgs
 from .stages import STAGES
@@ -28,6 +28,12 @@ RM_HELP = "奖励模型文件夹（train_rm.py 的产物，冻结）：给每个
 ADD_PREFS_HELP = ("再加一份偏好数据：python chat.py --arena 投票写下的文件（默认 data/human_prefs.jsonl），其中的偏好对加进"
                   "训练集（平局、跳过不用；问题在留出集里的不用，所以划分不变，PPO 和 benchmark 照常认这个结果）。"
                   "只想用你的票训练：改用 --dataset data/human_prefs.jsonl")
+
+
+REWARD_FUNCS_HELP = ("训练奖励的各项（TRL 的 reward_funcs 约定，见 README 的奖励表），例如 rm repetition：rm = 奖励模型文件夹"
+                     "（reward_model_path）的 RM；内置规则 repetition / length / no_answer；另一个 RM 文件夹；自己的函数 "
+                     "包.模块:函数 或 路径/文件.py:函数")
+TARGET_LENGTH_HELP = "length 规则的目标回答长度（token 数）"
 
 
 @dataclass
@@ -73,6 +79,9 @@ class PPOArgs(PolicyArgs):
     critic_init: str = _help("critic 的初始化：base = 基座 + 新打分头（原仓库做法）；rm = 从奖励模型开始", default="base")
     max_prompt_length: int = _help("提示超过这么多 token 的问题不参与 PPO（会打印数量）", default=256)
     save_critic: bool = _help("同时把训练后的 critic 保存到 <output_dir>/critic", default=False)
+    reward_funcs: list[str] = _help(REWARD_FUNCS_HELP + "（PPO 必须含 rm）", default_factory=lambda: [rewards.RM])
+    reward_weights: list[float] | None = _help("每项的权重（和 --reward_funcs 一样多；默认全部为 1）", default=None)
+    target_length: int = _help(TARGET_LENGTH_HELP, default=rewards.DEFAULT_TARGET_LENGTH)
 
 
 @dataclass
@@ -84,6 +93,9 @@ class SampledArgs(PolicyArgs):
     max_prompt_length: int = _help("提示超过这么多 token 的问题不参与训练（会打印数量）", default=256)
     missing_eos_penalty: float = _help("回答到 --max_completion_length 还没停（没有 <|im_end|>）时从 RM 分数里减去多少"
                                        "（和 PPO 的 missing_eos_penalty 相同）", default=1.0)
+    reward_funcs: list[str] = _help(REWARD_FUNCS_HELP + "（权重用 TRL 的 --reward_weights；可以不含 rm，只用规则）",
+                                    default_factory=lambda: [rewards.RM])
+    target_length: int = _help(TARGET_LENGTH_HELP, default=rewards.DEFAULT_TARGET_LENGTH)
     total_answers: int = _help("所有进程合计一共生成多少个回答（= PPO 的 total_episodes）：训练步数 = 它 ÷ 每步的回答数"
                                "（进程数 × --per_device_train_batch_size × --gradient_accumulation_steps），多卡时步数自动减少、"
                                "总预算不变。给了 --max_steps 时以 --max_steps 为准（每个进程的步数）", default=1000)
@@ -191,6 +203,8 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
     if stage == "rm" and ROLES.get(parsed[0].role):  # 金标准评委 / 空评委的默认值（配方和命令行仍然优先）：再解析一次
         parsed = options.parse(types(stage), {**defaults, **ROLES[parsed[0].role]}, argv)
     refuse_zero3(stage, parsed[1])
+    if hasattr(parsed[0], "reward_funcs"):  # 训练奖励的各项：名字、导入、权重个数、金标准评委，都在加载模型之前查
+        rewards.plan(stage, parsed[0].reward_funcs, rewards.weights_option(stage, *parsed[:2]), parsed[0].target_length)
     if r.sampled and parsed[1].max_steps <= 0:
         parsed[1].max_steps = steps_for_answers(parsed[0].total_answers, parsed[1])
     return parsed

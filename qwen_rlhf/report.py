@@ -71,12 +71,15 @@ def common_table(answers: list[Answer], models: list[str]) -> list[str]:
 
 def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     """终端表格和 report.md 共用的汇总表。"""
-    head = ["模型", "平均RM得分", "平均长度(token)", "未停下占比", "空回复占比", "不同回复占比", "distinct-2"]
+    rules = list(next(iter(summary["models"].values()), {}).get("rules") or {})  # 内置规则各一列（不加进 RM 得分）
+    head = ["模型", "平均RM得分", "平均长度(token)", "未停下占比", "空回复占比", "不同回复占比", "distinct-2",
+            *(f"规则:{r}" for r in rules), "训练奖励"]
     rows = []
     for m, s in summary["models"].items():
         rows.append([m, format_num(s["mean_score"]), format_num(s["mean_tokens"], ".1f"),
                      format_num(s["unfinished_share"], ".0%"), format_num(s["empty_share"], ".0%"),
-                     format_num(s["distinct_share"], ".0%"), format_num(s["distinct_2"], ".3f")])
+                     format_num(s["distinct_share"], ".0%"), format_num(s["distinct_2"], ".3f"),
+                     *(format_num(s["rules"][r], "+.3f") for r in rules), s.get("reward_terms") or "—"])
     return head, rows
 
 
@@ -145,7 +148,9 @@ def render_markdown(answers: list[Answer], models: list[str], summary: dict, met
         *("| " + " | ".join(r) + " |" for r in rows),
         "",
         ("未停下 = 写满 --max_new_tokens 还没输出 `<|im_end|>`，分数读在最后一个 token 上（PPO 训练时这类回答还会被扣"
-         " missing_eos_penalty，这里不扣）；不同回复占比 = 不同回答数 / 问题数；distinct-2 = 不同的相邻两字组合 / 全部两字组合。"),
+         " missing_eos_penalty，这里不扣）；不同回复占比 = 不同回答数 / 问题数；distinct-2 = 不同的相邻两字组合 / 全部两字组合；"
+         "规则:名字 = 训练奖励里同名内置规则给回答的平均分（0 最好，见 README 的奖励表），和 RM 得分分开列、从不相加；"
+         "训练奖励 = 这个模型训练时优化的各项 × 权重（stage.json）。"),
         "",
     ]
     lines += [v + "。\n" for v in versus_lines(summary)]
@@ -206,8 +211,9 @@ def new_run_folder(root: Path, stamp: str) -> Path:
 
 
 def write_csv(answers: list[Answer], path: Path) -> None:
-    """每个回答一行；有金标准评委、空评委时各多两列（它的分数和相对 SFT 的提升）。"""
+    """每个回答一行；有金标准评委、空评委时各多两列（它的分数和相对 SFT 的提升）；每条内置规则一列（rule_<名字>）。"""
     extra = [j for j in ("gold", "null") if any(getattr(a, j) is not None for a in answers)]
+    rules = list(answers[0].rules) if answers else []  # 每条内置规则一列：rule_repetition ……
 
     def num(x):
         return "" if x is None else f"{x:.4f}"
@@ -215,10 +221,12 @@ def write_csv(answers: list[Answer], path: Path) -> None:
     # utf-8-sig：Excel 直接双击打开也不乱码
     with path.open("w", encoding="utf-8-sig", newline="") as f:
         w = csv.writer(f)
-        w.writerow(CSV_COLUMNS + tuple(c for j in extra for c in (f"{j}_score", f"{j}_gain")))
+        w.writerow(CSV_COLUMNS + tuple(c for j in extra for c in (f"{j}_score", f"{j}_gain"))
+                   + tuple(f"rule_{r}" for r in rules))
         for a in answers:
             w.writerow([a.question, a.source, a.model, a.response, num(a.score), num(a.gain),
-                        *(num(x) for j in extra for x in (getattr(a, j), getattr(a, f"{j}_gain")))])
+                        *(num(x) for j in extra for x in (getattr(a, j), getattr(a, f"{j}_gain"))),
+                        *(num(a.rules[r]) for r in rules)])
 
 
 def write_trajectory_csv(rows: list[dict], path: Path) -> None:

@@ -1,8 +1,5 @@
-"""GRPO / RLOO 共用：把我们的 RM 交给 TRL 的 `reward_funcs`（一个可调用对象），打分走唯一的 scoring.score；
-以及 TRL 训练器在梯度检查点下采样出错的一处修正（GRPOTrainer / RLOOTrainer，见 _generate_in_eval_mode）。
-
-TRL 也接受把 RM 模型直接放进 reward_funcs，但那样分数由 TRL 自己渲染、读取；这里用可调用对象，
-PPO 的奖励、GRPO / RLOO 的奖励和 benchmark 的分数就是同一个函数算出来的。
+"""GRPO / RLOO 共用：TRL 训练器在梯度检查点下采样出错的一处修正（GRPOTrainer / RLOOTrainer，见 _generate_in_eval_mode）。
+奖励（交给 TRL 的 reward_funcs / reward_weights）在 qwen_rlhf/rewards.py，和 PPO 共用。
 """
 
 from __future__ import annotations
@@ -10,7 +7,6 @@ from __future__ import annotations
 from trl import GRPOTrainer as _GRPOTrainer
 from trl import RLOOTrainer as _RLOOTrainer
 
-from . import scoring
 from .sampling import fast_cpu_sampling
 
 
@@ -43,26 +39,3 @@ def _generate_in_eval_mode(trainer_cls):
 GRPOTrainer = _generate_in_eval_mode(_GRPOTrainer)
 RLOOTrainer = _generate_in_eval_mode(_RLOOTrainer)
 
-
-class RMReward:
-    """reward_funcs 里的一项：f(prompts, completions, completion_ids, **kw) -> 每个回答一个分数。
-
-    prompts 是消息列表（data.sampled_example），completions 是 [{"role": "assistant", "content": 文本}]；
-    回答文本 = content 去掉首尾空白。和 PPO 一样，回答写满 --max_completion_length 还没停（没有 <|im_end|>）的，
-    分数减去 missing_eos_penalty。RM 只加载一次、冻结；answers 记下这个进程打过分的回答数（吞吐用）。"""
-
-    __name__ = "rm"  # TRL 的曲线名：rewards/rm/mean
-
-    def __init__(self, reward_model, tokenizer, missing_eos_penalty: float = 0.0, batch_size: int = 16):
-        self.model, self.tokenizer = reward_model.eval().requires_grad_(False), tokenizer
-        self.penalty, self.batch_size = missing_eos_penalty, batch_size
-        self.answers = 0
-
-    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:
-        answers = [c[-1]["content"].strip() for c in completions]
-        scores = scoring.score(self.model, self.tokenizer, prompts, answers, self.batch_size)
-        if completion_ids is not None and self.penalty:
-            eos = self.tokenizer.eos_token_id
-            scores = [s - (self.penalty if not ids or ids[-1] != eos else 0.0) for s, ids in zip(scores, completion_ids)]
-        self.answers += len(answers)
-        return scores

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from . import data, device, models, options, outputs, recipes, sampled, training
+from . import data, device, models, options, outputs, recipes, rewards, sampled, training
 from .cost import Cost
 from .policy import frozen_dtype
 from .policy_run import PolicyWiring
@@ -41,7 +41,8 @@ def main(stage: str):
     actor = models.load_causal_lm(sft_path, tokenizer, args.allow_pickle, dtype=frozen)
     rm = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=frozen)
     models.check_same_family(tokenizer, {"SFT": actor, "RM": rm})
-    reward = sampled.RMReward(rm.to(cfg.device), tokenizer, args.missing_eos_penalty)
+    reward = rewards.build(stage, args, cfg, tokenizer, rm.to(cfg.device), load_rm=lambda p: models.load_score_model(
+        p, tokenizer, args.allow_pickle, dtype=frozen).to(cfg.device))  # --reward_funcs 的各项（TRL 的 reward_funcs 约定）
 
     # ---------------------------------------------------------------- 训练
     from datasets import Dataset
@@ -53,7 +54,7 @@ def main(stage: str):
     # 同样的选项和 --seed 得到同样的适配器、同样的训练
     set_seed(cfg.seed)
     trainer = TRAINERS[stage](
-        model=actor, reward_funcs=reward, args=cfg, train_dataset=Dataset.from_list(examples),
+        model=actor, reward_funcs=reward.trl_funcs(), args=cfg, train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer, peft_config=lora.peft_config(), callbacks=wiring.callbacks,
     )
     stop = wiring.bind(trainer, lambda: trainer.accelerator.unwrap_model(trainer.model))
@@ -65,5 +66,6 @@ def main(stage: str):
         {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
         export=wiring.export(sft_path, tokenizer),
         answers=reward.answers * cfg.world_size, reward_model=str(rm_path), split_fingerprint=split.fingerprint,
-        optimizer_steps=trainer.state.global_step, progress=wiring.progress(trainer), tensorboard=str(wiring.tb),
+        reward=reward.record(), optimizer_steps=trainer.state.global_step, progress=wiring.progress(trainer),
+        tensorboard=str(wiring.tb),
     )

@@ -9,6 +9,8 @@
 #   WEAK_KL=1 bash scripts/compare.sh        # 另加 KL 系数为 0 的 PPO 和 GRPO 各一次：不拉住它们时离 SFT 多远、金标准分怎样
 #   RPO=1 bash scripts/compare.sh            # 另加 DPO + chosen 上的 NLL 项（TRL 的 rpo_alpha 1.0），每个种子一个，和普通 DPO 并排：
 #                                            # 对付 DPO 把概率从 chosen 上挪走（"似然位移"）的常用办法
+#   RULES=1 bash scripts/compare.sh          # 另加 GRPO 训练在 rm + repetition（权重 1.0 0.5）上，每个种子一个，和只用 rm 的 GRPO
+#                                            # 并排：报告里两者的代理分、金标准分、规则:repetition 和 distinct-2
 #   JOBS=1 bash scripts/compare.sh           # 一次只训练一个（迷你演示默认同时两个：两个核，每个单线程；日志在 <输出>/logs/）
 #   bash scripts/compare.sh --real           # 真实尺寸：脚本默认值（GPU），读 checkpoint/sft、checkpoint/rm（和 checkpoint/rm_gold），
 #                                            # 写到 checkpoint/compare/
@@ -100,6 +102,10 @@ for seed in $SEEDS; do
     train "$m" "$out/$m-seed$seed" "$seed"
   done
   if [ "${RPO:-0}" = 1 ]; then train dpo "$out/dpo-rpo1-seed$seed" "$seed" --rpo_alpha 1.0; fi
+  if [ "${RULES:-0}" = 1 ]; then
+    [[ " $METHODS " == *" grpo "* ]] || train grpo "$out/grpo-seed$seed" "$seed"   # 对照：同一种子只用 rm 的 GRPO
+    train grpo "$out/grpo-rep-seed$seed" "$seed" --reward_funcs rm repetition --reward_weights 1.0 0.5
+  fi
 done
 if [ "${WEAK_KL:-0}" = 1 ]; then  # 对照：没有 KL 拉住的 PPO 和 GRPO（第一个种子各一次）
   first="${SEEDS%% *}"

@@ -152,7 +152,7 @@ def test_sequence_kl_sums_each_answer_and_per_token_kl_pools_every_position():
     assert metrics.kl_stats([[0.2, 0.2], []], 1)["kl_seq"] == pytest.approx(0.2)
 
 
-# ---------------------------------------------------------------- 精确 KL（inference.kl_to_reference）
+# ---------------------------------------------------------------- 精确 KL（sampling.kl_to_reference）
 
 
 @pytest.fixture(scope="module")
@@ -663,8 +663,8 @@ def test_every_reported_kl_is_non_negative_and_the_report_says_what_it_means(ben
 
 
 def test_top_k_then_top_p_samples_exactly_what_transformers_own_warpers_sample(tiny_model):
-    """inference.TopKTopP（温度 → top-k → 只在 k 个里做 top-p）和 transformers 自己的三个 warper（每步把 15 万的词表排序）
-    同样的种子下采出逐 token 相同的回答；inference.generate 用的就是它。"""
+    """sampling.TopKTopP（温度 → top-k → 只在 k 个里做 top-p）和 transformers 自己的三个 warper（每步把 15 万的词表排序）
+    同样的种子下采出逐 token 相同的回答；sampling.generate 用的就是它。"""
     import torch
 
     from qwen_rlhf import data, models, sampling
@@ -737,3 +737,24 @@ def test_a_plain_transformers_script_reproduces_every_sampled_answer(bench, pipe
     assert r.returncode == 0, r.stderr[-3000:]
     theirs = json.loads(r.stdout.strip().splitlines()[-1])
     assert theirs == mine
+
+
+def test_each_rule_is_its_own_column_beside_the_rm_score_and_the_report_names_the_training_terms(bench, pipeline):
+    """results.csv：每条内置规则一列（rule_<名字>），由 CSV 自己的文本复现，RM 分数不含它们；汇总表：规则各一列的均值，
+    以及每个模型训练时优化的奖励（stage.json）。"""
+    from qwen_rlhf import models, rewards
+
+    tok = models.load_tokenizer(pipeline["sft"])
+    assert all(f"rule_{r}" in bench.rows[0] for r in rewards.RULES)
+    for row in bench.rows:
+        assert float(row["rule_repetition"]) == pytest.approx(rewards.repetition_score(row["response"]), abs=1e-4)
+        assert float(row["rule_no_answer"]) == rewards.no_answer_score(row["response"])
+        tokens = len(tok(row["response"], add_special_tokens=False)["input_ids"])
+        assert float(row["rule_length"]) == pytest.approx(rewards.length_score(tokens, rewards.DEFAULT_TARGET_LENGTH),
+                                                          abs=1e-4)
+    for model, s in bench.summary["models"].items():
+        mine = [r for r in bench.rows if r["model"] == model]
+        assert s["rules"]["repetition"] == pytest.approx(sum(float(r["rule_repetition"]) for r in mine) / len(mine))
+    assert bench.summary["models"]["ppo"]["reward_terms"] == "rm×1 + missing_eos×1"
+    assert bench.summary["models"]["sft"]["reward_terms"] is None
+    assert "规则:repetition" in bench.md and "rm×1 + missing_eos×1" in bench.md

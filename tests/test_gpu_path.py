@@ -362,15 +362,18 @@ def test_device_cuda_7_on_a_one_gpu_box_is_one_line_before_loading(gpus, monkeyp
     assert seen == []
 
 
-def rollout_log(monkeypatch, processes: int, mine: list, theirs: list) -> dict:
+def rollout_log(monkeypatch, processes: int, mine: list, theirs: list, terms=({}, {})) -> dict:
     """一次更新结束时 RLHFPPOTrainer.log 记下的指标。processes > 1 时 gather_object 的替身把另一个进程的 rollout
-    （theirs）接在本进程的后面，和 accelerate 在 gloo / NCCL 上收齐的结果一样。"""
+    （theirs）和每项奖励（terms[1]）接在本进程的后面，和 accelerate 在 gloo / NCCL 上收齐的结果一样。"""
     from transformers import TrainerControl, TrainerState
 
     logged = []
-    monkeypatch.setattr(ppo, "gather_object", lambda obj: [*obj, *theirs], raising=False)
+    monkeypatch.setattr(ppo, "gather_object", lambda obj: [*obj, *(theirs if obj == mine else [terms[1]])],
+                        raising=False)
     trainer = object.__new__(ppo.RLHFPPOTrainer)  # 训练中途的 trainer：log 只用到这几样
     trainer._responses, trainer.optimizer_steps, trainer.resumed = list(mine), 0, None
+    trainer._reward_terms = dict(terms[0])
+    trainer.reward = SimpleNamespace(names=list(terms[0]), weights=[1.0] * len(terms[0]))
     trainer.accelerator = SimpleNamespace(num_processes=processes)
     trainer.state, trainer.control = TrainerState(), TrainerControl()
     trainer.args = SimpleNamespace(include_num_input_tokens_seen="no")
@@ -388,6 +391,15 @@ def test_ppo_rollout_diversity_and_length_cover_every_process(monkeypatch):
     assert (logs["rollout/distinct_ratio"], logs["rollout/response_length"]) == (3 / 4, 9 / 4)
     logs = rollout_log(monkeypatch, 1, mine, theirs)
     assert (logs["rollout/distinct_ratio"], logs["rollout/response_length"]) == (1 / 2, 3)
+
+
+def test_ppo_reward_term_curves_cover_every_process(monkeypatch):
+    """每一项奖励的曲线（rewards/<项>/mean、/std）和加权和 reward 也按所有进程合起来的回答算。"""
+    terms = ({"rm": [1.0, 1.0], "repetition": [0.0, -0.5]}, {"rm": [3.0, 3.0], "repetition": [-0.5, -1.0]})
+    logs = rollout_log(monkeypatch, 2, [(1,)], [(2,)], terms)
+    assert (logs["rewards/rm/mean"], logs["rewards/repetition/mean"], logs["reward"]) == (2.0, -0.5, 1.5)
+    logs = rollout_log(monkeypatch, 1, [(1,)], [(2,)], terms)
+    assert (logs["rewards/rm/mean"], logs["rewards/rm/std"], logs["reward"]) == (1.0, 0.0, 0.75)
 
 
 # ---------------------------------------------------------------- 9. GRPO / RLOO 的生成长度与组大小

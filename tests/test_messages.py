@@ -43,6 +43,7 @@ SHARED = {
     "qwen_rlhf/ppo.py": ("train_ppo.py",),
     "qwen_rlhf/policy.py": LORA,
     "qwen_rlhf/sampled.py": SAMPLED,
+    "qwen_rlhf/rewards.py": ("train_ppo.py", *SAMPLED),
 }
 # 共用模块里只有部分脚本会走到的函数 / 类（模块, 名字）-> 这些脚本
 ONLY = {
@@ -58,6 +59,7 @@ ONLY = {
     ("qwen_rlhf/outputs.py", "lock_output"): TRAIN,
     ("qwen_rlhf/outputs.py", "check_same_split"): ("train_ppo.py", "benchmark.py"),
     ("qwen_rlhf/recipes.py", "SampledArgs"): SAMPLED,
+    ("qwen_rlhf/recipes.py", "PPOArgs"): ("train_ppo.py",),
     ("qwen_rlhf/recipes.py", "RMArgs"): ("train_rm.py",),
     ("qwen_rlhf/recipes.py", "PolicyArgs"): LORA,
     ("qwen_rlhf/outputs.py", "check_reward_model"): ("train_ppo.py", "train_grpo.py", "train_rloo.py"),

@@ -12,7 +12,7 @@ import torch
 
 from conftest import (ROOT, last_line, offline_env, quarter_means, read_by_step, read_scalars, read_steps, run_inline,
                       run_script, run_until, stage_args)
-from qwen_rlhf import data, inference, models, outputs, ppo, scoring, training
+from qwen_rlhf import data, inference, models, outputs, ppo, rewards, sampling, scoring, training
 from qwen_rlhf.policy import frozen_dtype
 
 TB_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "policy/entropy_avg", "loss/policy_avg",
@@ -74,7 +74,7 @@ def test_merged_model_loads_and_stops_at_im_end_without_think(pipeline):
     tok = loaded.tokenizer
     prompts = [data.prompt_ids(tok, q) for q in ["你好", "今天星期几", "你是谁", "最近怎么样"] * 2]
     torch.manual_seed(0)
-    responses = inference.generate(loaded.model, tok, prompts, max_new_tokens=64, do_sample=True, temperature=0.7)
+    responses = sampling.generate(loaded.model, tok, prompts, max_new_tokens=64, do_sample=True, temperature=0.7)
     assert any(r and r[-1] == tok.eos_token_id for r in responses)
     for r in responses:
         assert tok.eos_token_id not in r[:-1]  # 停在第一个 <|im_end|>
@@ -142,7 +142,9 @@ def trainer(tiny_model, tmp_path, monkeypatch):
     return ppo.RLHFPPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
                               value_model=critic, train_dataset=Dataset.from_list(rows),
                               peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"),
-                              run_info={}, stop=training.GracefulStop())
+                              run_info={}, stop=training.GracefulStop(),
+                              reward=rewards.TrainingReward([("rm", rewards.RMTerm("rm", reward, tok), 1.0)], 1.0,
+                                                            tok.eos_token_id))
 
 
 def test_gradient_checkpointing_is_on_for_policy_and_critic(trainer):
@@ -157,7 +159,7 @@ def test_rollout_generation_with_gradient_checkpointing_sees_the_whole_context(t
 
     policy = trainer.accelerator.unwrap_model(trainer.model).policy
     tok = trainer.processing_class
-    ids, mask = inference.left_pad(tok, [data.ppo_example(tok, {"question": q})["input_ids"] for q in ["你好", "几点了"]])
+    ids, mask = sampling.left_pad(tok, [data.ppo_example(tok, {"question": q})["input_ids"] for q in ["你好", "几点了"]])
     gen = GenerationConfig(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
     policy.train()
     with torch.no_grad():
@@ -315,8 +317,8 @@ def test_bf16_frozen_weights_give_the_same_rollout_log_probs_and_rm_scores_as_fp
     assert {p.dtype for n, p in bf16.named_parameters() if "lora_" in n} == {torch.float32}
     assert bf16.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
     torch.manual_seed(0)
-    responses = inference.generate(fp32, tok, prompts, 16, do_sample=True, temperature=1.0)
-    ids, mask = inference.left_pad(tok, [p + r for p, r in zip(prompts, responses)])
+    responses = sampling.generate(fp32, tok, prompts, 16, do_sample=True, temperature=1.0)
+    ids, mask = sampling.left_pad(tok, [p + r for p, r in zip(prompts, responses)])
 
     def response_log_probs(model):
         with torch.no_grad():
@@ -330,3 +332,17 @@ def test_bf16_frozen_weights_give_the_same_rollout_log_probs_and_rm_scores_as_fp
     scores = [torch.tensor(scoring.score(models.load_score_model(pipeline["rm"], tok, dtype=d), tok, questions, texts))
               for d in (torch.float32, torch.bfloat16)]
     assert (scores[0] - scores[1]).abs().max() < 0.05
+
+
+def test_train_scores_with_the_reward_module_and_turns_off_trls_own_eos_penalty(trainer, monkeypatch):
+    """missing_eos 只扣一次：train() 期间 TRL 自己那次（按 token 扣 missing_eos_penalty）关掉，交给 rewards.MissingEOS；之后复原。"""
+    from trl.experimental.ppo import PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as trl_ppo
+
+    seen = {}
+    monkeypatch.setattr(PPOTrainer, "train", lambda self: seen.update(penalty=self.args.missing_eos_penalty,
+                                                                      get_reward=trl_ppo.get_reward))
+    original, trainer.args.missing_eos_penalty = trl_ppo.get_reward, 1.0
+    trainer.train()
+    assert seen["penalty"] is None and seen["get_reward"] is not original
+    assert trainer.args.missing_eos_penalty == 1.0 and trl_ppo.get_reward is original
