@@ -109,7 +109,8 @@ def plan(size: str, device: str) -> dict:
                     ppo=["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                          "--local_rollout_forward_batch_size", "2", "--response_length", "8", "--total_episodes", "8"],
                     sampled=sampled(8, 2), pairs=train,
-                    benchmark=["--num_questions", "2", "--max_new_tokens", "8"], chat=["--max_new_tokens", "8"])
+                    benchmark=["--num_questions", "2", "--max_new_tokens", "8", "--kl_samples", "1",
+                               "--kl_max_new_tokens", "8"], chat=["--max_new_tokens", "8"])
     # 真实尺寸上 CPU：证明真实维度的路径（GQA、共享嵌入、真实投影上的 LoRA、打分头、合并），批量最小
     train = ["--max_length", "128", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
              "--max_steps", "1", "--logging_steps", "1"]
@@ -118,7 +119,8 @@ def plan(size: str, device: str) -> dict:
                 ppo=["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                      "--local_rollout_forward_batch_size", "2", "--response_length", "16", "--total_episodes", "2"],
                 sampled=sampled(16, 1), pairs=train,
-                benchmark=["--num_questions", "2", "--max_new_tokens", "16"], chat=["--max_new_tokens", "16"])
+                benchmark=["--num_questions", "2", "--max_new_tokens", "16", "--kl_samples", "1",
+                           "--kl_max_new_tokens", "16"], chat=["--max_new_tokens", "16"])
 
 
 # ====================================================================== 准备（在子进程里：建模型要 torch）

@@ -183,7 +183,7 @@ def judge_lines(summary: dict) -> list[str]:
     return lines
 
 
-KL_LINE = ("KL：每个模型按训练时的温度（不做 top-k / top-p）自己采样回答，在每个位置上对整个词表求 KL(模型 ‖ SFT)"
+KL_LINE = ("KL：每个模型按训练时的温度（不做 top-k / top-p）自己采样回答，在每个位置上对整个词表求和算 KL(模型 ‖ SFT)"
            "（两个分布按同一温度缩放、不靠采样，一定 ≥ 0），再对整条回答求和 = 序列 KL，即训练约束的那个量；表里另给每 token "
            "的平均。TRL 的 PPO 曲线 objective/kl 是同一个序列 KL 的单样本估计（采样 token 上 log π − log π_SFT 之和），"
            "所以会跳、可以为负；GRPO 的 kl 曲线是每 token 的 k3 估计。训练轨迹的横轴是 √(序列 KL)（Gao et al. 2022）。")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import TINY, last_line, run_inline, run_script
-from qwen_rlhf import metrics, report, words
+from qwen_rlhf import metrics, report, rewards, words
 from qwen_rlhf.data import COMMON_QUESTIONS
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING
 from qwen_rlhf.metrics import Answer
@@ -445,7 +445,8 @@ def test_writes_csv_report_summary_and_valid_pngs(bench):
             assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
         assert image.imread(str(path)).ndim == 3
         assert f"]({png})" in bench.md  # 报告里用相对链接嵌入
-    assert list(bench.rows[0]) == ["question", "source", "model", "response", "score", "gain"]
+    assert list(bench.rows[0]) == ["question", "source", "model", "response", "score", "gain",
+                                   *(f"rule_{r}" for r in rewards.RULES)]  # 每条内置规则一列，和 RM 得分并排
     assert "report.md" in last_line(bench.proc.stdout) and str(bench.folder.name) in last_line(bench.proc.stdout)
 
 
