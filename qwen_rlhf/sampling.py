@@ -138,14 +138,15 @@ def reference_of(model, reference):
 
 def compare_to_reference(model, tokenizer, prompts: list[list[int]], responses: list[list[int]], reference=None,
                          batch_size: int = 16, chunk_bytes: int = KL_CHUNK_BYTES, kl: bool = True,
-                         temperature: float = 1.0) -> tuple[list, list]:
+                         temperature: float = 1.0, ratio: bool = True) -> tuple[list, list]:
     """模型和参考（SFT）在每条回答每个位置上的两个量，一遍算完：
     - 精确 KL(模型_T ‖ 参考_T)：Σ_v π_T(v|x,y<t) (log π_T(v|x,y<t) − log π_ref,T(v|x,y<t))，两个分布都按 temperature
       缩放 logits（训练时 rollout 的温度），对整个词表求和、不靠采样——所以不会是负数，也没有 k1 / k3 估计的采样噪声
       （J. Schulman, "Approximating KL Divergence", 2020）；
     - 回答里那个 token 的 log π(y_t) − log π_ref(y_t)（温度 1；DPO 的隐式奖励 = β × 它们的和）。
     位置 = 预测回答里每个 token 的那些位置（含 <|im_end|>）。返回 (kl, log_ratio)，每条回答一个列表；kl=False 时
-    不算 KL（只要 log_ratio 的 DPO 诊断省掉对整个词表的那次求和），第一个是空列表。
+    不算 KL（只要 log_ratio 的 DPO 诊断省掉对整个词表的那次求和），第一个是空列表；ratio=False 时不算 log_ratio
+    （只要 KL 的评测省掉两次 logsumexp），第二个是空列表。
 
     一批 batch_size 条：模型和参考各跑一遍解码器（不建 KV 缓存：一次前向用不着它，Qwen3-0.6B 上一批要多占约 1 GB），
     只取回答位置的隐藏状态，再按 chunk_bytes 分块乘 lm_head、在 fp32 里 log_softmax：完整的 (批 × 长度 × 词表)
@@ -156,7 +157,7 @@ def compare_to_reference(model, tokenizer, prompts: list[list[int]], responses: 
     decoder, head = split_lm(model)
     ref_decoder, ref_head = split_lm(ref_model)
     chunk = max(1, chunk_bytes // (4 * head.weight.shape[0]))
-    want_kl = kl
+    want_kl, want_ratio = kl, ratio
     kl_out: list[list[float]] = []
     ratio_out: list[list[float]] = []
     for start in range(0, len(prompts), batch_size):
@@ -177,9 +178,10 @@ def compare_to_reference(model, tokenizer, prompts: list[list[int]], responses: 
                 if want_kl:  # (块, 词表) 的 log 概率，温度 T
                     lp, lq = torch.log_softmax(logits / temperature, -1), torch.log_softmax(ref_logits / temperature, -1)
                     kl.append(torch.nn.functional.kl_div(lq, lp, log_target=True, reduction="none").sum(-1))
-                t = targets[s:s + chunk, None]  # 给定 token 的 log 概率（温度 1）= logit − logsumexp
-                ratio.append((logits.gather(-1, t) - logits.logsumexp(-1, keepdim=True)
-                              - ref_logits.gather(-1, t) + ref_logits.logsumexp(-1, keepdim=True))[:, 0])
+                if want_ratio:
+                    t = targets[s:s + chunk, None]  # 给定 token 的 log 概率（温度 1）= logit − logsumexp
+                    ratio.append((logits.gather(-1, t) - logits.logsumexp(-1, keepdim=True)
+                                  - ref_logits.gather(-1, t) + ref_logits.logsumexp(-1, keepdim=True))[:, 0])
         # 数学上 KL 的每一项都 ≥ 0；两个分布几乎相同时 fp32 的舍入可能给出 -1e-9 这样的值
         kl = torch.cat(kl).clamp_min(0).cpu().tolist() if kl else []
         ratio = torch.cat(ratio).cpu().tolist() if ratio else []
@@ -187,8 +189,9 @@ def compare_to_reference(model, tokenizer, prompts: list[list[int]], responses: 
             if want_kl:
                 kl_out.append(kl[:len(r)])
                 kl = kl[len(r):]
-            ratio_out.append(ratio[:len(r)])
-            ratio = ratio[len(r):]
+            if want_ratio:
+                ratio_out.append(ratio[:len(r)])
+                ratio = ratio[len(r):]
     return kl_out, ratio_out
 
 
@@ -196,4 +199,4 @@ def kl_to_reference(model, tokenizer, prompts: list[list[int]], responses: list[
                     batch_size: int = 16, chunk_bytes: int = KL_CHUNK_BYTES, temperature: float = 1.0) -> list[list[float]]:
     """每条回答每个位置上的精确 KL(模型_T ‖ 参考_T)（见 compare_to_reference）。"""
     return compare_to_reference(model, tokenizer, prompts, responses, reference, batch_size, chunk_bytes,
-                                temperature=temperature)[0]
+                                temperature=temperature, ratio=False)[0]
