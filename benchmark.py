@@ -46,7 +46,7 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
                 "文件夹不存在时不用（打印一行说明）"})
     trajectory: bool = field(default=False, metadata={
         "help": "同时评测 --models 里每个 LoRA 阶段训练中存下的快照（<结果>/snapshots/，同样的问题、同样的解码），"
-                "写 trajectory.csv 和 trajectory.png：代理分和金标准分随离 SFT 的 KL 怎样变化，报告里一段话读出有没有过度优化。"
+                "写 trajectory.csv 和 reward_vs_kl.png：代理分和金标准分随离 SFT 的 KL 怎样变化，报告里一段话读出有没有过度优化。"
                 "轨迹从 SFT 画起：--models 里要有 sft"})
     num_questions: int = field(default=50, metadata={
         "help": "最多用多少个留出测试问题（另加十个常见问题）；0 = 只用常见问题。--questions 的问题不受此限"})
@@ -311,7 +311,9 @@ def trajectory_points(samples: dict, scores: dict[str, list], kl: dict, per_ques
 
 
 def trajectory_scale(points: dict[str, dict]) -> dict[str, float | None]:
-    """每位评委在 SFT 的（按训练温度采的）回答上的分数标准差：轨迹上的提升换成"几个 SFT 标准差"。"""
+    """每位评委给 SFT 的分数在问题之间的标准差（每个问题先对它按训练温度采的几个回答取平均）：轨迹上的提升换成
+    "几个 SFT 标准差"。和方法对比表的尺子（SFT 每个报告回答的分数的标准差）不是同一把：这里每个问题平均了 --kl_samples
+    个回答，标准差更小，所以轨迹上的"几个标准差"和表里的不能直接比。"""
     sft = points[metrics.BASELINE]
     return {role: metrics.sd(sft[role]) for role in trajectory.JUDGES if role in sft}
 
