@@ -89,7 +89,7 @@ class SampledArgs(PolicyArgs):
     """GRPO / RLOO：在线采样、RM 打分（PPO 的 sft_model_path / reward_model_path 是 PPOConfig 自己的字段）。"""
 
     sft_model_path: str = _help(SFT_HELP, default="checkpoint/sft")
-    reward_model_path: str = _help(RM_HELP, default="checkpoint/rm")
+    reward_model_path: str = _help(RM_HELP + "（--reward_funcs 不含 rm、只用规则时不读它）", default="checkpoint/rm")
     max_prompt_length: int = _help("提示超过这么多 token 的问题不参与训练（会打印数量）", default=256)
     missing_eos_penalty: float = _help("回答到 --max_completion_length 还没停（没有 <|im_end|>）时从 RM 分数里减去多少"
                                        "（和 PPO 的 missing_eos_penalty 相同）", default=1.0)
