@@ -215,7 +215,7 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
 
 
 # RM 的 LoRA 导出由主进程单独重新加载基座再合并（policy.merge_score_adapter），和 LoRA 策略的导出一样
-RM_LORA_ZERO3 = "--use_peft true 时主进程单独重新加载基座合并 LoRA，其余进程在等，多半卡住"
+RM_LORA_ZERO3 = "用 LoRA 训练时，导出由主进程单独重新加载基座合并 LoRA，其余进程在等，多半卡住；全参数的 RM 可以用"
 
 
 def refuse_zero3(stage: str, cfg, reason: str | None = None) -> None:
