@@ -7,7 +7,7 @@
 
 在临时目录里：用 Qwen3-0.6B 的精确结构（tiny.QWEN3_0_6B，随机初始化）和真实分词器建一个模型，写一份合成数据
 （SFT / RM 样本正好撑满各自的 max_length，PPO 的回复总是写满 response_length：显存峰值按最坏情况测），
-再以子进程运行 train_sft.py（3 步）、train_rm.py（3 步）、train_ppo.py（8 次更新）、train_grpo.py / train_rloo.py
+再以子进程运行 train_sft.py（3 步）、train_rm.py（3 步；再用 --use_peft true 跑一次：LoRA 训练的 RM）、train_ppo.py（8 次更新）、train_grpo.py / train_rloo.py
 （4 步，每步 8 个回答）、train_dpo.py（3 步）、benchmark.py 和
 chat.py 的一轮对话。GPU 上除了步数和路径全是脚本的默认值：bf16（卡支持时）、默认批量 / 累积 / 回复长度 / 梯度检查点；
 GPU 上一个阶段跑完再跑下一个（独占显卡，峰值显存才是它自己的），CPU 上同时跑两个互不依赖的阶段（--jobs）。
@@ -62,7 +62,9 @@ SIZES = {"full": ("qwen3-0.6b", tiny.QWEN3_0_6B), "tiny": ("tiny", tiny.TINY)}
 PPO_UPDATES = 8
 PROMPT_TOKENS = memory.PROMPT_TOKENS  # 真实尺寸时提示长度和显存估算的假设一致（64 token）
 CHAT_PROMPT = "你好，你是谁？"
-LABELS = {**{s: s.upper() for s in memory.STAGES}, "benchmark": "评测", "chat": "对话"}  # 训练阶段：sft … dpo
+# 训练阶段：sft … dpo，以及 memory.VARIANTS 里同一个脚本的另一种做法（rm_lora = train_rm.py --use_peft true）
+LABELS = {**{s: s.upper() for s in memory.STAGES}, **{v: v.upper().replace("_", "-") for v in memory.VARIANTS},
+          "benchmark": "评测", "chat": "对话"}
 RL = rl_stages()  # 评测拿来和 SFT 比的阶段（ppo / grpo / rloo / dpo）
 # 要用到哪些阶段的产物：训练阶段的来自登记表（inputs），上游失败时跳过
 NEEDS = {**{s: STAGES[s].inputs for s in memory.STAGES if STAGES[s].inputs},
@@ -222,7 +224,7 @@ def tail(log: Path, lines: int = 25) -> str:
 def estimate(stage: str, argv: list, config: dict, precision: str) -> float | None:
     """显存估算（同样的选项，由训练脚本自己的 parse_options 解析）。只有三个训练阶段有公式。
     在所有阶段跑完之后才调用：解析选项时会问 torch 这张卡支不支持 bf16，父进程里就建起了 CUDA 上下文。"""
-    if stage not in memory.STAGES:
+    if stage not in memory.ESTIMATED:
         return None
     return round(memory.estimate_peak_gib(stage, argv, config, precision), 2)
 
@@ -296,16 +298,21 @@ def main():
     # 不支持 bf16 的卡上 SFT / RM / DPO 用 fp16 混合精度（字节数与 bf16 相同），PPO / GRPO / RLOO 用 fp32
     precisions = {s: ("bf16" if device == "cuda" else "fp32") if recipes.RECIPES[s].allow_fp16 else precision
                   for s in memory.STAGES}
+    precisions.update({v: precisions[stage] for v, (stage, _) in memory.VARIANTS.items()})
     print(f"[自检] {size_name} 在 {info['gpu'] or 'CPU'} 上；数据 {info['data']}；用时 {prep['wall_s']:.0f} 秒", flush=True)
 
     # ---------------------------------------------------------------- 各阶段
     base, data_file = work / "base", work / "data.jsonl"
     common_args = ["--model_name_or_path", base, "--dataset", data_file]
     out = {s: work / s for s in LABELS}
-    scripts = {
-        **{s: (STAGES[s].script, [*p[STAGES[s].memory_kind], *(common_args if takes_base(s) else common_args[2:]),
+    def training(name: str) -> tuple[str, list]:  # 一个训练阶段（或它的变体：同一个脚本多几个选项）的命令
+        s, extra = memory.VARIANTS.get(name, (name, []))
+        return STAGES[s].script, [*p[STAGES[s].memory_kind], *(common_args if takes_base(s) else common_args[2:]),
                                   *(x for i in STAGES[s].inputs for x in (STAGES[i].path_option, out[i])),
-                                  "--output_dir", out[s]]) for s in memory.STAGES},
+                                  *extra, "--output_dir", out[name]]
+
+    scripts = {
+        **{s: training(s) for s in memory.ESTIMATED},
         "benchmark": ("benchmark.py", [*p["benchmark"], *common_args, "--reward_model_path", out["rm"],
                                        *(x for s in ("sft", *RL) for x in (f"--{s}_model_path", out[s])),
                                        "--output_dir", out["benchmark"]]),

@@ -2,6 +2,7 @@
 
     python -m qwen_rlhf.memory [--json]               # Qwen3-0.6B，三个阶段，训练脚本的默认选项（--json 机器可读）
     python -m qwen_rlhf.memory --stage ppo -- --response_length 128 --per_device_train_batch_size 1
+    python -m qwen_rlhf.memory --stage rm_lora                # train_rm.py --use_peft true（LoRA 训练的 RM）
 
 `--` 之后是训练脚本自己的选项（含 --config 配方），和脚本一样由 qwen_rlhf.recipes 解析，默认值就是脚本的默认值。
 权重、梯度、AdamW 状态、bf16 副本、激活、15 万词表的 logits、KV 缓存按 transformers 5 / TRL 1.12 的代码数出来，
@@ -33,6 +34,10 @@ LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 # 每个训练阶段都有一个估算（sft / rm / ppo / grpo / rloo / dpo）；公式按登记表里的 memory_kind 分：
 # GRPO 和 RLOO 的显存形状相同（在线采样 + LoRA，没有 critic）
 STAGES = training_stages()
+# 同一个脚本的另一种做法，单列一项：名字 -> (阶段, 加在脚本选项前面的选项)。LoRA 训练的 RM 只有 LoRA 和打分头的
+# 梯度与 AdamW 状态，和全参数的 RM 差得最多的就是这两项
+VARIANTS = {"rm_lora": ("rm", ["--use_peft", "true"])}
+ESTIMATED = (*STAGES, *VARIANTS)  # --stage all 估算的全部
 Shape = namedtuple("Shape", "vocab hidden inter layers heads kv_heads head_dim tied bias")
 
 
@@ -109,7 +114,13 @@ class Opts:
 
 
 def kind_of(stage: str) -> str:
-    return REGISTRY[stage].memory_kind
+    return REGISTRY[VARIANTS.get(stage, (stage,))[0]].memory_kind
+
+
+def command(name: str) -> str:
+    """一项估算对应的命令：train_rm.py，或变体的 train_rm.py --use_peft true。"""
+    stage, extra = VARIANTS.get(name, (name, []))
+    return " ".join([f"train_{stage}.py", *extra])
 
 
 def phases(m: Shape, o: Opts) -> dict[str, dict[str, int]]:
@@ -122,6 +133,12 @@ def phases(m: Shape, o: Opts) -> dict[str, dict[str, int]]:
         seqs = o.batch * (1 if o.kind == "sft" else 2)  # RM 每对 chosen + rejected 两条一起前向
         fixed = {"权重": 4 * p, "梯度": 4 * p, "优化器状态": 8 * p,
                  "激活": activation_bytes(m, seqs * o.max_length, o.precision, o.gc, o.gqa_repeat)}
+        if o.kind == "rm" and o.lora_r:
+            # train_rm.py --use_peft true：基座 fp32 冻结，只有 LoRA 和打分头有梯度、AdamW 状态；autocast 只缓存要梯度的
+            # 权重的 bf16 副本（冻结的每次现转）。LoRA 自己的激活（dropout 后的输入）没算：开梯度检查点时只在重算的那一层
+            trainable = lora_params(m, o.lora_r, o.lora_targets) + m.hidden
+            return {"训练": {**fixed, "权重": 4 * (p + trainable - m.hidden), "梯度": 4 * trainable,
+                             "优化器状态": 8 * trainable, "bf16 权重副本": 2 * trainable * bf16}}
         if o.kind == "rm":  # 打分头只输出一个数，没有词表 logits
             return {"训练": {**fixed, "bf16 权重副本": 2 * matmul_params(m, False) * bf16}}
         # 词表 logits 每元素：前向末尾 = lm_head 输出（bf16 2）+ fp32 拷贝 4 + log_softmax 4；
@@ -206,15 +223,16 @@ def max_batch(m: Shape, o: Opts, gb: float) -> int:
 
 def script_options(stage: str, argv=(), precision: str = "bf16") -> Opts:
     """用训练脚本同样的解析（qwen_rlhf.recipes：同名选项、同样的默认值和配方）解析 argv，取出和显存有关的几个。"""
-    name = f"train_{stage}"
+    script, extra = VARIANTS.get(stage, (stage, []))
+    name = f"train_{script}"
     try:
-        parsed = recipes.parse(stage, list(argv))
+        parsed = recipes.parse(script, [*extra, *argv])
     except UserError as e:
         raise UserError(f"{name}.py 的选项：{e.message}（-- 之后的选项交给每个要估算的脚本，可用 --stage 只选一个）", e.code) from None
     cfg, kind = parsed[1], kind_of(stage)
     o = Opts(stage, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, bool(cfg.gradient_checkpointing),
              precision, max_length=getattr(cfg, "max_length", 0) or 0, kind=kind)
-    if len(parsed) == 3:  # LoRA 策略
+    if len(parsed) == 3 and getattr(parsed[0], "use_peft", True):  # LoRA 策略；RM 只在 --use_peft true 时
         t = parsed[2].lora_target_modules
         o = replace(o, lora_r=parsed[2].lora_r, lora_targets=tuple(t) if isinstance(t, list) else t)
     if kind == "ppo":
@@ -272,7 +290,7 @@ def describe(o: Opts) -> str:
 
 def format_stage(r: dict) -> str:
     terms = "、".join(f"{k} {v:.1f}" for k, v in r["terms_gib"].items() if v)
-    out = [f"== {r['stage'].upper()}（train_{r['stage']}.py）：{r['description']}",
+    out = [f"== {r['stage'].upper()}（{command(r['stage'])}）：{r['description']}",
            f"峰值估计 {r['estimate_gib']:.1f} GiB（峰值时刻「{r['peak_phase']}」：{terms}、CUDA 开销 "
            f"{r['options']['overhead'] / GiB:.1f}）"]
     if r["measured"]:
@@ -294,14 +312,15 @@ def main(argv: list[str] | None = None) -> None:
     own, script_argv = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = _Parser(prog="python -m qwen_rlhf.memory", epilog="-- 之后的选项原样交给训练脚本，例如 -- --max_length 256",
                 description="估算各训练阶段（SFT / RM / PPO / GRPO / RLOO / DPO）的单卡峰值显存和 24/32/80 GB 卡上的最大每卡批量。")
-    p.add_argument("--stage", choices=[*STAGES, "all"], default="all", help="估算哪个阶段（默认 all）")
+    p.add_argument("--stage", choices=[*ESTIMATED, "all"], default="all",
+                   help="估算哪个阶段（默认 all；rm_lora = train_rm.py --use_peft true）")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                    help="bf16 = fp32 主权重 + bf16 autocast（支持 bf16 的 GPU，默认）；fp32 = 全 fp32")
     p.add_argument("--json", action="store_true", help="输出 JSON")
     p.add_argument("--traceback", action="store_true", help="出错时打印完整 traceback")
     a = p.parse_args(own)
     m = shape_of(QWEN3_0_6B)
-    stages = list(STAGES) if a.stage == "all" else [a.stage]
+    stages = list(ESTIMATED) if a.stage == "all" else [a.stage]
     reports = [stage_report(m, script_options(s, script_argv, a.precision)) for s in stages]
     if a.json:
         model = {**m._asdict(), "causal_lm_params": causal_lm_params(m), "score_model_params": score_model_params(m)}

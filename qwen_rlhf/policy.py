@@ -1,4 +1,5 @@
-"""LoRA 策略：PPO、GRPO、RLOO、DPO 共用的 LoRA 选项、冻结权重的精度，以及唯一的导出（适配器 + merged/）。
+"""LoRA 策略：PPO、GRPO、RLOO、DPO 共用的 LoRA 选项、冻结权重的精度，以及唯一的导出（适配器 + merged/）；
+train_rm.py --use_peft true 用同一套 LoRA 选项，导出是合并好的完整 RM（merge_score_adapter）。
 
 四个阶段的 actor 都是"SFT 模型 + LoRA"，参考模型都是关掉适配器的同一个模型（不另占一份显存），
 所以 LoRA 的设置写一次（LoRAArgs），导出也只写一次（save_policy）：chat / benchmark 读任何一个都走同一条路。
@@ -14,7 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .models import load_causal_lm
+from .models import load_causal_lm, load_score_model
 from .outputs import pause_point, read_json, write_json, write_stage_info, writing
 from .paths import display_path
 
@@ -27,7 +28,8 @@ def _help(text: str, **kw):
 
 @dataclass
 class LoRAArgs:
-    """actor 的 LoRA（peft 的 LoraConfig，task_type=CAUSAL_LM）；默认值复现原仓库 PPO 的设置：r 32、alpha 8、全部线性层。"""
+    """actor 的 LoRA（peft 的 LoraConfig，task_type=CAUSAL_LM），也是 RM 的（--use_peft true，task_type=SEQ_CLS）；
+    默认值复现原仓库 PPO 的设置：r 32、alpha 8、全部线性层。"""
 
     lora_r: int = _help("LoRA 的秩 r", default=32)
     lora_alpha: int = _help("LoRA 的 alpha（缩放 = alpha / r）", default=8)
@@ -37,11 +39,12 @@ class LoRAArgs:
     use_rslora: bool = _help("Rank-Stabilized LoRA：缩放改为 alpha / sqrt(r)", default=False)
     use_dora: bool = _help("DoRA（权重分解的 LoRA，更慢）", default=False)
 
-    def peft_config(self):
-        """交给 TRL 各 Trainer 的 peft_config（和 trl.get_peft_config 建的一样：bias 不训练）。"""
+    def peft_config(self, task_type: str = "CAUSAL_LM"):
+        """交给 TRL 各 Trainer 的 peft_config（和 trl.get_peft_config 建的一样：bias 不训练）。
+        SEQ_CLS（RM）：peft 自动把打分头 score 加进 modules_to_save，整层训练、随适配器保存。"""
         from peft import LoraConfig
 
-        return LoraConfig(task_type="CAUSAL_LM", r=self.lora_r, lora_alpha=self.lora_alpha,
+        return LoraConfig(task_type=task_type, r=self.lora_r, lora_alpha=self.lora_alpha,
                           lora_dropout=self.lora_dropout, target_modules=self.lora_target_modules, bias="none",
                           use_rslora=self.use_rslora, use_dora=self.use_dora, modules_to_save=self.lora_modules_to_save)
 
@@ -167,3 +170,23 @@ def stage_snapshots(source: Path, folder: Path) -> list[Path]:
     for snap in snapshots_of(source.parent):  # source 是 <工作文件夹>/snapshots；只要写完了的，写到一半的 .step-N.tmp 不带
         staged.append(Path(shutil.copytree(snap, folder / SNAPSHOTS / snap.name, copy_function=link)))
     return staged
+
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md")  # README.md：peft 写的模型卡
+
+
+def merge_score_adapter(folder: Path, base: Path, tokenizer, allow_pickle: bool = False) -> dict:
+    """train_rm.py --use_peft true 的导出：folder 里 Trainer 写的适配器（LoRA + 整层的打分头）合并回基座，folder 变成和
+    全参数 RM 同样的完整打分模型（model.safetensors + config.json），读 RM 的地方（PPO 的奖励与 --critic_init rm、
+    benchmark、纯 transformers）不用知道它是 LoRA 训练的。适配器文件删掉：folder 里有 adapter_config.json 时
+    transformers 的 from_pretrained 会改去加载适配器写的基座。和 save_policy 一样在 fp32 的基座上用 peft 自己的加载与合并
+    （基座的打分头是随机的，被适配器里训练好的那份整层替换）。返回写进 stage.json 的 LoRA 设置。"""
+    from peft import PeftModel
+
+    adapter = read_json(Path(folder) / "adapter_config.json", "刚写出的适配器配置读不回来：检查磁盘后重新运行 train_rm.py")
+    merged = PeftModel.from_pretrained(load_score_model(base, tokenizer, allow_pickle), str(folder)).merge_and_unload()
+    for f in ADAPTER_FILES:
+        (Path(folder) / f).unlink(missing_ok=True)
+    merged.save_pretrained(str(folder))
+    return {"r": adapter["r"], "alpha": adapter["lora_alpha"], "target_modules": sorted(adapter["target_modules"]),
+            "modules_to_save": sorted(adapter.get("modules_to_save") or [])}

@@ -50,6 +50,10 @@ class RMArgs(options.CommonArgs):
                       "同样的数据，只换种子（写到 checkpoint/rm_null、种子 2042），benchmark.py 用它量出\"只差种子的两个 RM "
                       "本来就有多大分歧\"", default="proxy")
     add_prefs: str | None = _help(ADD_PREFS_HELP, default=None)
+    use_peft: bool = _help("用 LoRA 训练 RM：骨干的线性层加 LoRA（--lora_r 等选项，默认同 PPO），打分头整层训练（peft 的 "
+                           "SEQ_CLS 任务自动把 score 放进 modules_to_save）；训练完合并成完整的 RM 写进输出文件夹，PPO、"
+                           "benchmark、AutoModelForSequenceClassification 读它和读全参数 RM 一样。优化器状态只有 LoRA "
+                           "和打分头的，显存省得多；学习率仍是 --learning_rate，不自动改", default=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,7 +93,7 @@ class SampledArgs(PolicyArgs):
     """GRPO / RLOO：在线采样、RM 打分（PPO 的 sft_model_path / reward_model_path 是 PPOConfig 自己的字段）。"""
 
     sft_model_path: str = _help(SFT_HELP, default="checkpoint/sft")
-    reward_model_path: str = _help(RM_HELP, default="checkpoint/rm")
+    reward_model_path: str = _help(RM_HELP + "（--reward_funcs 不含 rm、只用规则时不读它）", default="checkpoint/rm")
     max_prompt_length: int = _help("提示超过这么多 token 的问题不参与训练（会打印数量）", default=256)
     missing_eos_penalty: float = _help("回答到 --max_completion_length 还没停（没有 <|im_end|>）时从 RM 分数里减去多少"
                                        "（和 PPO 的 missing_eos_penalty 相同）", default=1.0)
@@ -170,7 +174,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "sft": Recipe(SFTArgs, SFT),
-    "rm": Recipe(RMArgs, RM),
+    "rm": Recipe(RMArgs, RM, lora=True),  # LoRA 选项只在 --use_peft true 时生效
     "ppo": Recipe(PPOArgs, PPO, lora=True, allow_fp16=False),
     "grpo": Recipe(SampledArgs, {**SAMPLED, "output_dir": "checkpoint/grpo"}, lora=True, allow_fp16=False, sampled=True),
     "rloo": Recipe(SampledArgs, {**SAMPLED, "output_dir": "checkpoint/rloo"}, lora=True, allow_fp16=False, sampled=True),
@@ -202,7 +206,7 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
     parsed = options.parse(types(stage), defaults, argv)
     if stage == "rm" and ROLES.get(parsed[0].role):  # 金标准评委 / 空评委的默认值（配方和命令行仍然优先）：再解析一次
         parsed = options.parse(types(stage), {**defaults, **ROLES[parsed[0].role]}, argv)
-    refuse_zero3(stage, parsed[1])
+    refuse_zero3(stage, parsed[1], RM_LORA_ZERO3 if getattr(parsed[0], "use_peft", False) else None)
     if hasattr(parsed[0], "reward_funcs"):  # 训练奖励的各项：名字、导入、权重个数、金标准评委，都在加载模型之前查
         rewards.plan(stage, parsed[0].reward_funcs, rewards.weights_option(stage, *parsed[:2]), parsed[0].target_length)
     if r.sampled and parsed[1].max_steps <= 0:
@@ -210,13 +214,17 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
     return parsed
 
 
-def refuse_zero3(stage: str, cfg) -> None:
+# RM 的 LoRA 导出由主进程单独重新加载基座再合并（policy.merge_score_adapter），和 LoRA 策略的导出一样
+RM_LORA_ZERO3 = "用 LoRA 训练时，导出由主进程单独重新加载基座合并 LoRA，其余进程在等，多半卡住；全参数的 RM 可以用"
+
+
+def refuse_zero3(stage: str, cfg, reason: str | None = None) -> None:
     """登记表里写了 no_zero3 的阶段在 DeepSpeed ZeRO-3 下用一行中文拒绝（退出码 2），指向 ZeRO-2 / DDP。
 
     cfg.deepspeed_plugin 由 TrainingArguments 自己建好：accelerate launch 的 DeepSpeed 配置和 --deepspeed ds.json 都算。
     在解析选项之后、任何 from_pretrained 之前拒绝：zero.Init 一旦生效，加载的模型就已经被分片了。"""
     plugin = getattr(cfg, "deepspeed_plugin", None)
-    reason = STAGES[stage].no_zero3
+    reason = reason or STAGES[stage].no_zero3
     if reason and plugin is not None and plugin.zero_stage == 3:
         raise UserError(
             f"{stage.upper()} 不支持 DeepSpeed ZeRO-3（{reason}）。请改用 ZeRO-2（accelerate launch --config_file "

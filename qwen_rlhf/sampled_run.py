@@ -22,9 +22,11 @@ def main(stage: str):
     args, cfg, lora = recipes.parse(stage)  # 选项与默认值在 qwen_rlhf/recipes.py
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
-    sft_path, rm_path = options.input_path(args.sft_model_path), options.input_path(args.reward_model_path)
+    sft_path = options.input_path(args.sft_model_path)
     sft_info = outputs.check_kind(sft_path, ("sft",), "--sft_model_path")
-    rm_info = outputs.check_reward_model(rm_path)
+    # 只用规则（--reward_funcs 不含 rm）时不读 --reward_model_path：没训练过 RM 也能跑，也不白占一份显存
+    rm_path = options.input_path(args.reward_model_path) if rewards.RM in args.reward_funcs else None
+    rm_info = outputs.check_reward_model(rm_path) if rm_path else None
     device.announce_device(stage, cfg.use_cpu, device.precision_of(cfg), model=sft_path)
 
     # ---------------------------------------------------------------- 数据
@@ -39,9 +41,9 @@ def main(stage: str):
     # ---------------------------------------------------------------- 模型
     frozen = frozen_dtype(cfg.bf16)  # 只训练 LoRA：SFT 基座（也是参考模型）和 RM 在 bf16 时就用 bf16
     actor = models.load_causal_lm(sft_path, tokenizer, args.allow_pickle, dtype=frozen)
-    rm = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=frozen)
-    models.check_same_family(tokenizer, {"SFT": actor, "RM": rm})
-    reward = rewards.build(stage, args, cfg, tokenizer, rm.to(cfg.device), load_rm=lambda p: models.load_score_model(
+    rm = models.load_score_model(rm_path, tokenizer, args.allow_pickle, dtype=frozen).to(cfg.device) if rm_path else None
+    models.check_same_family(tokenizer, {"SFT": actor, **({"RM": rm} if rm else {})})
+    reward = rewards.build(stage, args, cfg, tokenizer, rm, load_rm=lambda p: models.load_score_model(
         p, tokenizer, args.allow_pickle, dtype=frozen).to(cfg.device))  # --reward_funcs 的各项（TRL 的 reward_funcs 约定）
 
     # ---------------------------------------------------------------- 训练
@@ -65,7 +67,7 @@ def main(stage: str):
         trainer, final, stage, tokenizer,
         {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
         export=wiring.export(sft_path, tokenizer),
-        answers=reward.answers * cfg.world_size, reward_model=str(rm_path), split_fingerprint=split.fingerprint,
+        answers=reward.answers * cfg.world_size, reward_model=str(rm_path) if rm_path else None, split_fingerprint=split.fingerprint,
         reward=reward.record(), optimizer_steps=trainer.state.global_step, progress=wiring.progress(trainer),
         tensorboard=str(wiring.tb),
     )

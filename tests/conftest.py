@@ -206,6 +206,17 @@ def rm(work, tiny_model):
 
 
 @pytest.fixture(scope="session")
+def rm_lora(work, tiny_model):
+    """train_rm.py --use_peft true，tiny 配方几步，留出的偏好对一批评估完（eval 的准确率、分差就是整个留出集的）：
+    测试看的是合并出的完整 RM 和训练时的模型一致、别的阶段照常读它，不看它学得多好。"""
+    out = work / "rm_lora"
+    run = run_inline("train_rm.py", *stage_args("rm", tiny_model, out, "--use_peft", "true", "--max_steps", 4,
+                                                "--per_device_eval_batch_size", 64), tmp=work)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return SimpleNamespace(folder=out, run=run)
+
+
+@pytest.fixture(scope="session")
 def ppo(work, tiny_model, sft, rm):
     """演示配方的 PPO（512 个 episode）：test_tiny_ppo_raises_the_mean_rm_score 要看它学到了东西；其余测试读它的产物。"""
     out = work / "ppo"
@@ -287,7 +298,7 @@ def quarter_means(values: list[float]) -> tuple[float, float]:
 # 贵的夹具和它们的先后：测试按"用到的最贵的夹具"排序（稳定排序，同一档里保持原来的顺序），所以纯函数的测试先跑，
 # 每一档第一个测试只为这一档付一次训练：没有哪个测试的 setup 要把 SFT、RM、PPO 一口气全训练完（每个测试 ≤ 60 秒）。
 # 模块级夹具（bench、uninterrupted……）放在最后一档，用它的测试仍然连在一起，模块夹具只建一次。
-FIXTURE_COST = {"tiny_model": 1, "sft": 2, "rm": 3, "gold": 4, "ppo": 5, "pipeline": 5, "rl_runs": 6,
+FIXTURE_COST = {"tiny_model": 1, "sft": 2, "rm": 3, "rm_lora": 3, "gold": 4, "ppo": 5, "pipeline": 5, "rl_runs": 6,
                 "bench": 7, "uninterrupted": 7, "trajectory": 8}
 SLOW_FIXTURES = set(FIXTURE_COST)
 

@@ -7,8 +7,12 @@ import sys
 
 from conftest import ROOT, offline_env
 
-STAGES = {"sft": "SFT", "rm": "RM", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "benchmark": "评测",
-          "chat": "对话"}
+STAGES = {"sft": "SFT", "rm": "RM", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "rm_lora": "RM-LORA",
+          "benchmark": "评测", "chat": "对话"}
+
+
+def outputs_lora(folder):
+    return json.loads((folder / "stage.json").read_text(encoding="utf-8"))["lora"]
 
 
 def tree(folder):
@@ -25,7 +29,7 @@ def test_cpu_self_check_runs_every_stage_and_reports_speed_memory_and_estimate(t
 
     rows = {line.split()[0]: line for line in proc.stdout[proc.stdout.index("阶段"):].splitlines()[2:]}
     assert "token/s" in rows["SFT"] and "对/s" in rows["RM"] and "episode/s" in rows["PPO"] and "回答/s" in rows["评测"]
-    assert "回答/s" in rows["GRPO"] and "回答/s" in rows["RLOO"] and "对/s" in rows["DPO"]
+    assert "回答/s" in rows["GRPO"] and "回答/s" in rows["RLOO"] and "对/s" in rows["DPO"] and "对/s" in rows["RM-LORA"]
     assert all("GiB" in rows[label] for label in STAGES.values())
 
     result = json.loads(out.read_text(encoding="utf-8"))
@@ -39,12 +43,14 @@ def test_cpu_self_check_runs_every_stage_and_reports_speed_memory_and_estimate(t
     speed = {k: v for s in stages.values() for k, v in s.get("throughput", {}).items()}
     assert {"tokens_per_s", "pairs_per_s", "episodes_per_s", "rollout_tokens_per_s", "answers_per_s"} <= set(speed)
     assert all(v > 0 for v in speed.values())
-    for s in ("sft", "rm", "ppo", "grpo", "rloo", "dpo"):
+    for s in ("sft", "rm", "ppo", "grpo", "rloo", "dpo", "rm_lora"):
         assert stages[s]["estimate_gib"] > 0 and stages[s]["ratio"] > 0
+    assert stages["rm_lora"]["estimate_gib"] < stages["rm"]["estimate_gib"]  # 同样的选项，只有 LoRA 和打分头的优化器状态
     assert stages["chat"]["answer"]
 
     # 产物真的写出来了：可以接着用的模型文件夹和评测报告
-    assert (work / "sft" / "model.safetensors").is_file() and (work / "rm" / "model.safetensors").is_file()
+    assert all((work / s / "model.safetensors").is_file() for s in ("sft", "rm", "rm_lora"))
+    assert outputs_lora(work / "rm_lora")["r"] > 0  # LoRA 训练、合并成完整的 RM
     assert all((work / s / "merged" / "model.safetensors").is_file() for s in ("ppo", "grpo", "rloo", "dpo"))
     assert len(list((work / "benchmark").glob("*/report.md"))) == 1
     assert {d: tree(ROOT / d) for d in before} == before

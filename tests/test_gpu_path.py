@@ -139,7 +139,8 @@ def test_the_gpu_self_check_runs_every_stage_on_one_gpu(monkeypatch, tmp_path):
     （CUDA_VISIBLE_DEVICES=0，否则训练脚本会以"多卡一个进程"拒绝）；用户自己选了卡时照用户的。"""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     calls = run_gpu_check(monkeypatch, tmp_path, "--device", "cuda", info=GPU_INFO)
-    assert len(calls) == 9 and all(env.get("CUDA_VISIBLE_DEVICES") == "0" for _, env in calls)
+    # 准备 + 六个训练阶段 + RM-LORA（train_rm.py --use_peft true）+ 评测 + 对话
+    assert len(calls) == 10 and all(env.get("CUDA_VISIBLE_DEVICES") == "0" for _, env in calls)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     calls = run_gpu_check(monkeypatch, tmp_path / "again", "--device", "cuda", info=GPU_INFO)
     assert all(env["CUDA_VISIBLE_DEVICES"] == "3" for _, env in calls)
@@ -175,6 +176,13 @@ def test_every_stage_that_cannot_use_zero3_refuses_it_when_its_options_are_parse
         recipes.parse(stage, ["--output_dir", str(tmp_path / stage), "--use_cpu", "true"])
     assert e.value.code == EXIT_BAD_INPUT and "\n" not in e.value.message
     assert f"{stage.upper()} 不支持 DeepSpeed ZeRO-3" in e.value.message
+
+
+def test_an_rm_trained_with_lora_refuses_zero3_when_its_options_are_parsed(zero3_launch, tmp_path):
+    """--use_peft true 的 RM 导出时主进程单独重新加载基座合并 LoRA：ZeRO-3 下在加载模型之前一行拒绝（全参数的 RM 照常）。"""
+    with pytest.raises(UserError) as e:
+        recipes.parse("rm", ["--output_dir", str(tmp_path / "rm"), "--use_cpu", "true", "--use_peft", "true"])
+    assert e.value.code == EXIT_BAD_INPUT and "RM 不支持 DeepSpeed ZeRO-3（用 LoRA 训练时" in e.value.message
     assert "configs/accelerate/zero2.yaml" in e.value.message and "configs/accelerate/ddp.yaml" in e.value.message
 
 

@@ -42,7 +42,19 @@ def test_ppo_keeps_frozen_weights_in_bf16_and_trains_lora_and_critic_in_fp32():
             assert phase["优化器状态"] == 8 * (lora + sc)
 
 
-@pytest.mark.parametrize("stage", M.STAGES)
+def test_an_rm_trained_with_lora_keeps_gradients_and_adam_state_only_for_lora_and_the_score_head():
+    lora = M.lora_params(QWEN, 32, M.LINEARS) + QWEN.hidden  # 默认 LoRA（同 PPO）+ 整层训练的打分头
+    o = M.script_options("rm_lora")
+    assert replace(o, stage="rm") == M.script_options("rm", ["--use_peft", "true"]) and o.lora_r == 32
+    (terms,) = M.phases(QWEN, o).values()
+    assert (terms["梯度"], terms["优化器状态"]) == (4 * lora, 8 * lora)
+    assert terms["权重"] == 4 * (M.score_model_params(QWEN) + lora - QWEN.hidden)  # 打分头只数一次
+    full = M.estimate_peak_gib("rm")
+    assert M.estimate_peak_gib("rm_lora") < full - 6  # 全参数 RM 的梯度 + AdamW 状态约 6.7 GiB
+    assert M.script_options("rm", ["--lora_r", "8"]).lora_r == 0  # 没有 --use_peft 时 LoRA 选项不影响估算
+
+
+@pytest.mark.parametrize("stage", M.ESTIMATED)
 def test_script_defaults_fit_a_24gb_card_and_max_batch_is_the_largest_that_fits(stage):
     o = M.script_options(stage)
     assert M.estimate_peak_gib(stage) <= 24 and M.max_batch(QWEN, o, 24) >= o.batch
@@ -54,7 +66,7 @@ def test_script_defaults_fit_a_24gb_card_and_max_batch_is_the_largest_that_fits(
 
 def test_script_flags_and_recipes_reach_the_estimate():
     assert M.estimate_peak_gib("ppo", ["--response_length", "100"]) < M.estimate_peak_gib("ppo")
-    for stage in M.STAGES:
+    for stage in M.ESTIMATED:
         assert M.estimate_peak_gib(stage, ["--gradient_checkpointing", "false"]) > M.estimate_peak_gib(stage)
     assert M.script_options("sft", ["--config", "configs/tiny/sft.yaml"]) != M.script_options("sft")
 
@@ -62,8 +74,9 @@ def test_script_flags_and_recipes_reach_the_estimate():
 def test_cli_prints_a_card_table_per_stage_and_json(capsys):
     M.main([])
     out = capsys.readouterr().out
-    assert [out.count(f"{gb} GB  ") for gb in (24, 32, 80)] == [len(M.STAGES)] * 3
+    assert [out.count(f"{gb} GB  ") for gb in (24, 32, 80)] == [len(M.ESTIMATED)] * 3
     assert all(f"== {name}" in out for name in ("SFT", "RM", "PPO", "GRPO", "RLOO", "DPO"))
+    assert "== RM_LORA（train_rm.py --use_peft true）" in out
     M.main(["--json", "--stage", "rm", "--", "--max_length", "256"])
     rm = json.loads(capsys.readouterr().out)["stages"][0]
     assert rm["cards"]["24"]["max_batch"] == M.max_batch(QWEN, M.script_options("rm", ["--max_length", "256"]), 24)

@@ -26,7 +26,7 @@ PARSERS = {  # 脚本 -> 它交给 options.parse 的 dataclass（训练脚本的
 }
 ALL = tuple(PARSERS)
 TRAIN = tuple(f"train_{stage}.py" for stage in recipes.RECIPES)
-LORA = tuple(f"train_{stage}.py" for stage, recipe in recipes.RECIPES.items() if recipe.lora)
+LORA = tuple(f"train_{stage}.py" for stage in stages.rl_stages())  # LoRA 策略（RM 的 LoRA 只用 LoRAArgs 和合并）
 SAMPLED = ("train_grpo.py", "train_rloo.py")
 # 共用模块 -> 能打印它的消息的脚本
 SHARED = {
@@ -41,7 +41,7 @@ SHARED = {
     "qwen_rlhf/training.py": TRAIN,
     "qwen_rlhf/recipes.py": TRAIN,
     "qwen_rlhf/ppo.py": ("train_ppo.py",),
-    "qwen_rlhf/policy.py": LORA,
+    "qwen_rlhf/policy.py": (*LORA, "train_rm.py"),
     "qwen_rlhf/sampled.py": SAMPLED,
     "qwen_rlhf/rewards.py": ("train_ppo.py", *SAMPLED),
 }

@@ -3,6 +3,7 @@
 
 import json
 
+import pytest
 import torch
 from conftest import ROOT, last_line, read_scalars, run_inline, stage_args
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -42,6 +43,50 @@ def test_rm_checkpoint_loads_and_held_out_accuracy_is_logged_above_chance(sft, r
     assert "[评估] 留出偏好对准确率" in rm.run.stdout
     assert stage["split_fingerprint"] == info(sft.folder)["split_fingerprint"]
     assert stage["role"] == "proxy" and stage["fluency_pairs"] == 0  # 默认是 PPO 们优化的代理 RM
+
+
+def test_an_rm_trained_with_lora_is_saved_merged_and_plain_transformers_gives_our_scores(rm_lora):
+    """--use_peft true：输出文件夹是完整的打分模型（没有适配器文件），纯 transformers 读出的分数 = scoring.score 的，
+    而且就是训练时的那个模型：在留出偏好对上重新打分，准确率和分差等于训练结束时 evaluate() 记下的（一批评估完）。"""
+    from qwen_rlhf import data, models, scoring
+
+    folder = rm_lora.folder
+    stage = info(folder)
+    assert stage["lora"]["r"] == 32 and stage["lora"]["alpha"] == 8 and "score" in stage["lora"]["modules_to_save"]
+    assert stage["options"]["lora"]["lora_r"] == 32 and 0 < stage["trainable_params"] < 200_000  # 全参数约 1000 万
+    assert not (folder / "adapter_config.json").exists() and (folder / "model.safetensors").is_file()
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    plain = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    split = data.split_rows(data.load_rows("data/sample.jsonl").rows, 0.1, 42)  # tiny 配方的划分与 max_length
+    held_out = [r for r in split.test if all(len(ids) <= 128 for ids in data.rm_example(tok, r).values())]
+    prompts = [data.messages(r["question"]) for r in held_out]
+    chosen, rejected = [r["chosen"] for r in held_out], [r["rejected"] for r in held_out]
+    with torch.no_grad():
+        theirs = [plain(**tok.apply_chat_template([*p, {"role": "assistant", "content": a}], enable_thinking=False,
+                                                  return_tensors="pt", return_dict=True)).logits[0, 0].item()
+                  for p, a in zip(prompts, chosen)]
+    ours = models.load_score_model(folder, models.load_tokenizer(folder))
+    assert scoring.score(ours, tok, prompts, chosen) == pytest.approx(theirs, abs=1e-5)
+
+    margins = [c - r for c, r in zip(scoring.score(ours, tok, prompts, chosen), scoring.score(ours, tok, prompts, rejected))]
+    assert sum(m > 0 for m in margins) / len(margins) == pytest.approx(stage["eval"]["eval_accuracy"], abs=1e-6)
+    assert sum(margins) / len(margins) == pytest.approx(stage["eval"]["eval_margin"], abs=1e-4)
+
+
+def test_ppo_starts_its_critic_from_an_rm_trained_with_lora(sft, rm_lora, tmp_path):
+    """--critic_init rm 读合并好的 LoRA RM 和读全参数 RM 一样：学习率 0 时存下的 critic 逐位等于这个 RM。"""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ppo"
+    r = run_inline("train_ppo.py", *stage_args("ppo", sft.folder.parent / "tiny-qwen3", out, "--sft_model_path", sft.folder,
+                                               "--reward_model_path", rm_lora.folder, "--critic_init", "rm",
+                                               "--learning_rate", 0, "--total_episodes", 16, "--response_length", 4,
+                                               "--snapshots", 0, "--save_critic", "true"), tmp=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    critic, reward = load_file(str(out / "critic" / "model.safetensors")), load_file(str(rm_lora.folder / "model.safetensors"))
+    assert critic.keys() == reward.keys() and all(torch.equal(critic[k], reward[k]) for k in critic)
+    assert info(out)["reward_model"] == str(rm_lora.folder)
 
 
 def test_every_stage_records_and_prints_what_it_cost(pipeline):

@@ -265,3 +265,24 @@ def test_grpo_on_rm_and_repetition_is_its_own_method_beside_grpo_on_rm(tmp_path)
     runs, _ = benchmark.model_runs(policies, with_snapshots=False)
     assert {r["run"]: r["method"] for r in runs} == {"grpo-seed1": "grpo", "grpo-rep-seed1": "grpo (rm+repetition)",
                                                      "grpo-old": "grpo", "rloo-rules": "rloo (no_answer+length)"}
+
+
+def test_a_rules_only_rloo_run_never_reads_the_reward_model_path(work, sft, tmp_path):
+    """--reward_funcs 里没有 rm：不存在的 --reward_model_path 也照跑（不检查、不加载），stage.json 只记规则各项。"""
+    from conftest import rl_args
+
+    from qwen_rlhf.outputs import stage_info
+
+    out = tmp_path / "rloo-rules"
+    r = run_inline("train_rloo.py", *rl_args(work, "rloo", out, "--reward_funcs", "repetition", "length",
+                                             "--reward_model_path", tmp_path / "no-such-rm", "--max_steps", 1,
+                                             "--per_device_train_batch_size", 2, "--num_generations", 2,
+                                             "--max_completion_length", 8, "--snapshots", 0), tmp=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = stage_info(out)
+    assert [t["name"] for t in info["reward"]["terms"]] == ["repetition", "length", "missing_eos"]
+    assert info["reward_model"] is None and not (tmp_path / "no-such-rm").exists()
+    # 对照：同样的选项加上 rm 一项，就要先找到那个 RM
+    r = run_inline("train_rloo.py", *rl_args(work, "rloo", tmp_path / "rloo-rm", "--reward_funcs", "rm", "length",
+                                             "--reward_model_path", tmp_path / "no-such-rm"), tmp=tmp_path)
+    assert_one_line_error(r, 3, "--reward_model_path", "no-such-rm")
