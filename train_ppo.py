@@ -75,7 +75,7 @@ def check_resumable(checkpoint, info: dict) -> dict:
 def main():
     # ---------------------------------------------------------------- 选项
     cost = Cost()
-    args, cfg, lora = recipes.parse("ppo")  # 选项与默认值在 qwen_rlhf/recipes.py
+    args, cfg, lora = recipes.parse("ppo")  # 选项类与默认值在登记表 qwen_rlhf/stages.py 的这一项
     check_options(args, cfg)
     training.warn_zero_ppo_not_resumable(cfg)
     final = options.output_path(cfg.output_dir)

@@ -18,6 +18,7 @@ from transformers.integrations import TensorBoardCallback
 
 from .errors import ANYWHERE, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
 from .paths import display_path, input_path
+from .options import per_update
 from .outputs import STAGE_FILE, StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
 from .policy import SNAPSHOTS, save_snapshot, snapshot_steps, snapshots_of
 from .stages import STAGES, nan_hint
@@ -179,7 +180,7 @@ class Snapshots(TrainerCallback):
 def seen_per_step(cfg):
     """Trainer 派生的阶段到第 N 步为止看过多少样本（全部进程合计）：GRPO / RLOO 是生成的回答数（每批回答被用
     num_iterations 次），DPO 是偏好对数。"""
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
+    per_step = per_update(cfg)
     reuse = getattr(cfg, "num_iterations", 1)
     return lambda state: state.global_step * per_step // reuse
 
