@@ -350,12 +350,14 @@ def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
 
 
 def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost, export=None, answers=None,
-                **info) -> None:
+                throughput: dict | None = None, **info) -> None:
     """所有进程一起导出权重（ZeRO-3 要先把分片的参数收集起来，只在主进程调用会卡住或崩溃），
     文件只由主进程写：临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。
 
     export(tmp)：各阶段不同的那一步，在 trainer.save_model 的文件搬进 tmp 之后、写 stage.json 之前由主进程调用
-    （LoRA 策略：policy.save_policy 写 merged/），返回的字典也写进 stage.json。answers：这次运行生成的回答数（GRPO / RLOO 的吞吐）。"""
+    （LoRA 策略：policy.save_policy 写 merged/），返回的字典也写进 stage.json。answers：这次运行生成的回答数（GRPO / RLOO 的吞吐）。
+    throughput：训练器自己量的吞吐（PPO 的 episode/s），不给时从 Trainer 的日志读（trainer_throughput）。
+    pause_point 的几个时刻（测试在那里杀进程）：final-save、staging、result-staged、result-saved。"""
     from accelerate.utils import broadcast_object_list
 
     # 这次运行自己的导出文件夹（主进程的进程号，所有进程用同一个名字）：被杀留下的由 outputs.recover 按进程号清掉
@@ -363,8 +365,9 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
     with writing(final, export_dir):
         trainer.save_model(str(export_dir))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
     if trainer.is_world_process_zero():
-        record = cost.record(**trainer_throughput(trainer, stage, answers))
+        record = cost.record(**(throughput if throughput is not None else trainer_throughput(trainer, stage, answers)))
         with writing(final, export_dir), StagingDir(final) as tmp:
+            pause_point("final-save")
             for f in export_dir.iterdir():
                 f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
             pause_point("staging")
@@ -374,8 +377,12 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
             if answers:  # 生成了多少个回答（吞吐 answers_per_s 的分子），也写下来
                 info["answers"] = answers
             write_stage_info(tmp, stage, options, launch=launch_info(trainer.args), cost=record, **info)
+            pause_point("result-staged")
+        pause_point("result-saved")
+        # 结果（连同快照的链接）改名就位之后才删：之前任何一刻被杀，检查点和快照都还在（见 policy.stage_snapshots）
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
-        print(f"[完成] {stage} 已保存到 {display_path(final)}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard",
+        merged = f"（合并好的完整模型在 {display_path(final / 'merged')}）" if (final / "merged").is_dir() else ""
+        print(f"[完成] {stage} 已保存到 {display_path(final)}{merged}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard",
               flush=True)
     end_processes(trainer.accelerator)
 
