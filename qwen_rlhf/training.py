@@ -18,6 +18,7 @@ from transformers.integrations import TensorBoardCallback
 
 from .errors import ANYWHERE, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
 from .paths import display_path, input_path
+from .cost import trainer_throughput
 from .options import per_update
 from .outputs import STAGE_FILE, StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
 from .policy import SNAPSHOTS, save_snapshot, snapshot_steps, snapshots_of
@@ -370,6 +371,7 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
             pause_point("final-save")
             for f in export_dir.iterdir():
                 f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
+            export_dir.rmdir()  # 空了：结果改名就位后、删检查点前被杀时不留下它
             pause_point("staging")
             tokenizer.save_pretrained(str(tmp))
             if export is not None:
@@ -385,19 +387,3 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
         print(f"[完成] {stage} 已保存到 {display_path(final)}{merged}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard",
               flush=True)
     end_processes(trainer.accelerator)
-
-
-def trainer_throughput(trainer, stage: str, answers: int | None = None) -> dict:
-    """Trainer 自己记下的训练用时与数量 -> 登记表里这个阶段的吞吐单位：SFT 每秒多少 token，RM / DPO 每秒多少对
-    （一个样本是一对），GRPO / RLOO 每秒生成多少个回答（answers 由调用者数）。
-    续训时 num_tokens 是累计的、用时只算这一次，所以续训那次的 token/s 偏高。"""
-    history = trainer.state.log_history
-    runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
-    if not runtime:
-        return {}
-    key = STAGES[stage].throughput
-    if key == "pairs_per_s":
-        return {key: next(h["train_samples_per_second"] for h in reversed(history) if "train_runtime" in h)}
-    if key == "answers_per_s":
-        return {key: answers / runtime} if answers else {}
-    return {"tokens_per_s": max((h.get("num_tokens", 0) for h in history), default=0) / runtime}
