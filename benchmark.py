@@ -12,15 +12,14 @@ RM 给报告里的回答文本打分（qwen_rlhf/scoring.py，和 PPO 的奖励�
 每次运行一个新文件夹，从不覆盖以前的结果。
 """
 
-import gc
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwen_rlhf import data, errors, inference, metrics, models, options, outputs, policy, prefs, recipes, report
-from qwen_rlhf import rewards, sampling, scoring, trajectory, words
+from qwen_rlhf import data, errors, inference, judges, metrics, models, options, outputs, policy, prefs, recipes
+from qwen_rlhf import report, rewards, sampling, scoring, trajectory, words
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import STAGES, chat_stages, oom_hint, rl_stages
 from qwen_rlhf.cost import Cost
@@ -158,38 +157,8 @@ def method_label(stage: str | None, training_options: dict, reward: dict | None 
     return f"{stage} ({', '.join(extra)})" if extra else stage
 
 
-# 评委：代理 RM 之外的两位，(选项, stage.json 里的 role, 中文名, 怎样训练)
-EXTRA_JUDGES = {"gold": ("--gold_model_path", "金标准评委", "python train_rm.py --role gold"),
-                "null": ("--null_model_path", "空评委", "python train_rm.py --role null")}
-
-
-def extra_judge(args, role: str, rm_folder: Path) -> tuple | None:
-    """--gold_model_path / --null_model_path：(文件夹, stage.json)；文件夹不存在时 None（说一行）。必须是 train_rm.py
-    --role <role> 训练的 RM，而且不能就是代理 RM。"""
-    option, label, command = EXTRA_JUDGES[role]
-    given = getattr(args, option.removeprefix("--"))
-    folder = options.input_path(given) if given else None
-    if folder is None or not folder.exists():
-        if folder is not None:
-            print(f"[{label}] 没有 {options.display_path(folder)}：本次不用它（{command} 训练一个）。")
-        return None
-    info = outputs.check_kind(folder, ("rm",), option)
-    if (info or {}).get("role") != role:
-        raise UserError(f"{option} {options.display_path(folder)} 不是{label}（stage.json 里没有 role: {role}）；"
-                        f"请用 {command} 训练一个。", EXIT_BAD_INPUT)
-    if folder.resolve() == rm_folder.resolve():
-        raise UserError(f"{option} 和 --reward_model_path 是同一个文件夹：{label}必须是另一个 RM。", EXIT_BAD_INPUT)
-    models.check_weights(folder, args.allow_pickle)
-    return folder, info
-
-
-def same_base(a: dict | None, b: dict | None) -> bool:
-    """两个 RM 是不是从同一个基座训练的（stage.json 的 base_model，解析后的路径相同）。"""
-    paths = [(i or {}).get("base_model") for i in (a, b)]
-    return None not in paths and Path(paths[0]).resolve() == Path(paths[1]).resolve()
-
-
-def check_before_generating(args, policies: dict[str, tuple], snapshots: dict[str, tuple], judges: list[Path]) -> None:
+def check_before_generating(args, policies: dict[str, tuple], snapshots: dict[str, tuple],
+                            judge_folders: list[Path]) -> None:
     """生成第一个回答之前，把之后要读的每个文件夹都查一遍：几分钟的生成之后才发现用不上就白等了。
     --trajectory 要从 SFT（第 0 步）画起、要有和它比的模型；每个模型和快照的权重完整（只读文件头）；
     每位评委（代理 RM、金标准评委）的词表和每个模型生成时用的一样（judge 打分时用同一句话再核对一次）。"""
@@ -201,16 +170,11 @@ def check_before_generating(args, policies: dict[str, tuple], snapshots: dict[st
         models.check_weights(folder, args.allow_pickle)
         tokenizers.setdefault(inference.tokenizer_folder(folder).resolve(), name)
     sizes = {f: len(models.load_tokenizer(f)) for f in tokenizers}
-    for judge_folder in judges:
+    for judge_folder in judge_folders:
         n = len(models.load_tokenizer(judge_folder))
         for f, name in tokenizers.items():
             if sizes[f] != n:
-                raise vocab_mismatch(name, judge_folder, sizes[f], n)
-
-
-def vocab_mismatch(name: str, judge_folder: Path, model_vocab: int, judge_vocab: int) -> UserError:
-    return UserError(f"{name} 和 {options.display_path(judge_folder)} 的分词器不一样（{model_vocab} vs {judge_vocab} "
-                     "个 token），不是同一个基座模型训练出来的。", EXIT_MISSING)
+                raise judges.vocab_mismatch(name, judge_folder, sizes[f], n)
 
 
 def read_questions(path: str) -> list[str]:
@@ -263,27 +227,6 @@ def sft_reference(args) -> Path | None:
     return folder if outputs.kind_of(folder) == "sft" else None
 
 
-def judge(folder: Path, texts: list[tuple[str, str]], tokenizers: dict, split, args, device,
-          votes=None) -> tuple[list, dict]:
-    """一位评委（代理 RM、金标准评委或空评委）给 texts（[(问题, 回答文本)]）打分，再在留出偏好对上给自己打成绩单
-    （准确率、平均分差）；有你的投票时，再数它和你一致的比例（votes）。打分都走 scoring.score：和 PPO 的奖励、纯 transformers 的标准客户端是同一个约定。"""
-    rm = inference.load_reward(folder, args.allow_pickle)
-    rm.model.to(device)
-    for name, tok in tokenizers.items():
-        if len(tok) != len(rm.tokenizer):  # 不同基座的 token 编号对不上，分数会读错位置
-            raise vocab_mismatch(name, folder, len(tok), len(rm.tokenizer))
-    scores = scoring.score(rm.model, rm.tokenizer, [data.messages(q, args.system_prompt) for q, _ in texts],
-                           [t for _, t in texts], args.batch_size)
-    prompts = [data.messages(r["question"], r.get("system") or args.system_prompt) for r in split.test]
-    replies = [r[k] for k in ("chosen", "rejected") for r in split.test]
-    both = scoring.score(rm.model, rm.tokenizer, prompts * 2, replies, args.batch_size)
-    agrees = prefs.judge_agrees(rm.model, rm.tokenizer, votes, args.batch_size) if votes else None  # 你投过票的回答
-    free(rm)
-    return [metrics.round4(x) for x in scores], {
-        **metrics.rm_stats(options.display_path(folder), both[: len(prompts)], both[len(prompts):]),
-        **({"human_agrees": agrees} if votes else {})}
-
-
 def policy_samples(candidate, questions: list[str], args) -> tuple[list, list]:
     """(提示, 回答)：每个问题 --kl_samples 个、按 --kl_temperature 从模型自己采的回答（估计 KL、训练轨迹的分数用）。"""
     from transformers import set_seed
@@ -293,40 +236,6 @@ def policy_samples(candidate, questions: list[str], args) -> tuple[list, list]:
     responses = sampling.policy_samples(candidate.model, candidate.tokenizer, prompts, args.kl_samples,
                                         args.kl_temperature, args.kl_max_new_tokens, args.batch_size)
     return [p for p in prompts for _ in range(args.kl_samples)], responses
-
-
-def trajectory_points(samples: dict, scores: dict[str, list], kl: dict, per_question: int) -> dict[str, dict]:
-    """训练轨迹上每个模型的数：每个问题的平均序列 KL 和各评委的平均分（同一批按训练温度采的回答）。"""
-    points, start = {}, 0
-    for name, (_, responses, _) in samples.items():
-        n = len(responses)
-        by_question = {role: [sum(v[i:i + per_question]) / per_question for i in range(start, start + n, per_question)]
-                       for role, v in scores.items()}
-        questions = n // per_question
-        own = kl.get(name)
-        points[name] = {"kl_seq": own["kl_seq_by_question"] if own else [0.0] * questions,
-                        "kl_token": own["kl_per_token"] if own else 0.0, **by_question}
-        start += n
-    return points
-
-
-def trajectory_scale(points: dict[str, dict]) -> dict[str, float | None]:
-    """每位评委给 SFT 的分数在问题之间的标准差（每个问题先对它按训练温度采的几个回答取平均）：轨迹上的提升换成
-    "几个 SFT 标准差"。和方法对比表的尺子（SFT 每个报告回答的分数的标准差）不是同一把：这里每个问题平均了 --kl_samples
-    个回答，标准差更小，所以轨迹上的"几个标准差"和表里的不能直接比。"""
-    sft = points[metrics.BASELINE]
-    return {role: metrics.sd(sft[role]) for role in trajectory.JUDGES if role in sft}
-
-
-def free(holder=None) -> None:
-    """用完的模型立刻释放（评委一次只放一个）；不给 holder 时只回收已经放掉的（Policies.close 之后）。"""
-    import torch
-
-    if holder is not None:
-        holder.model = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def main():
@@ -342,7 +251,7 @@ def main():
     rm_folder = options.input_path(args.reward_model_path)
     rm_info = outputs.check_kind(rm_folder, ("rm",), "--reward_model_path")
     models.check_weights(rm_folder, args.allow_pickle)  # RM 最后才加载：权重坏了现在就说
-    extra = {role: found for role in EXTRA_JUDGES if (found := extra_judge(args, role, rm_folder))}
+    extra = {role: found for role in judges.EXTRA if (found := judges.extra_judge(args, role, rm_folder))}
     check_before_generating(args, policies, snapshots, [rm_folder, *(f for f, _ in extra.values())])
     votes = prefs.votes_if_any(args.prefs_file)  # 投票文件坏了：现在就说
     announce_device("benchmark", args.device == "cpu", "fp32", model=rm_folder)  # 权重按 fp32 加载；RM 与策略同尺寸
@@ -350,7 +259,7 @@ def main():
     # ---------------------------------------------------------------- 数据
     rows = data.load_rows(args.dataset, args.strict, args.columns)
     split = data.split_rows(rows.rows, args.test_size, args.split_seed)
-    judge_infos = {"RM": rm_info, **{EXTRA_JUDGES[role][1]: info for role, (_, info) in extra.items()}}
+    judge_infos = {"RM": rm_info, **{judges.EXTRA[role][1]: info for role, (_, info) in extra.items()}}
     outputs.check_same_split({**{n: info for n, (_, info) in {**policies, **snapshots}.items()}, **judge_infos},
                              split.fingerprint, "benchmark.py")
     if args.questions:
@@ -393,7 +302,7 @@ def main():
               + (f"；离 SFT 的序列 KL {kl[name]['kl_seq']:.3f}（每 token {kl[name]['kl_per_token']:.4f}，"
                  f"{timing['kl_s'][name]:.1f}s）" if name in kl else ""))
     bank.close()  # SFT 和挂在上面的适配器
-    free()
+    judges.free()
 
     # ---------------------------------------------------------------- 打分（所有模型生成完，再放 RM 上去；另两位评委同样）
     t = time.perf_counter()
@@ -410,7 +319,7 @@ def main():
     texts = [(a.question, a.response) for a in answers] + sampled
     sample_scores, stats = {}, {}
     for role, folder in (("proxy", rm_folder), *((r, f) for r, (f, _) in extra.items())):
-        scores, stats[role] = judge(folder, texts, tokenizers, split, args, device, votes)
+        scores, stats[role] = judges.judge(folder, texts, tokenizers, split, args, device, votes)
         for a, value in zip(answers, scores):
             setattr(a, "score" if role == "proxy" else role, value)
         sample_scores[role] = scores[len(answers):]
@@ -434,10 +343,10 @@ def main():
         summary["models"][n]["reward_terms"] = rewards.trained_terms(info)
     summary["gold_base"] = {"gold": (extra.get("gold") or (None, {}))[1].get("base_model"),
                             "proxy": (rm_info or {}).get("base_model"),
-                            "same": "gold" in extra and same_base(extra["gold"][1], rm_info)}
+                            "same": "gold" in extra and judges.same_base(extra["gold"][1], rm_info)}
     if metrics.BASELINE in samples:  # 得分-KL 图的点；--trajectory 时还有快照和"有没有过度优化"
-        points = trajectory_points(samples, sample_scores, kl, args.kl_samples)
-        summary["trajectory"] = trajectory.point_rows(runs, points, trajectory_scale(points))
+        points = trajectory.points(samples, sample_scores, kl, args.kl_samples)
+        summary["trajectory"] = trajectory.point_rows(runs, points, trajectory.scale(points))
         if args.trajectory:
             summary["overoptimisation"] = trajectory.verdicts(runs, points)
     spent = cost.record(answers_per_s=len(answers) / max(sum(timing["generate_s"].values()), 1e-9))

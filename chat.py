@@ -14,26 +14,20 @@
 再按一次 Ctrl-C 退出程序；在提示符处按 Ctrl-D 或输入 /exit 退出。
 """
 
-import contextlib
 import gc
-import os
 import random
-import re
 import signal
 import sys
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import StoppingCriteriaList
 
-from qwen_rlhf import arena, data, errors, inference, options, prefs, stages
+from qwen_rlhf import arena, data, errors, inference, options, prefs, stages, terminal
 from qwen_rlhf.device import announce_device, native_bf16, pick_device
 from qwen_rlhf.errors import EXIT_BAD_INPUT, UserError
 from qwen_rlhf.options import display_path
 
-MAX_INPUT_CHARS = 8000  # 一次粘贴 100 KB 也不会卡住：只保留开头
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # C0 控制字符（保留 \t 和 \n）和 DEL
-THINK_TAGS = ("<think>", "</think>")
 STAGE_NAMES = " / ".join(stages.chat_stages())  # 能对话的阶段，来自阶段登记表
 HELP = f"""命令：
   /help             显示本帮助
@@ -78,124 +72,6 @@ class ChatArgs(inference.PolicyPaths):  # --sft_model_path / --ppo_model_path / 
         if self.max_new_tokens < 1:
             raise UserError(f"--max_new_tokens 必须是正整数，现在是 {self.max_new_tokens}。", EXIT_BAD_INPUT)
         inference.check_sampling(self.do_sample, self.temperature, self.top_p, self.top_k)
-
-
-def note(text: str) -> None:
-    """提示信息写到 stderr：管道模式下 stdout 里只有回答。"""
-    print(f"（{text}）", file=sys.stderr, flush=True)
-
-
-def clean(text: str) -> str:
-    """去掉控制字符（终端转义、\\0、\\r 等），超长时只保留开头。"""
-    text = CONTROL_CHARS.sub("", text).strip()
-    if len(text) > MAX_INPUT_CHARS:
-        note(f"输入有 {len(text)} 个字符，超过 {MAX_INPUT_CHARS}，只保留前 {MAX_INPUT_CHARS} 个")
-        text = text[:MAX_INPUT_CHARS].strip()
-    return text
-
-
-def final_answer(text: str) -> str:
-    """只留最终回答：去掉 <think>…</think>（没闭合的一直去到结尾）和落单的标签。历史里从不放思考内容。"""
-    text = re.sub(r"<think>.*?(</think>|$)", "", text, flags=re.S)
-    return text.replace("</think>", "").strip()
-
-
-# ---------------------------------------------------------------- 流式显示与打断
-
-
-class Display(TextStreamer):
-    """逐段把生成的文字写到 stdout：思考部分灰色（或隐藏），回答原样；标签本身从不显示。"""
-
-    def __init__(self, tokenizer, show_think: bool, thinking: bool = False):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.show_think, self.thinking = show_think, thinking
-        self.tty = sys.stdout.isatty()
-        self.pending, self.fresh, self.last, self.thought = "", True, "\n", False
-
-    def on_finalized_text(self, text: str, stream_end: bool = False):
-        buf = self.pending + text
-        while hits := [(buf.find(t), t) for t in THINK_TAGS if t in buf]:
-            i, tag = min(hits)
-            self.emit(buf[:i])
-            buf = buf[i + len(tag):]
-            self.switch(tag == "<think>")
-        # 结尾可能是半个标签（"<thi"），先留着等下一段
-        keep = 0 if stream_end else max((k for t in THINK_TAGS for k in range(1, len(t)) if buf.endswith(t[:k])),
-                                        default=0)
-        self.emit(buf[:len(buf) - keep])
-        self.pending = buf[len(buf) - keep:]
-        if stream_end and self.last != "\n":
-            self.write("\n")
-
-    def switch(self, thinking: bool):
-        if thinking != self.thinking and self.show_think and not self.fresh:
-            self.write("\n\n" if self.tty else "\n")
-        self.thinking, self.fresh = thinking, True
-
-    def emit(self, text: str):
-        if self.thinking and not self.show_think:
-            return
-        if self.fresh:  # 每一段开头的空行不显示
-            text = text.lstrip()
-            if not text:
-                return
-            if self.thinking and not self.tty:
-                self.write("[思考] ")
-            elif not self.thinking and self.thought and not self.tty:
-                self.write("[回答] ")
-            self.fresh, self.thought = False, self.thought or self.thinking
-        self.write(f"\x1b[2m{text}\x1b[0m" if self.thinking and self.tty else text)
-
-    def write(self, text: str):
-        if text:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            self.last = text[-1]
-
-
-class CtrlC(StoppingCriteria):
-    """生成时接管 Ctrl-C：第一次只举旗，生成在下一个 token 停下；第二次照常抛 KeyboardInterrupt 退出。"""
-
-    def __init__(self):
-        self.pressed = False
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.pressed, dtype=torch.bool, device=input_ids.device)
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self.press)
-        return self
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
-
-    def press(self, signum, frame):
-        if self.pressed:
-            raise KeyboardInterrupt
-        self.pressed = True
-
-
-@contextlib.contextmanager
-def no_ctrl_echo():
-    """生成时关掉终端的 ECHOCTL（相当于 stty -echoctl）：按 Ctrl-C 时终端不再把 "^C" 回显进回答；结束或出错时恢复。"""
-    try:  # 只在本进程是终端的前台时改：后台进程改终端设置会收到 SIGTTOU 被挂起
-        fd = sys.stdin.fileno()
-        foreground = os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
-    except (OSError, ValueError, AttributeError):  # 不是终端、已关闭、不是本进程的控制终端；Windows 没有 tcgetpgrp
-        foreground = False
-    if not foreground:
-        yield
-        return
-    import termios  # 只有类 Unix 系统有；不是终端时根本走不到这里
-
-    saved = termios.tcgetattr(fd)
-    quiet = list(saved)
-    quiet[3] &= ~termios.ECHOCTL  # [3] 是 lflag
-    termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 # ---------------------------------------------------------------- 对话
@@ -271,16 +147,17 @@ class Chat:
                             f"超出了模型上下文 {self.context}，已跳过；请缩短后重试", EXIT_BAD_INPUT)
         if start:
             self.history = self.history[start:]
-            note(f"对话超出模型上下文（{self.context} token），已丢弃最早的 {start // 2} 轮")
+            terminal.note(f"对话超出模型上下文（{self.context} token），已丢弃最早的 {start // 2} 轮")
         return ids, text.rstrip().endswith("<think>")  # 有的模板让生成直接从思考里开始
 
     def reply(self, question: str) -> bool:
         """生成并流式显示回答；正常结束的问答存进历史。返回是否被 Ctrl-C 打断。"""
         ids, starts_thinking = self.prompt_ids(question)
-        display = Display(self.tok, show_think=self.args.think and not self.args.hide_think, thinking=starts_thinking)
+        display = terminal.Display(self.tok, show_think=self.args.think and not self.args.hide_think,
+                                   thinking=starts_thinking)
         display.write(self.prefix)
         input_ids = torch.tensor([ids], device=self.device)
-        with CtrlC() as ctrl_c, no_ctrl_echo(), torch.no_grad():
+        with terminal.CtrlC() as ctrl_c, terminal.no_ctrl_echo(), torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=display,
                 stopping_criteria=StoppingCriteriaList([ctrl_c]), max_new_tokens=self.args.max_new_tokens,
@@ -289,16 +166,16 @@ class Chat:
             )
         tokens = out[0, len(ids):].tolist()
         if ctrl_c.pressed:
-            note("已打断；这一轮问答不计入历史，可按 ↑ 找回问题")
+            terminal.note("已打断；这一轮问答不计入历史，可按 ↑ 找回问题")
             return True
         text = self.tok.decode(tokens, skip_special_tokens=True)
-        answer = final_answer(("<think>" if starts_thinking else "") + text)
+        answer = terminal.final_answer(("<think>" if starts_thinking else "") + text)
         if self.tok.eos_token_id not in tokens:
-            note(f"回答达到 --max_new_tokens {self.args.max_new_tokens} 的上限，被截断")
+            terminal.note(f"回答达到 --max_new_tokens {self.args.max_new_tokens} 的上限，被截断")
         if answer:
             self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         else:
-            note("模型没有给出回答；这一轮不计入历史")
+            terminal.note("模型没有给出回答；这一轮不计入历史")
         return False
 
     def command(self, line: str) -> bool:
@@ -331,7 +208,7 @@ class Chat:
 
     def handle(self, line: str) -> bool:
         """处理一行输入：空行忽略，/ 开头是命令，其余是问题。返回 False 表示退出。"""
-        text = clean(line)
+        text = terminal.clean(line)
         if not text:
             return True
         if text.startswith("/") and "\n" not in text:
@@ -339,7 +216,7 @@ class Chat:
         try:
             self.reply(text)
         except UserError as e:  # 这一句太长：提示后继续对话
-            note(e.message)
+            terminal.note(e.message)
             return True
         sys.stdout.write("\n")  # 空一行，一个回答一块
         return True
@@ -387,7 +264,7 @@ def arena_main(args: ChatArgs, device: str, dtype) -> None:
             interactive_terminal()
         print(f"盲评对战：{specs[0]} 和 {specs[1]}，每轮随机标成 A/B（种子 {seed}）；票写进 {display_path(votes.path)}。"
               "输入 /help 查看说明，/exit 或 Ctrl-D 退出。")
-        prompt_loop(lambda line: (text := clean(line)) == "" or game.handle(text, input))
+        prompt_loop(lambda line: (text := terminal.clean(line)) == "" or game.handle(text, input))
     finally:
         votes.close()
         if votes.count:
@@ -412,7 +289,7 @@ def main():
         set_seed(args.seed)
 
     if args.prompt is not None:  # 一问一答
-        question = clean(args.prompt)
+        question = terminal.clean(args.prompt)
         if not question:
             raise UserError("--prompt 是空的。", EXIT_BAD_INPUT)
         if chat.reply(question):

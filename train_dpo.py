@@ -50,7 +50,7 @@ def held_out_diagnosis(trainer, tokenizer, rows: list[dict], beta: float, system
 def main():
     # ---------------------------------------------------------------- 选项
     cost = Cost()
-    args, cfg, lora = recipes.parse("dpo")  # 选项与默认值在 qwen_rlhf/recipes.py
+    args, cfg, lora = recipes.parse("dpo")  # 选项类与默认值在登记表 qwen_rlhf/stages.py 的这一项
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
     sft_path = options.input_path(args.sft_model_path)
@@ -93,7 +93,7 @@ def main():
     # ---------------------------------------------------------------- 保存
     training.save_result(
         trainer, final, "dpo", tokenizer,
-        {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
+        options.record(args, cfg, lora), cost,
         export=wiring.export(sft_path, tokenizer),
         split_fingerprint=split.fingerprint, num_pairs=len(examples), optimizer_steps=trainer.state.global_step,
         progress=wiring.progress(trainer), held_out=diagnosis, tensorboard=str(wiring.tb),

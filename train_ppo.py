@@ -12,8 +12,6 @@
 曲线：tensorboard/ppo/<时间>/，看 ppo/objective/scores 是否上升、ppo/objective/kl 是否失控、ppo/rollout/distinct_ratio 是否塌缩。
 """
 
-import shutil
-
 from qwen_rlhf import data, device, errors, models, options, outputs, policy, ppo, recipes, rewards, training  # noqa: I001  先于 trl.experimental 导入（见 __init__）
 from qwen_rlhf.cost import Cost
 from qwen_rlhf.errors import UserError
@@ -75,7 +73,7 @@ def check_resumable(checkpoint, info: dict) -> dict:
 def main():
     # ---------------------------------------------------------------- 选项
     cost = Cost()
-    args, cfg, lora = recipes.parse("ppo")  # 选项与默认值在 qwen_rlhf/recipes.py
+    args, cfg, lora = recipes.parse("ppo")  # 选项类与默认值在登记表 qwen_rlhf/stages.py 的这一项
     check_options(args, cfg)
     training.warn_zero_ppo_not_resumable(cfg)
     final = options.output_path(cfg.output_dir)
@@ -100,7 +98,7 @@ def main():
     examples = [data.ppo_example(tokenizer, r, args.system_prompt) for r in data.unique_questions(split.train)]
     examples = data.drop_long(examples, ("input_ids",), args.max_prompt_length, "PPO 提示",
                               "--max_prompt_length")
-    rollout_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+    rollout_batch = options.per_update(cfg, world)  # PPOConfig 的 world_size 要等训练器建好才有
     if len(examples) < rollout_batch:
         raise UserError(f"PPO 训练问题只有 {len(examples)} 个，少于一个 rollout 批量 {rollout_batch}"
                         f"（{world} 个进程 × 每卡 {cfg.per_device_train_batch_size} × 累积 {cfg.gradient_accumulation_steps}），"
@@ -147,33 +145,21 @@ def main():
         raise training.interrupted(trainer, stop) from None
 
     # ---------------------------------------------------------------- 保存
-    if trainer.is_world_process_zero():
-        done = trainer.state.episode - (saved["episode"] if saved else 0)
-        record = cost.record(episodes_per_s=done / trainer.train_seconds,
-                             rollout_tokens_per_s=trainer.rollout_tokens / max(trainer.rollout_seconds, 1e-9))
-        with outputs.StagingDir(final) as tmp:
-            outputs.pause_point("final-save")
-            export = wiring.export(sft_path, tokenizer, model=trainer.accelerator.unwrap_model(trainer.model).policy)
-            where = export(tmp)
-            if args.save_critic:
-                trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(str(tmp / "critic"))
-            outputs.write_stage_info(
-                tmp, "ppo", {"script": options.to_jsonable(args), "training": cfg.to_dict(),
-                             "lora": options.to_jsonable(lora)},
-                **where, reward_model=str(rm_path), reward=training_reward.record(), base_model=str(base),
-                split_fingerprint=split.fingerprint,
-                optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode,
-                progress=wiring.progress(trainer), tensorboard=str(tb),
-                launch=training.launch_info(cfg), cost=record,
-                resumed={"checkpoint": options.display_path(resume), "at_update": saved["global_step"]} if saved else None,
-            )
-            outputs.pause_point("result-staged")
-        outputs.pause_point("result-saved")
-        # 结果（连同快照的链接）改名就位之后才删：之前任何一刻被杀，检查点和快照都还在（见 policy.stage_snapshots）
-        shutil.rmtree(work, ignore_errors=True)  # 可续训的检查点只在训练没完成时有用
-        print(f"[完成] PPO 适配器已保存到 {options.display_path(final)}，合并后的完整模型在 "
-              f"{options.display_path(final / 'merged')}；{Cost.words(record)}。", flush=True)
-    training.end_processes(trainer.accelerator)  # 其余进程等主进程写完再一起退出
+    def export(tmp):  # 适配器已由 PPOTrainer.save_model（只存 policy）写进 tmp：这里加 merged/、快照和（--save_critic）critic
+        if args.save_critic:
+            trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(str(tmp / "critic"))
+        return wiring.export(sft_path, tokenizer)(tmp)
+
+    done = trainer.state.episode - (saved["episode"] if saved else 0)  # 续训时只算这一次跑的
+    training.save_result(
+        trainer, final, "ppo", tokenizer, options.record(args, cfg, lora), cost, export=export,
+        throughput=dict(episodes_per_s=done / trainer.train_seconds,
+                        rollout_tokens_per_s=trainer.rollout_tokens / max(trainer.rollout_seconds, 1e-9)),
+        reward_model=str(rm_path), reward=training_reward.record(), base_model=str(base),
+        split_fingerprint=split.fingerprint, optimizer_steps=trainer.optimizer_steps, episodes=trainer.state.episode,
+        progress=wiring.progress(trainer), tensorboard=str(tb),
+        resumed={"checkpoint": options.display_path(resume), "at_update": saved["global_step"]} if saved else None,
+    )
 
 
 if __name__ == "__main__":

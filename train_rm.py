@@ -68,8 +68,7 @@ def main():
         print(f"[评估] 留出偏好对准确率 {metrics['eval_accuracy']:.3f}，平均分差 {metrics['eval_margin']:.3f}")
 
     # ---------------------------------------------------------------- 保存
-    used = {"script": options.to_jsonable(args), "training": cfg.to_dict(),
-            **({"lora": options.to_jsonable(lora)} if args.use_peft else {})}
+    used = options.record(args, cfg, lora if args.use_peft else None)
     # LoRA：Trainer 写的是适配器，合并成完整的 RM 再就位（stage.json 的 "lora" 记下 r、alpha）
     export = (lambda tmp: {"lora": policy.merge_score_adapter(tmp, base, tokenizer, args.allow_pickle)}) if args.use_peft else None
     training.save_result(

@@ -16,7 +16,7 @@ from qwen_rlhf.cost import Cost
 def main():
     # ---------------------------------------------------------------- 选项
     cost = Cost()
-    args, cfg = recipes.parse("sft")  # 选项与默认值在 qwen_rlhf/recipes.py
+    args, cfg = recipes.parse("sft")  # 选项类与默认值在登记表 qwen_rlhf/stages.py 的这一项
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
     device.announce_device("sft", cfg.use_cpu, device.precision_of(cfg), model=args.model_name_or_path)
@@ -51,7 +51,7 @@ def main():
     # ---------------------------------------------------------------- 保存
     tokenizer.padding_side = "left"  # 存下的分词器给生成用（批量生成要左填充）；本仓库的脚本加载时都会明确指定
     training.save_result(
-        trainer, final, "sft", tokenizer, {"script": options.to_jsonable(args), "training": cfg.to_dict()},
+        trainer, final, "sft", tokenizer, options.record(args, cfg),
         cost, base_model=str(base), split_fingerprint=split.fingerprint, num_examples=len(examples), tensorboard=str(tb),
     )
 

@@ -75,7 +75,7 @@ AFTER = {**NEEDS, "benchmark": tuple(memory.STAGES)}
 
 def takes_base(stage: str) -> bool:
     """这个阶段的选项里有没有 --model_name_or_path（SFT / RM / PPO 有；GRPO / RLOO / DPO 从 SFT 开始，没有）。"""
-    return "model_name_or_path" in {f.name for f in dataclasses.fields(recipes.RECIPES[stage].project)}
+    return "model_name_or_path" in {f.name for f in dataclasses.fields(recipes.load_class(STAGES[stage].args))}
 
 
 def result_file(size_name: str, device: str) -> Path:
@@ -94,9 +94,8 @@ def plan(size: str, device: str) -> dict:
     """每种情形的数据形状（行数、提示长度、max_length）和额外选项（路径另加）。GPU 上只定步数，其余是脚本默认值。
     训练阶段的选项按登记表里的 memory_kind 给（sft / rm / ppo / sampled / pairs）：同一类的新阶段自动有一份。"""
     if device == "cuda":
-        from qwen_rlhf.recipes import PPO  # 全局 rollout 批量 = 每卡批量 × 累积（1 个进程）
-
-        rollout = PPO["per_device_train_batch_size"] * PPO["gradient_accumulation_steps"]
+        ppo = STAGES["ppo"].defaults  # 全局 rollout 批量 = 每卡批量 × 累积（1 个进程）
+        rollout = ppo["per_device_train_batch_size"] * ppo["gradient_accumulation_steps"]
         steps = ["--max_steps", "3", "--logging_steps", "1"]  # logging_steps 1：SFT 的 token 数记在每步的日志里
         return dict(rows=330, prompt_tokens=PROMPT_TOKENS, max_length=500, sft=steps, rm=steps,
                     ppo=["--total_episodes", str(PPO_UPDATES * rollout)],
@@ -296,7 +295,7 @@ def main():
     p = plan(size, device)
     precision = "bf16" if info["bf16"] else "fp32"
     # 不支持 bf16 的卡上 SFT / RM / DPO 用 fp16 混合精度（字节数与 bf16 相同），PPO / GRPO / RLOO 用 fp32
-    precisions = {s: ("bf16" if device == "cuda" else "fp32") if recipes.RECIPES[s].allow_fp16 else precision
+    precisions = {s: ("bf16" if device == "cuda" else "fp32") if STAGES[s].fp16 else precision
                   for s in memory.STAGES}
     precisions.update({v: precisions[stage] for v, (stage, _) in memory.VARIANTS.items()})
     print(f"[自检] {size_name} 在 {info['gpu'] or 'CPU'} 上；数据 {info['data']}；用时 {prep['wall_s']:.0f} 秒", flush=True)

@@ -115,3 +115,14 @@ def to_jsonable(obj) -> dict:
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
     return dataclasses.asdict(obj)
+
+
+def record(args, cfg, lora=None) -> dict:
+    """写进 stage.json 的 "options"：这次实际用的项目选项、TRL 的 Config 和（LoRA 策略的）LoRA 选项。"""
+    return {"script": to_jsonable(args), "training": cfg.to_dict(), **({"lora": to_jsonable(lora)} if lora is not None else {})}
+
+
+def per_update(cfg, processes: int | None = None) -> int:
+    """每次优化器更新所有进程合计用多少个样本 = 进程数 × 每卡批量 × 累积（PPO 的全局 rollout 批量、GRPO / RLOO 的
+    回答数、DPO 的偏好对数）。processes 默认 cfg.world_size；PPOConfig 的 world_size 要等训练器建好才填，PPO 自己给。"""
+    return cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * (processes or cfg.world_size)

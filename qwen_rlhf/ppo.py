@@ -29,7 +29,7 @@ from trl.experimental.ppo import PPOTrainer
 from trl.experimental.ppo import ppo_trainer as trl_ppo
 
 from . import scoring
-from .sampling import fast_cpu_sampling
+from .sampling import generating
 from .options import display_path
 from .outputs import pause_point, read_json, write_json, writing
 
@@ -113,18 +113,11 @@ class RLHFPPOTrainer(PPOTrainer):
         eos = self.processing_class.eos_token_id
 
         def recording_generate(*args, **kwargs):
-            # PPO 全程在 train 模式；开了梯度检查点时 transformers 的 GradientCheckpointingLayer 在 train 模式下丢掉
-            # past_key_values（huggingface/transformers#38913，症状见 huggingface/trl#3683），generate 以为有缓存、
-            # 只喂最后一个 token：第二个 token 起就看不到上文。生成时切到 eval（TRL 已关掉 dropout，输出不变）。
-            policy = self.accelerator.unwrap_model(self.model).policy
-            was_training = policy.training
-            policy.eval()
+            # PPO 全程在 train 模式：生成时解码层切到 eval，梯度检查点下才看得到上文（见 sampling.generating；
+            # TRL 已关掉 dropout，输出不变）
             started = time.perf_counter()
-            try:
-                with fast_cpu_sampling():  # CPU 上 torch.multinomial 很慢，见 sampling.fast_cpu_sampling
-                    out = generate(*args, **kwargs)
-            finally:
-                policy.train(was_training)
+            with generating(self.accelerator.unwrap_model(self.model).policy):
+                out = generate(*args, **kwargs)
             context = kwargs["input_ids"].shape[1]
             sequences = out.sequences if hasattr(out, "sequences") else out  # TRL 要 return_dict_in_generate
             self.rollout_seconds += time.perf_counter() - started

@@ -1,7 +1,8 @@
-"""每个训练阶段的选项：项目自己的 dataclass + TRL 的 Config（+ LoRA），以及本阶段的默认值。
+"""每个训练阶段的选项：项目自己的 dataclass + TRL 的 Config（+ LoRA），按登记表（qwen_rlhf/stages.py）里本阶段的
+一项解析：用哪个选项类、默认值、能不能用 fp16 都写在那一项里。
 
 脚本（train_*.py）、显存估算（python -m qwen_rlhf.memory）和 GPU 自检都从这里读：库从不导入脚本。
-优先级：命令行 > `--config 配方.yaml` > 这里的 DEFAULTS > TRL 默认值。
+优先级：命令行 > `--config 配方.yaml` > 登记表里的 defaults > TRL 默认值。
 """
 
 from __future__ import annotations
@@ -111,89 +112,37 @@ class DPOArgs(PolicyArgs):
     add_prefs: str | None = _help(ADD_PREFS_HELP, default=None)
 
 
-# ---------------------------------------------------------------- 各阶段的默认值
+# ---------------------------------------------------------------- train_rm.py 的 --role
 
-# 复现原仓库的设置：lr 1e-5，单卡批量 4 × 累积 8，2 个 epoch，最长 500 token
-SFT = dict(
-    output_dir="checkpoint/sft", learning_rate=1e-5, per_device_train_batch_size=4, gradient_accumulation_steps=8,
-    num_train_epochs=2, max_length=500, completion_only_loss=True, report_to=["tensorboard"], logging_steps=5,
-    save_total_limit=1, lr_scheduler_type="cosine", warmup_steps=0.03,
-)
-# 复现原仓库：与 SFT 相同的批量和学习率（RewardConfig 默认 1e-4 对全参数 0.6B 太高），外加奖励居中
-RM = dict(
-    output_dir="checkpoint/rm", learning_rate=1e-5, per_device_train_batch_size=4, gradient_accumulation_steps=8,
-    num_train_epochs=2, max_length=500, center_rewards_coefficient=0.01, report_to=["tensorboard"], logging_steps=5,
-    eval_strategy="steps", eval_steps=0.1, per_device_eval_batch_size=8, save_total_limit=1,
-    lr_scheduler_type="cosine", warmup_steps=0.03,
-)
 # train_rm.py --role gold / null 和代理 RM 不同的默认值。金标准评委：另一个文件夹、另一个种子、另一个（更大的）基座，
 # 不是代理 RM 的"兄弟"（Gao et al. 2022 的金标准 RM 比代理大得多）；24 GB 的卡放不下 1.7B 的全参数 RM 时可以
 # --model_name_or_path Qwen/Qwen3-0.6B，评测报告会说一行"同一个基座"。空评委：只换文件夹和种子
 ROLES = {"proxy": {}, "gold": dict(output_dir="checkpoint/rm_gold", seed=1042, model_name_or_path="Qwen/Qwen3-1.7B"),
          "null": dict(output_dir="checkpoint/rm_null", seed=2042)}
-# 复现原仓库：单卡 2 × 累积 4（minibatch 1 个，避开 TRL 的累积 × minibatch 计数错误），rollout 前向批量 8，
-# 2 个 PPO epoch，lr 5e-6，vf_coef 0.5，cliprange 0.1 / 0.5，1000 个 episode，回复最长 200，kl 0.05。
-# 1000 个 episode = 125 次更新：每 25 次存一个可续训的检查点（Qwen3-0.6B 约 7 GB，见 README），只留最新的一个。
-PPO = dict(
-    output_dir="checkpoint/ppo", sft_model_path="checkpoint/sft", reward_model_path="checkpoint/rm",
-    per_device_train_batch_size=2, gradient_accumulation_steps=4, num_mini_batches=1,
-    local_rollout_forward_batch_size=8, num_ppo_epochs=2, learning_rate=5e-6, vf_coef=0.5, cliprange=0.1,
-    cliprange_value=0.5, total_episodes=1000, response_length=200, kl_coef=0.05, stop_token="eos",
-    missing_eos_penalty=1.0, report_to=["tensorboard"], logging_steps=1, save_strategy="steps", save_steps=25,
-    save_total_limit=1, num_sample_generations=0,
-)
-# GRPO / RLOO 和 PPO 同样的预算：所有进程合计 1000 个回答（--total_answers，= PPO 的 1000 个 episode，按进程数换成
-# 步数，见 steps_for_answers）；单卡时每次更新 8 个回答（单卡 2 × 累积 4，= 1 个问题 × 8 个回答），125 次更新
-# = 125 个问题 × 8；回答最长 200、采样温度 0.7（PPOConfig 的默认值，top_p 1 / top_k 0 同 PPO）、KL 系数 0.05
-# （= PPO 的 kl_coef；GRPOConfig 默认 beta=0 根本没有 KL）、lr 5e-6。
-# RLOO 也用 8 个回答一组（TRL 默认 2）：两者看到同样的问题、同样多的回答，差别只剩基线怎么算
-# （GRPO：组内均值、除以组内标准差；RLOO：除自己以外另外 7 个的均值）。生成提示关闭思考（enable_thinking=False）。
-SAMPLED = dict(
-    per_device_train_batch_size=2, gradient_accumulation_steps=4, num_generations=8,
-    learning_rate=5e-6, beta=0.05, max_completion_length=200, temperature=0.7, top_p=1.0, top_k=0,
-    chat_template_kwargs={"enable_thinking": False}, report_to=["tensorboard"], logging_steps=1,
-    save_strategy="steps", save_steps=25, save_total_limit=1,
-)
-# DPO：训练集的全部偏好对（RM 的训练数据），批量与 SFT / RM 相同（4 × 8 = 32 对一步），1 个 epoch，
-# lr 5e-6（= PPO 的，同一套 LoRA 设置），最长 500 token（同 SFT / RM），beta 用 TRL 的默认 0.1。
-DPO = dict(
-    output_dir="checkpoint/dpo", beta=0.1, learning_rate=5e-6, per_device_train_batch_size=4,
-    gradient_accumulation_steps=8, num_train_epochs=1, max_length=500, report_to=["tensorboard"], logging_steps=5,
-    save_strategy="steps", save_steps=0.25, save_total_limit=1, lr_scheduler_type="cosine", warmup_steps=0.03,
-)
 
-
-@dataclass(frozen=True)
-class Recipe:
-    project: type  # 本仓库的选项（TRL 的 Config 是登记表里的 config）
-    defaults: dict
-    lora: bool = False  # 再加一组 LoRAArgs
-    allow_fp16: bool = True  # 在线采样的阶段不用 fp16（容易 NaN）：不支持 bf16 的卡上用 fp32
-    sampled: bool = False  # GRPO / RLOO：回答预算 --total_answers 按进程数换成步数（见 steps_for_answers）
-
-
-RECIPES: dict[str, Recipe] = {
-    "sft": Recipe(SFTArgs, SFT),
-    "rm": Recipe(RMArgs, RM, lora=True),  # LoRA 选项只在 --use_peft true 时生效
-    "ppo": Recipe(PPOArgs, PPO, lora=True, allow_fp16=False),
-    "grpo": Recipe(SampledArgs, {**SAMPLED, "output_dir": "checkpoint/grpo"}, lora=True, allow_fp16=False, sampled=True),
-    "rloo": Recipe(SampledArgs, {**SAMPLED, "output_dir": "checkpoint/rloo"}, lora=True, allow_fp16=False, sampled=True),
-    "dpo": Recipe(DPOArgs, DPO, lora=True),
-}
+def load_class(spec: str) -> type:
+    """登记表里的 "模块:类名"，用到时才导入（trl.experimental.ppo 导入要好几秒）。"""
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def types(stage: str) -> list[type]:
-    """stage 的选项类：[项目选项, TRL 的 Config（登记表里的 "模块:类名"，用到时才导入：trl.experimental.ppo 导入要好几秒）
-    [, LoRAArgs]]。GRPO / RLOO 的 Config 是本模块包过检查的子类（见 checked_sampled）。"""
-    module, name = STAGES[stage].config.split(":")
-    return [RECIPES[stage].project, getattr(importlib.import_module(module), name),
-            *([LoRAArgs] if RECIPES[stage].lora else [])]
+    """stage 的选项类：[项目选项, TRL 的 Config[, LoRAArgs]]，都来自登记表的一项；LoRA 策略（adapter）和可选 LoRA 的
+    阶段（lora_option：RM 的 --use_peft true）另加 LoRAArgs。
+    GRPO / RLOO 的 Config 是本模块包过检查的子类（见 checked_sampled）。"""
+    s = STAGES[stage]
+    return [load_class(s.args), load_class(s.config), *([LoRAArgs] if s.adapter or s.lora_option else [])]
+
+
+def defaults(stage: str) -> dict:
+    """本阶段的默认值：登记表里的 defaults，输出文件夹默认 checkpoint/<阶段名>。"""
+    return {"output_dir": f"checkpoint/{stage}", **STAGES[stage].defaults}
 
 
 def kl_setting(stage: str) -> tuple[str, float] | None:
     """LoRA 策略阶段的 KL 系数：(选项名, 本仓库的默认值)；别的阶段 None。PPO 叫 kl_coef，GRPO / RLOO / DPO 叫 beta（TRL 的名字）。"""
     name = STAGES[stage].kl_option if stage in STAGES else None
-    return (name, RECIPES[stage].defaults.get(name)) if name else None
+    return (name, STAGES[stage].defaults.get(name)) if name else None
 
 
 def parse(stage: str, argv: list[str] | None = None) -> tuple:
@@ -201,15 +150,14 @@ def parse(stage: str, argv: list[str] | None = None) -> tuple:
 
     在任何模型加载之前，这里还拒绝本阶段用不了的 DeepSpeed ZeRO-3（refuse_zero3），并按进程数把 GRPO / RLOO 的
     回答预算换成步数（steps_for_answers）。"""
-    r = RECIPES[stage]
-    defaults = {**r.defaults, **device.precision_defaults(allow_fp16=r.allow_fp16)}
-    parsed = options.parse(types(stage), defaults, argv)
+    base = {**defaults(stage), **device.precision_defaults(allow_fp16=STAGES[stage].fp16)}
+    parsed = options.parse(types(stage), base, argv)
     if stage == "rm" and ROLES.get(parsed[0].role):  # 金标准评委 / 空评委的默认值（配方和命令行仍然优先）：再解析一次
-        parsed = options.parse(types(stage), {**defaults, **ROLES[parsed[0].role]}, argv)
+        parsed = options.parse(types(stage), {**base, **ROLES[parsed[0].role]}, argv)
     refuse_zero3(stage, parsed[1], RM_LORA_ZERO3 if getattr(parsed[0], "use_peft", False) else None)
     if hasattr(parsed[0], "reward_funcs"):  # 训练奖励的各项：名字、导入、权重个数、金标准评委，都在加载模型之前查
         rewards.plan(stage, parsed[0].reward_funcs, rewards.weights_option(stage, *parsed[:2]), parsed[0].target_length)
-    if r.sampled and parsed[1].max_steps <= 0:
+    if hasattr(parsed[0], "total_answers") and parsed[1].max_steps <= 0:  # GRPO / RLOO：回答预算按进程数换成步数
         parsed[1].max_steps = steps_for_answers(parsed[0].total_answers, parsed[1])
     return parsed
 
@@ -238,12 +186,11 @@ def steps_for_answers(total_answers: int, cfg) -> int:
     if total_answers <= 0:
         raise UserError(f"--total_answers 必须是正整数（默认 1000，= PPO 的 total_episodes），现在是 {total_answers}。",
                         EXIT_BAD_INPUT)
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
-    return math.ceil(total_answers * cfg.num_iterations / per_step)
+    return math.ceil(total_answers * cfg.num_iterations / options.per_update(cfg))
 
 
 def __getattr__(name: str):
-    """recipes.GRPOConfig / recipes.RLOOConfig：checked_sampled 包过的 TRL 配置类（RECIPES 里 GRPO / RLOO 用它们）。
+    """recipes.GRPOConfig / recipes.RLOOConfig：checked_sampled 包过的 TRL 配置类（登记表里 GRPO / RLOO 用它们）。
     用到时才导入 TRL；放在模块属性上，是因为 Trainer 把配置 pickle 进检查点的 training_args.bin，pickle 按"模块.类名"找类。"""
     if name in ("GRPOConfig", "RLOOConfig"):
         return checked_sampled(getattr(trl, name))

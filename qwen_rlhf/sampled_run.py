@@ -19,7 +19,7 @@ def main(stage: str):
     # ---------------------------------------------------------------- 选项
     cost = Cost()
     name, script = stage.upper(), STAGES[stage].script
-    args, cfg, lora = recipes.parse(stage)  # 选项与默认值在 qwen_rlhf/recipes.py
+    args, cfg, lora = recipes.parse(stage)  # 选项类与默认值在登记表 qwen_rlhf/stages.py 的这一项
     final = options.output_path(cfg.output_dir)
     outputs.check_writable(final, args.overwrite_output_dir)
     sft_path = options.input_path(args.sft_model_path)
@@ -65,7 +65,7 @@ def main(stage: str):
     # ---------------------------------------------------------------- 保存
     training.save_result(
         trainer, final, stage, tokenizer,
-        {"script": options.to_jsonable(args), "training": cfg.to_dict(), "lora": options.to_jsonable(lora)}, cost,
+        options.record(args, cfg, lora), cost,
         export=wiring.export(sft_path, tokenizer),
         answers=reward.answers * cfg.world_size, reward_model=str(rm_path) if rm_path else None, split_fingerprint=split.fingerprint,
         reward=reward.record(), optimizer_steps=trainer.state.global_step, progress=wiring.progress(trainer),

@@ -13,6 +13,28 @@ import threading
 
 
 @contextlib.contextmanager
+def generating(model):
+    """训练中采样回答（PPO 的 rollout、GRPO / RLOO 的一组回答）：把 model 里还在 train 模式的解码层临时切到 eval，
+    并用 fast_cpu_sampling。
+
+    训练器在 train 模式下 generate；开了梯度检查点时 transformers 的 GradientCheckpointingLayer 在 train 模式下丢掉
+    past_key_values（huggingface/transformers#38913，PPO 里的症状见 huggingface/trl#3683）：从第二个 token 起就看不到
+    上文。只切解码层（不切整个模型）：TRL 的 GRPO / RLOO 按 model.training 决定这批指标记在 train 还是 eval 下；Qwen3
+    层外没有随模式变化的东西，所以和切整个模型一样。层里的 LoRA dropout 也随之关掉，和 vLLM 生成时一样。"""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.training]
+    for layer in layers:
+        layer.eval()
+    try:
+        with fast_cpu_sampling():  # CPU 上 torch.multinomial 很慢，见下
+            yield
+    finally:
+        for layer in layers:
+            layer.train()
+
+
+@contextlib.contextmanager
 def fast_cpu_sampling():
     """with 块里、只在进入它的线程里，把 CPU 上"每行抽一个"的 torch.multinomial(probs, 1) 换成逆 CDF 抽样。
 

@@ -18,6 +18,8 @@ from transformers.integrations import TensorBoardCallback
 
 from .errors import ANYWHERE, EXIT_INTERRUPTED, NonFiniteError, UserError, os_error_code
 from .paths import display_path, input_path
+from .cost import trainer_throughput
+from .options import per_update
 from .outputs import STAGE_FILE, StagingDir, pause_point, tensorboard_dir, trainer_work_dir, write_stage_info, writing
 from .policy import SNAPSHOTS, save_snapshot, snapshot_steps, snapshots_of
 from .stages import STAGES, nan_hint
@@ -179,7 +181,7 @@ class Snapshots(TrainerCallback):
 def seen_per_step(cfg):
     """Trainer 派生的阶段到第 N 步为止看过多少样本（全部进程合计）：GRPO / RLOO 是生成的回答数（每批回答被用
     num_iterations 次），DPO 是偏好对数。"""
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size
+    per_step = per_update(cfg)
     reuse = getattr(cfg, "num_iterations", 1)
     return lambda state: state.global_step * per_step // reuse
 
@@ -349,12 +351,14 @@ def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
 
 
 def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost, export=None, answers=None,
-                **info) -> None:
+                throughput: dict | None = None, **info) -> None:
     """所有进程一起导出权重（ZeRO-3 要先把分片的参数收集起来，只在主进程调用会卡住或崩溃），
     文件只由主进程写：临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。
 
     export(tmp)：各阶段不同的那一步，在 trainer.save_model 的文件搬进 tmp 之后、写 stage.json 之前由主进程调用
-    （LoRA 策略：policy.save_policy 写 merged/），返回的字典也写进 stage.json。answers：这次运行生成的回答数（GRPO / RLOO 的吞吐）。"""
+    （LoRA 策略：policy.save_policy 写 merged/），返回的字典也写进 stage.json。answers：这次运行生成的回答数（GRPO / RLOO 的吞吐）。
+    throughput：训练器自己量的吞吐（PPO 的 episode/s），不给时从 Trainer 的日志读（trainer_throughput）。
+    pause_point 的几个时刻（测试在那里杀进程）：final-save、staging、result-staged、result-saved。"""
     from accelerate.utils import broadcast_object_list
 
     # 这次运行自己的导出文件夹（主进程的进程号，所有进程用同一个名字）：被杀留下的由 outputs.recover 按进程号清掉
@@ -362,10 +366,12 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
     with writing(final, export_dir):
         trainer.save_model(str(export_dir))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
     if trainer.is_world_process_zero():
-        record = cost.record(**trainer_throughput(trainer, stage, answers))
+        record = cost.record(**(throughput if throughput is not None else trainer_throughput(trainer, stage, answers)))
         with writing(final, export_dir), StagingDir(final) as tmp:
+            pause_point("final-save")
             for f in export_dir.iterdir():
                 f.rename(tmp / f.name)  # 同一磁盘上改名，不复制
+            export_dir.rmdir()  # 空了：结果改名就位后、删检查点前被杀时不留下它
             pause_point("staging")
             tokenizer.save_pretrained(str(tmp))
             if export is not None:
@@ -373,23 +379,11 @@ def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost
             if answers:  # 生成了多少个回答（吞吐 answers_per_s 的分子），也写下来
                 info["answers"] = answers
             write_stage_info(tmp, stage, options, launch=launch_info(trainer.args), cost=record, **info)
+            pause_point("result-staged")
+        pause_point("result-saved")
+        # 结果（连同快照的链接）改名就位之后才删：之前任何一刻被杀，检查点和快照都还在（见 policy.stage_snapshots）
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
-        print(f"[完成] {stage} 已保存到 {display_path(final)}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard",
+        merged = f"（合并好的完整模型在 {display_path(final / 'merged')}）" if (final / "merged").is_dir() else ""
+        print(f"[完成] {stage} 已保存到 {display_path(final)}{merged}；{cost.words(record)}；曲线：tensorboard --logdir tensorboard",
               flush=True)
     end_processes(trainer.accelerator)
-
-
-def trainer_throughput(trainer, stage: str, answers: int | None = None) -> dict:
-    """Trainer 自己记下的训练用时与数量 -> 登记表里这个阶段的吞吐单位：SFT 每秒多少 token，RM / DPO 每秒多少对
-    （一个样本是一对），GRPO / RLOO 每秒生成多少个回答（answers 由调用者数）。
-    续训时 num_tokens 是累计的、用时只算这一次，所以续训那次的 token/s 偏高。"""
-    history = trainer.state.log_history
-    runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
-    if not runtime:
-        return {}
-    key = STAGES[stage].throughput
-    if key == "pairs_per_s":
-        return {key: next(h["train_samples_per_second"] for h in reversed(history) if "train_runtime" in h)}
-    if key == "answers_per_s":
-        return {key: answers / runtime} if answers else {}
-    return {"tokens_per_s": max((h.get("num_tokens", 0) for h in history), default=0) / runtime}

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from . import metrics
+
 END = float("inf")  # 没有记下训练进度的最终结果（早于快照功能的结果、完整模型）：排在最后
 
 
@@ -167,3 +169,26 @@ def verdicts(runs: list[dict], points: dict[str, dict]) -> dict[str, dict]:
                 result[j] = {**final_gain(scores), **drop_after_peak(scores, proxy, kl)}
         out[method] = result
     return out
+
+
+def points(samples: dict, scores: dict[str, list], kl: dict, per_question: int) -> dict[str, dict]:
+    """训练轨迹上每个模型的数：每个问题的平均序列 KL 和各评委的平均分（同一批按训练温度采的回答）。"""
+    points, start = {}, 0
+    for name, (_, responses, _) in samples.items():
+        n = len(responses)
+        by_question = {role: [sum(v[i:i + per_question]) / per_question for i in range(start, start + n, per_question)]
+                       for role, v in scores.items()}
+        questions = n // per_question
+        own = kl.get(name)
+        points[name] = {"kl_seq": own["kl_seq_by_question"] if own else [0.0] * questions,
+                        "kl_token": own["kl_per_token"] if own else 0.0, **by_question}
+        start += n
+    return points
+
+
+def scale(points: dict[str, dict]) -> dict[str, float | None]:
+    """每位评委给 SFT 的分数在问题之间的标准差（每个问题先对它按训练温度采的几个回答取平均）：轨迹上的提升换成
+    "几个 SFT 标准差"。和方法对比表的尺子（SFT 每个报告回答的分数的标准差）不是同一把：这里每个问题平均了 --kl_samples
+    个回答，标准差更小，所以轨迹上的"几个标准差"和表里的不能直接比。"""
+    sft = points[metrics.BASELINE]
+    return {role: metrics.sd(sft[role]) for role in JUDGES if role in sft}

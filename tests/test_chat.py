@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, offline_env, run_inline
 
 import chat
-from qwen_rlhf import options
+from qwen_rlhf import options, terminal
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING, UserError
 
 FAST = ["--max_new_tokens", "12", "--seed", "0"]
@@ -73,8 +73,8 @@ def test_pipe_mode_survives_bad_bytes_control_chars_and_huge_lines(tiny_model, t
 
 
 def test_clean_strips_controls_and_truncates(capsys):
-    assert chat.clean(" a\x00b\x1b[31mc\td\ne\r\x7f ") == "ab[31mc\td\ne"
-    assert len(chat.clean("好" * 100_000)) == chat.MAX_INPUT_CHARS
+    assert terminal.clean(" a\x00b\x1b[31mc\td\ne\r\x7f ") == "ab[31mc\td\ne"
+    assert len(terminal.clean("好" * 100_000)) == terminal.MAX_INPUT_CHARS
     assert "只保留前" in capsys.readouterr().err
 
 
@@ -83,7 +83,7 @@ def test_think_content_is_hidden_or_dimmed_and_never_kept(capsys, monkeypatch):
 
     def show(show_think, tty):
         monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
-        d = chat.Display(None, show_think=show_think)
+        d = terminal.Display(None, show_think=show_think)
         for i, c in enumerate(chunks):
             d.on_finalized_text(c, stream_end=i == len(chunks) - 1)
         return capsys.readouterr().out
@@ -93,8 +93,8 @@ def test_think_content_is_hidden_or_dimmed_and_never_kept(capsys, monkeypatch):
     assert "\x1b[2m想一想" in dimmed and dimmed.endswith("答案是 42\n") and "<think>" not in dimmed
     plain = show(True, False)  # 不是终端（管道）：不用转义码，用文字标出两段
     assert plain.startswith("[思考] 想一想") and "[回答] 答案是 42" in plain and "\x1b" not in plain
-    assert chat.final_answer("<think>\n想一想\n</think>\n\n答案") == "答案"
-    assert chat.final_answer("<think>\n没想完") == ""
+    assert terminal.final_answer("<think>\n想一想\n</think>\n\n答案") == "答案"
+    assert terminal.final_answer("<think>\n没想完") == ""
 
 
 @pytest.mark.parametrize("case", ["no_such_folder", "folder_without_config", "truncated_weights", "rm_by_name",

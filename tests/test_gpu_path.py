@@ -248,7 +248,7 @@ def test_a_card_without_native_bf16_trains_in_fp16_or_fp32_and_the_device_line_s
     SFT / RM / DPO 用 fp16，PPO / GRPO / RLOO 用 fp32，和环境检查（preflight）说的一样；A800 上都用 bf16。
     用户硬加 --bf16 true 时设备那一行提醒这是模拟的 bf16。"""
     gpus(T4)
-    on_t4 = {s: device.precision_of(SimpleNamespace(**device.precision_defaults(recipes.RECIPES[s].allow_fp16)))
+    on_t4 = {s: device.precision_of(SimpleNamespace(**device.precision_defaults(STAGES[s].fp16)))
              for s in TRAINING}
     assert on_t4 == {"sft": "fp16", "rm": "fp16", "ppo": "fp32", "grpo": "fp32", "rloo": "fp32", "dpo": "fp16"}
     device.announce_device("sft", False, on_t4["sft"])
@@ -257,7 +257,7 @@ def test_a_card_without_native_bf16_trains_in_fp16_or_fp32_and_the_device_line_s
     out = capsys.readouterr().out
     assert "计算能力 7.5" in out and "没有原生 bf16" in out
     gpus(A800)
-    assert all(device.precision_defaults(recipes.RECIPES[s].allow_fp16) == {"bf16": True, "fp16": False}
+    assert all(device.precision_defaults(STAGES[s].fp16) == {"bf16": True, "fp16": False}
                for s in TRAINING)
 
 
@@ -322,13 +322,14 @@ def test_grpo_and_rloo_generate_as_many_answers_as_ppo_has_episodes_whatever_the
     from transformers import TrainingArguments
 
     monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: processes))
-    ppo_batch = recipes.PPO["per_device_train_batch_size"] * recipes.PPO["gradient_accumulation_steps"] * processes
-    ppo_episodes = math.ceil(recipes.PPO["total_episodes"] / ppo_batch) * ppo_batch  # TRL：num_total_batches × 批量
+    ppo_defaults = STAGES["ppo"].defaults
+    ppo_batch = ppo_defaults["per_device_train_batch_size"] * ppo_defaults["gradient_accumulation_steps"] * processes
+    ppo_episodes = math.ceil(ppo_defaults["total_episodes"] / ppo_batch) * ppo_batch  # TRL：num_total_batches × 批量
     for stage in ("grpo", "rloo"):
         args, cfg, _ = recipes.parse(stage, ["--output_dir", str(tmp_path / stage)])
         per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * processes
         assert cfg.max_steps * per_step == ppo_episodes
-        assert args.total_answers == recipes.PPO["total_episodes"]
+        assert args.total_answers == ppo_defaults["total_episodes"]
 
 
 # ---------------------------------------------------------------- 7. GPU 自检的评测只读自己训练出的模型

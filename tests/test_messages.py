@@ -19,13 +19,13 @@ OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)")
 # 消息里给出的另一个脚本的命令（"python train_rm.py --role gold"）：这些选项按那个脚本查，不算打印它的脚本的
 COMMAND = re.compile(r"python (\w+\.py)((?: --[a-z][a-z0-9_]*(?: [^\s\-，。；：（）、]+)?)+)")
 
-PARSERS = {  # 脚本 -> 它交给 options.parse 的 dataclass（训练脚本的在 recipes.RECIPES 里，一个阶段一项）
-    **{f"train_{stage}.py": recipes.types(stage) for stage in recipes.RECIPES},
+PARSERS = {  # 脚本 -> 它交给 options.parse 的 dataclass（训练脚本的来自登记表，一个阶段一项）
+    **{f"train_{stage}.py": recipes.types(stage) for stage in stages.training_stages()},
     "benchmark.py": [benchmark.BenchmarkArgs],
     "chat.py": [chat.ChatArgs],
 }
 ALL = tuple(PARSERS)
-TRAIN = tuple(f"train_{stage}.py" for stage in recipes.RECIPES)
+TRAIN = tuple(f"train_{stage}.py" for stage in stages.training_stages())
 LORA = tuple(f"train_{stage}.py" for stage in stages.rl_stages())  # LoRA 策略（RM 的 LoRA 只用 LoRAArgs 和合并）
 SAMPLED = ("train_grpo.py", "train_rloo.py")
 # 共用模块 -> 能打印它的消息的脚本
@@ -71,7 +71,7 @@ ONLY = {
 # 别的程序的选项：accelerate launch（--config_file --num_processes）和 tensorboard（--logdir）
 OTHER_PROGRAMS = {"config_file", "num_processes", "logdir"}
 # stages.py 的提示按阶段分：每个脚本只会打印自己那一项
-HINTS = {**{f"train_{stage}.py": stage for stage in recipes.RECIPES}, "benchmark.py": "benchmark", "chat.py": "chat"}
+HINTS = {**{f"train_{stage}.py": stage for stage in stages.training_stages()}, "benchmark.py": "benchmark", "chat.py": "chat"}
 
 
 def mentions(path, keep_module_docstring: bool) -> dict[str, set[str]]:

@@ -3,17 +3,16 @@
 import warnings
 
 import pytest
-from trl import SFTConfig
 
 from qwen_rlhf import device, options, recipes
 from qwen_rlhf.errors import UserError
 
 CPU = device.precision_defaults()  # 这台机器没有 GPU：fp32
-SFT_DEFAULTS = {**recipes.SFT, **CPU}
+SFT_DEFAULTS = {**recipes.defaults("sft"), **CPU}
 
 
 def test_recipe_overrides_defaults_and_flags_override_recipe():
-    args, cfg = options.parse([recipes.SFTArgs, SFTConfig], SFT_DEFAULTS,
+    args, cfg = options.parse(recipes.types("sft"), SFT_DEFAULTS,
                               args=["--config", "configs/tiny/sft.yaml", "--num_train_epochs", "1"])
     assert args.model_name_or_path == "checkpoint/tiny/base" and cfg.use_cpu
     assert cfg.num_train_epochs == 1  # 命令行最优先
@@ -31,7 +30,7 @@ def test_recipe_overrides_defaults_and_flags_override_recipe():
 )
 def test_bad_options_raise_one_line_user_errors(argv, message):
     with pytest.raises(UserError, match=message) as e:
-        options.parse([recipes.SFTArgs, SFTConfig], SFT_DEFAULTS, args=argv)
+        options.parse(recipes.types("sft"), SFT_DEFAULTS, args=argv)
     assert "\n" not in e.value.message
 
 
@@ -39,10 +38,10 @@ def test_recipe_that_is_not_yaml_or_has_unknown_keys(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: [1, 2\n", encoding="utf-8")
     with pytest.raises(UserError, match="不是合法的 YAML"):
-        options.parse([recipes.SFTArgs, SFTConfig], SFT_DEFAULTS, args=["--config", str(bad)])
+        options.parse(recipes.types("sft"), SFT_DEFAULTS, args=["--config", str(bad)])
     bad.write_text("response_length: 10\n", encoding="utf-8")
     with pytest.raises(UserError, match="不认识的键"):
-        options.parse([recipes.SFTArgs, SFTConfig], SFT_DEFAULTS, args=["--config", str(bad)])
+        options.parse(recipes.types("sft"), SFT_DEFAULTS, args=["--config", str(bad)])
 
 
 def test_relative_output_paths_resolve_from_the_repo_root(tmp_path, monkeypatch):

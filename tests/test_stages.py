@@ -16,7 +16,8 @@ from conftest import ROOT
 from qwen_rlhf import recipes
 from qwen_rlhf.stages import STAGES, chat_stages, rl_stages, training_stages
 
-# 玩具阶段 "kto"：和 DPO 同一类（偏好对、LoRA、不用 RM），文件夹、脚本、配方都按名字来
+# 玩具阶段 "kto"：和 DPO 同一类（偏好对、LoRA、不用 RM，同样的选项类与默认值），文件夹、脚本、配方都按名字来；
+# 只有登记表里的这一项，别处什么都不加
 TOY = '''
 import dataclasses
 from qwen_rlhf import stages
@@ -24,11 +25,10 @@ stages.STAGES["kto"] = dataclasses.replace(stages.STAGES["dpo"], name="kto", lab
                                            about="KTO：玩具阶段的说明。", no_zero3="玩具阶段的理由")
 '''
 
-# 子进程：登记表之外再给它一份选项与默认值（recipes.py 里的一项），然后读出每一处的阶段列表
+# 子进程：读出每一处的阶段列表，并按 kto 的选项解析一次（选项类、默认值、输出文件夹都只来自登记表的那一项）
 PROBE = '''
 import dataclasses, importlib.util, json, sys
 from qwen_rlhf import recipes
-recipes.RECIPES["kto"] = dataclasses.replace(recipes.RECIPES["dpo"], defaults={**recipes.DPO, "output_dir": "checkpoint/kto"})
 
 def load(path, name):
     spec = importlib.util.spec_from_file_location(name, path)
@@ -54,6 +54,8 @@ print(json.dumps({
     "gpu_check_plan": plan[stages.STAGES["kto"].memory_kind],
     "rl_bench": list(rl_bench.STAGES), "rl_bench_argv": rl_bench.stage_argv("kto", "S", "R", "O"),
     "kl": list(recipes.kl_setting("kto")), "report": words.method_paragraphs(summary),
+    "parsed": {k: str(v) for o in recipes.parse("kto", ["--use_cpu", "true"]) for k, v in vars(o).items()
+               if k in ("output_dir", "learning_rate", "add_prefs", "lora_r")},
     "collapse": metrics.collapse_warning("kto", ["好"] * 10, [str(i) for i in range(10)]),
 }, ensure_ascii=False))
 '''
@@ -78,10 +80,10 @@ def test_every_list_of_stages_equals_the_registry():
 
     from qwen_rlhf import memory
 
-    assert list(memory.STAGES) == list(recipes.RECIPES) == list(training_stages())
+    assert list(memory.STAGES) == list(training_stages())
     assert {s for s in STAGES if STAGES[s].kl_option} == set(rl_stages())  # 每个 LoRA 策略阶段都有 KL 系数
-    assert recipes.kl_setting("ppo") == ("kl_coef", recipes.PPO["kl_coef"])
-    assert recipes.kl_setting("grpo") == ("beta", recipes.SAMPLED["beta"]) and recipes.kl_setting("sft") is None
+    assert recipes.kl_setting("ppo") == ("kl_coef", 0.05) == ("kl_coef", STAGES["ppo"].defaults["kl_coef"])
+    assert recipes.kl_setting("grpo") == ("beta", 0.05) and recipes.kl_setting("sft") is None
     assert all(STAGES[s].tiny_recipe.is_file() and (ROOT / STAGES[s].script).is_file() for s in training_stages())
     spec = importlib.util.spec_from_file_location("gpu_check_registry", ROOT / "bench" / "gpu_check.py")
     sys.path.insert(0, str(ROOT / "bench"))
@@ -92,7 +94,8 @@ def test_every_list_of_stages_equals_the_registry():
 
 
 def test_a_stage_registered_once_appears_in_every_list(seen):
-    """玩具阶段 kto 只登记在 stages.py（和它在 recipes.py 的选项）：--help、memory、gpu_check、bench、报告都有它。"""
+    """玩具阶段 kto 只登记在 stages.py（一项，别处什么都没加）：--help、memory、gpu_check、bench、报告都有它，
+    选项按登记表里的类与默认值解析，输出文件夹默认 checkpoint/kto。"""
     names = " / ".join([*chat_stages(), "kto"])
     assert names in seen["benchmark_help"] and names in seen["chat_help"] and names in seen["chat_commands"]
     assert "kto_model_path" in seen["benchmark_paths"]
@@ -100,7 +103,9 @@ def test_a_stage_registered_once_appears_in_every_list(seen):
     assert seen["gpu_check_needs"]["kto"] == ["sft"] and "--max_steps" in seen["gpu_check_plan"]
     assert "kto" in seen["rl_bench"]
     assert seen["rl_bench_argv"][:3] == ["--config", str(ROOT / "configs" / "tiny" / "kto.yaml"), "--sft_model_path"]
-    assert seen["kl"] == ["beta", recipes.DPO["beta"]]
+    assert seen["kl"] == ["beta", 0.1]  # DPO 的默认 beta（登记表里 dpo 那一项，kto 照抄）
+    assert seen["parsed"] == {"output_dir": "checkpoint/kto", "learning_rate": "5e-06", "add_prefs": "None",
+                              "lora_r": "32"}
     assert any("KTO：玩具阶段的说明。" in p for p in seen["report"])
     assert "（--beta）" in seen["collapse"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY, last_line, rl_args, run_inline, run_script, stage_args
 
-from qwen_rlhf import metrics, policy, report, words
+from qwen_rlhf import judges, metrics, policy, report, words
 from qwen_rlhf import trajectory as traj
 from qwen_rlhf.errors import EXIT_BAD_INPUT, EXIT_MISSING
 from qwen_rlhf.metrics import Answer
@@ -380,8 +380,8 @@ def test_a_gold_judge_on_the_proxys_base_gets_one_warning_line(tmp_path):
     import benchmark
 
     proxy = {"base_model": str(tmp_path / "base")}
-    assert benchmark.same_base({"base_model": str(tmp_path / "base" / ".")}, proxy)
-    assert not benchmark.same_base({"base_model": str(tmp_path / "bigger")}, proxy)
+    assert judges.same_base({"base_model": str(tmp_path / "base" / ".")}, proxy)
+    assert not judges.same_base({"base_model": str(tmp_path / "bigger")}, proxy)
     rm = {"pairs": 4, "accuracy": 1.0, "margin": 2.0, "folder": "rm"}
     summary = {"rm": rm, "gold": rm, "gold_base": {"same": True, "proxy": "checkpoint/base/Qwen3-0.6B"}}
     warned = [line for line in words.judge_lines(summary) if "同一个基座" in line]
