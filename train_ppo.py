@@ -145,14 +145,21 @@ def main():
         raise training.interrupted(trainer, stop) from None
 
     # ---------------------------------------------------------------- 保存
-    def export(tmp):  # 适配器已由 PPOTrainer.save_model（只存 policy）写进 tmp：这里加 merged/、快照和（--save_critic）critic
+    # 适配器由 peft 自己的 save_pretrained 写（只在主进程）。不用 TRL 的 PPOTrainer.save_model：它在 DeepSpeed 下把
+    # self.deepspeed 换成 policy 模型再交给 Trainer.save_model，transformers 5 在那里读 self.deepspeed.config.get(...)，
+    # 拿到的是 Qwen3Config，AttributeError（ZeRO-2 的 PPO 保存时崩溃）
+    def save_adapter(folder):
+        if trainer.is_world_process_zero():
+            trainer.accelerator.unwrap_model(trainer.model).policy.save_pretrained(folder)
+
+    def export(tmp):  # 适配器已写进 tmp：这里加 merged/、快照和（--save_critic）critic
         if args.save_critic:
             trainer.accelerator.unwrap_model(trainer.model).value_model.save_pretrained(str(tmp / "critic"))
         return wiring.export(sft_path, tokenizer)(tmp)
 
     done = trainer.state.episode - (saved["episode"] if saved else 0)  # 续训时只算这一次跑的
     training.save_result(
-        trainer, final, "ppo", tokenizer, options.record(args, cfg, lora), cost, export=export,
+        trainer, final, "ppo", tokenizer, options.record(args, cfg, lora), cost, export=export, save_model=save_adapter,
         throughput=dict(episodes_per_s=done / trainer.train_seconds,
                         rollout_tokens_per_s=trainer.rollout_tokens / max(trainer.rollout_seconds, 1e-9)),
         reward_model=str(rm_path), reward=training_reward.record(), base_model=str(base),

@@ -351,20 +351,21 @@ def prepare(cfg, final: Path, stage: str) -> tuple[Path, GracefulStop]:
 
 
 def save_result(trainer, final: Path, stage: str, tokenizer, options: dict, cost, export=None, answers=None,
-                throughput: dict | None = None, **info) -> None:
+                throughput: dict | None = None, save_model=None, **info) -> None:
     """所有进程一起导出权重（ZeRO-3 要先把分片的参数收集起来，只在主进程调用会卡住或崩溃），
     文件只由主进程写：临时文件夹 → 写 stage.json → 改名就位；成功后删掉中间检查点省磁盘。
 
     export(tmp)：各阶段不同的那一步，在 trainer.save_model 的文件搬进 tmp 之后、写 stage.json 之前由主进程调用
     （LoRA 策略：policy.save_policy 写 merged/），返回的字典也写进 stage.json。answers：这次运行生成的回答数（GRPO / RLOO 的吞吐）。
     throughput：训练器自己量的吞吐（PPO 的 episode/s），不给时从 Trainer 的日志读（trainer_throughput）。
+    save_model(文件夹)：代替 trainer.save_model 写权重（PPO：TRL 的 PPOTrainer.save_model 在 DeepSpeed 下坏了，见 train_ppo.py）。
     pause_point 的几个时刻（测试在那里杀进程）：final-save、staging、result-staged、result-saved。"""
     from accelerate.utils import broadcast_object_list
 
     # 这次运行自己的导出文件夹（主进程的进程号，所有进程用同一个名字）：被杀留下的由 outputs.recover 按进程号清掉
     export_dir = Path(trainer.args.output_dir) / broadcast_object_list([f"export-{os.getpid()}"])[0]
     with writing(final, export_dir):
-        trainer.save_model(str(export_dir))  # 权重 + config + generation_config（eos = <|im_end|>）；Trainer 只在主进程写
+        (save_model or trainer.save_model)(str(export_dir))  # 权重 + config + generation_config（eos = <|im_end|>）；只在主进程写
     if trainer.is_world_process_zero():
         record = cost.record(**(throughput if throughput is not None else trainer_throughput(trainer, stage, answers)))
         with writing(final, export_dir), StagingDir(final) as tmp:

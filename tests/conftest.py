@@ -307,7 +307,6 @@ def fixture_cost(item) -> int:
     return max((FIXTURE_COST.get(name, 0) for name in getattr(item, "fixturenames", ())), default=0)
 
 
-@pytest.hookimpl(tryfirst=True)  # 在 xdist 自己的这个钩子之前：它按当时已有的 xdist_group 标记给测试分组
 def pytest_collection_modifyitems(items):
     """用到迷你模型或整条流水线、或者起子进程跑真实脚本的测试都算 slow：`bash scripts/test.sh -m "not slow"`
     一分钟内跑完其余的（纯函数、选项解析、报告、数据检查）。然后按 fixture_cost 排序（见 FIXTURE_COST）。"""
@@ -318,11 +317,6 @@ def pytest_collection_modifyitems(items):
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
                 call in source for call in ("run_script(", "chat_run(", "launch(", "subprocess.", "trained(")):
             item.add_marker(pytest.mark.slow)
-        # 用模块级夹具（bench、uninterrupted、trajectory……）的测试放进同一个 xdist 组（--dist loadgroup）：
-        # 同一个模块的它们在同一个进程里跑，模块夹具只建一次。_fixtureinfo 是 pytest 的内部属性（版本已固定）
-        info = getattr(item, "_fixtureinfo", None)
-        if info and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=fixture_cost)
 
 
