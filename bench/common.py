@@ -34,7 +34,9 @@ def commit() -> str:
 def provenance() -> dict:
     """哪次提交、什么命令、开始 / 结束时机器的负载（1 / 5 / 15 分钟平均；2 核机器空闲时 < 1，> 2 说明有别的任务在抢
     CPU，这样的用时不能当这台机器的速度引用）。"""
-    return {"commit": commit(), "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+    # 影响 CPU 用时的环境变量也记下（scripts/cpu_env.sh 的 GLIBC_TUNABLES、线程数），没设的记 null
+    env = {k: os.environ.get(k) for k in ("GLIBC_TUNABLES", "OMP_NUM_THREADS", "WEAK_KL", "RPO", "RULES", "SEEDS")}
+    return {"commit": commit(), "command": shlex.join([Path(sys.executable).name, *sys.argv]), "env": env,
             "load_avg_1_5_15_at_start": LOAD_AT_START, "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()]}
 
 
