@@ -187,17 +187,21 @@ def dry_run(recipe: str, *launch_args: str) -> tuple[str, object, dict]:
 
     chosen = {}
     with pytest.MonkeyPatch.context() as mp:
+        # 同一进程里先跑过的测试（run_inline 的训练脚本）解析 TrainingArguments 时会设 ACCELERATE_MIXED_PRECISION 等：
+        # 先拿掉，下面比的才是启动器自己加的
+        for key in [k for k in os.environ if k.startswith("ACCELERATE_")]:
+            mp.delenv(key)
         for name in ("deepspeed_launcher", "multi_gpu_launcher", "simple_launcher"):
             mp.setattr(accelerate_launch, name, lambda a, name=name: chosen.update(launcher=name, args=a))
         parser = accelerate_launch.launch_command_parser()
         accelerate_launch.launch_command(parser.parse_args(
             ["--config_file", str(ACCELERATE_CONFIGS / f"{recipe}.yaml"), *launch_args, "train_sft.py"]))
-    args = chosen["args"]
-    if chosen["launcher"] == "deepspeed_launcher":
-        env = prepare_deepspeed_cmd_env(args)[1]
-    else:
-        env = prepare_multi_gpu_env(args)
-    return chosen["launcher"], args, {k: v for k, v in env.items() if os.environ.get(k) != v}
+        args = chosen["args"]
+        if chosen["launcher"] == "deepspeed_launcher":
+            env = prepare_deepspeed_cmd_env(args)[1]
+        else:
+            env = prepare_multi_gpu_env(args)
+        return chosen["launcher"], args, {k: v for k, v in env.items() if os.environ.get(k) != v}
 
 
 @pytest.mark.parametrize("recipe, distributed_type, zero_stage", [
