@@ -143,14 +143,17 @@ def model_runs(policies: dict[str, tuple], with_snapshots: bool) -> tuple[list[d
 
 
 def method_label(stage: str | None, training_options: dict, reward: dict | None = None) -> str | None:
-    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"），DPO 加了 NLL 项（rpo_alpha）时也带上，训练奖励
+    """方法标签 = 阶段名；KL 系数不是默认值时带上它（"grpo (beta=0)"），DPO 的损失不只 sigmoid 时也带上（RPO：
+    "dpo (loss=sigmoid+sft)"），训练奖励
     不只 rm 时带上各项（"grpo (rm+repetition)"，stage.json 的 reward）：报告、summary.json、CSV、图例都用这个标签，读者不会把
     KL 为 0 的一次当成默认的，也不会把 rm + 规则的几个种子和只用 rm 的并成一组。图例用英文（默认字体没有中文字形）。"""
     knob = recipes.kl_setting(stage) if stage else None
     coef = training_options.get(knob[0]) if knob else None
     extra = [f"{knob[0]}={coef:g}"] if coef is not None and coef != knob[1] else []
-    if training_options.get("rpo_alpha") is not None:
-        extra.append(f"rpo_alpha={training_options['rpo_alpha']:g}")
+    losses, weights = training_options.get("loss_type"), training_options.get("loss_weights")
+    if losses and losses != ["sigmoid"]:  # DPO 的损失不只是默认的 sigmoid（RPO = sigmoid + sft，TRL 的 loss_type）
+        extra.append("loss=" + "+".join(t if not weights or weights[i] == 1 else f"{weights[i]:g}*{t}"
+                                        for i, t in enumerate(losses)))
     terms = [t["name"] for t in (reward or {}).get("terms", []) if t["name"] != rewards.EOS_TERM]
     if terms and terms != [rewards.RM]:
         extra.append("+".join(terms))

@@ -31,10 +31,14 @@ from qwen_rlhf import words  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keep", help="在这个仓库副本里跑并保留产物（默认临时目录，跑完删掉）")
+    p.add_argument("--relabel", help="不跑：按现在的 trajectory.label 和 words 重新标注这个结果文件里的判定和报告段落"
+                                      "（判定只由文件里记下的回落、p 值、峰值之后代理分和 KL 的变化决定）")
     p.add_argument("--leave", help="从零跑完后把 compare.sh 的仓库副本移到这里（不删），--keep 可以接着用")
     p.add_argument("--seeds", default="1 2 3")
     p.add_argument("--out", default=str(common.RESULTS / "compare_tiny.json"))
     a = p.parse_args()
+    if a.relabel:
+        return relabel(Path(a.relabel))
 
     def fresh_copy() -> Path:
         # 在仓库的副本里跑：demo.sh / compare.sh 写 checkpoint/tiny/，不碰这个仓库里已有的演示结果
@@ -98,6 +102,29 @@ def main():
         shutil.rmtree(copy.parent, ignore_errors=True)
     elif not a.keep:
         shutil.rmtree(copy.parent, ignore_errors=True)
+
+
+def relabel(path: Path) -> None:
+    """判定的措辞改了之后，已经测好的结果不必重跑：每个方法、每位评委的判定由记下的统计量重新算出，报告段落用现在的
+    words 重新生成；文件里记下重新标注的提交（原来的 commit、命令行、负载不动）。"""
+    from qwen_rlhf import trajectory
+
+    result = json.loads(path.read_text(encoding="utf-8"))
+    changed = {}
+    for method, judges in (result.get("overoptimisation") or {}).items():
+        for judge, stats in judges.items():
+            if isinstance(stats, dict) and "p_value" in stats:
+                new = trajectory.label(stats)
+                if new != stats["verdict"]:
+                    changed[f"{method}/{judge}"] = [stats["verdict"], new]
+                stats["verdict"] = new
+    summary = {"models": {}, **result, "overoptimisation": result.get("overoptimisation")}
+    result["report_paragraphs"] = [p for p in result["report_paragraphs"] if not p.startswith("判定方法") and
+                                   not any(p.startswith(f"**{m}**：") for m in summary["overoptimisation"] or {})]
+    result["report_paragraphs"] += words.trajectory_paragraphs(summary)
+    result["relabelled"] = {"commit": common.commit(), "changed": changed}
+    path.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(json.dumps(result["relabelled"], ensure_ascii=False))
 
 
 if __name__ == "__main__":

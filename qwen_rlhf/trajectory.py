@@ -96,7 +96,9 @@ def drop_after_peak(judge: np.ndarray, proxy: np.ndarray, kl: np.ndarray, alpha:
     问题做符号翻转检验（配对：同一个问题在峰值点和最终点的分数之差），单侧 p ≤ alpha 才算显著；另给回落的配对自助
     95% 区间。峰值就是最终点时回落恰好为 0，从不算显著。判定：
     - overoptimised：回落显著，而且峰值之后代理分和 KL 都上升了（对着代理 RM 越训练，评委越不认同）；
-    - fell_back：回落显著，但代理分或 KL 也一起回落了——策略退回了 SFT 附近，不是过度优化；
+    - fell_back：回落显著，但峰值之后 KL 变小了——策略退回了 SFT 附近，不是过度优化；
+    - degraded：回落显著，KL 还在变大，代理分却没有涨——策略走远了、两个 RM 都不给高分（例如不再停下、写满长度），
+      是训练本身变坏了，不是过度优化（过度优化要代理分还在涨）；
     - no_evidence：回落不显著（不等于证明没有过度优化：点少、问题少时检出不了小的回落）；
     - inconclusive：点太少（除 SFT 和最终结果外至少要有一个中间点）。"""
     runs, points, questions = judge.shape
@@ -126,10 +128,17 @@ def drop_after_peak(judge: np.ndarray, proxy: np.ndarray, kl: np.ndarray, alpha:
            "proxy_rise_after_peak": float(np.mean(proxy_rise)), "kl_rise_after_peak": float(np.mean(kl_rise)),
            "peak_is_final_share": float(np.mean([p == points - 1 for _, p in peaks])),
            "peak_kl": float(np.mean([kl[r, p] for r, p in peaks]))}
-    if drop <= 0 or p_value > alpha:
-        return {**out, "verdict": "no_evidence"}
-    rose = out["proxy_rise_after_peak"] > 0 and out["kl_rise_after_peak"] > 0
-    return {**out, "verdict": "overoptimised" if rose else "fell_back"}
+    return {**out, "verdict": label(out)}
+
+
+def label(stats: dict) -> str:
+    """drop_after_peak 的判定，只由它记下的几个数决定（回落、p、alpha、峰值之后代理分和 KL 的变化）：
+    已有的结果文件可以用它重新标注（bench/bench_compare.py --relabel）。"""
+    if stats["drop"] <= 0 or stats["p_value"] > stats["alpha"]:
+        return "no_evidence"
+    if stats["kl_rise_after_peak"] <= 0:
+        return "fell_back"
+    return "overoptimised" if stats["proxy_rise_after_peak"] > 0 else "degraded"
 
 
 def final_gain(judge: np.ndarray) -> dict:

@@ -127,8 +127,11 @@ def method_paragraphs(summary: dict) -> list[str]:
 VERDICTS = {
     "overoptimised": "出现了奖励过度优化：峰值之后代理分继续上升（{proxy_rise_after_peak:+.2f}）、KL 继续变大，{judge}却回落了 "
                      "{drop:.2f}（95% 区间 {drop_ci}，p = {p_value:.3f}）。",
-    "fell_back": "{judge}回落了 {drop:.2f}（p = {p_value:.3f}），但代理分或 KL 也一起回落了：策略退回了 SFT 附近，"
-                 "不是过度优化。",
+    "fell_back": "{judge}回落了 {drop:.2f}（p = {p_value:.3f}），但峰值之后 KL 也变小了（{kl_rise_after_peak:+.2f}）："
+                 "策略退回了 SFT 附近，不是过度优化。",
+    "degraded": "{judge}回落了 {drop:.2f}（p = {p_value:.3f}），峰值之后 KL 还在变大（{kl_rise_after_peak:+.2f}），"
+                "代理分却没有涨（{proxy_rise_after_peak:+.2f}）：策略走远了，两个 RM 都不给高分——训练本身变坏了"
+                "（看看回答是不是不再停下、写满长度或塌成一句话），不是过度优化（过度优化要代理分还在涨）。",
     "no_evidence": "没有过度优化的证据：{judge}在峰值之后的回落 {drop:+.2f}（95% 区间 {drop_ci}，p = {p_value:.3f}）不显著"
                    "（这不等于证明没有：点少、问题少时小的回落检不出来）。",
     "inconclusive": "点太少（{points} 个），判断不了：至少要 SFT、一个中间快照和最终结果（--snapshots ≥ 2）。",
@@ -152,7 +155,7 @@ def trajectory_paragraphs(summary: dict) -> list[str]:
             if j not in r:
                 continue
             g = r[j]
-            words += f"；{label} {g['gain']:+.2f}（{GAIN_WORDS[g['word']]}）"
+            words += f"{'' if words.endswith('。') else '；'}{label} {g['gain']:+.2f}（{GAIN_WORDS[g['word']]}）"
             args = {**g, "judge": label, "drop_ci": format_ci(g.get("drop_ci95"))}
             words += "。" + (VERDICTS[g["verdict"]].format(**args) if j == "gold" else
                             f"空评委的同一检验：{'过度优化' if g['verdict'] == 'overoptimised' else '没有判成过度优化'}"

@@ -7,7 +7,8 @@
 #   SEEDS="1 2" METHODS="grpo dpo" bash scripts/compare.sh   # 只跑其中几个
 #   METHODS="ppo grpo rloo dpo" bash scripts/compare.sh      # PPO 也按种子各跑一个
 #   WEAK_KL=1 bash scripts/compare.sh        # 另加 KL 系数为 0 的 PPO 和 GRPO 各一次：不拉住它们时离 SFT 多远、金标准分怎样
-#   RPO=1 bash scripts/compare.sh            # 另加 DPO + chosen 上的 NLL 项（TRL 的 rpo_alpha 1.0），每个种子一个，和普通 DPO 并排：
+#   RPO=1 bash scripts/compare.sh            # 另加 DPO + chosen 上的 NLL 项（RPO：TRL 1.12 里是 --loss_type sigmoid sft
+#                                            # --loss_weights 1.0 1.0，旧的 rpo_alpha 已去掉），每个种子一个，和普通 DPO 并排：
 #                                            # 对付 DPO 把概率从 chosen 上挪走（"似然位移"）的常用办法
 #   RULES=1 bash scripts/compare.sh          # 另加 GRPO 训练在 rm + repetition（权重 1.0 0.5）上，每个种子一个，和只用 rm 的 GRPO
 #                                            # 并排：报告里两者的代理分、金标准分、规则:repetition 和 distinct-2
@@ -101,7 +102,7 @@ for seed in $SEEDS; do
   for m in $METHODS; do
     train "$m" "$out/$m-seed$seed" "$seed"
   done
-  if [ "${RPO:-0}" = 1 ]; then train dpo "$out/dpo-rpo1-seed$seed" "$seed" --rpo_alpha 1.0; fi
+  if [ "${RPO:-0}" = 1 ]; then train dpo "$out/dpo-rpo-seed$seed" "$seed" --loss_type sigmoid sft --loss_weights 1.0 1.0; fi
   if [ "${RULES:-0}" = 1 ]; then
     [[ " $METHODS " == *" grpo "* ]] || train grpo "$out/grpo-seed$seed" "$seed"   # 对照：同一种子只用 rm 的 GRPO
     train grpo "$out/grpo-rep-seed$seed" "$seed" --reward_funcs rm repetition --reward_weights 1.0 0.5

@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 
+from conftest import ROOT
 from qwen_rlhf import device, options, recipes
 from qwen_rlhf.errors import UserError
 
@@ -95,3 +96,22 @@ def test_the_dataset_fingerprint_patch_lives_only_for_one_training(tmp_path):
     assert datasets.fingerprint.update_fingerprint is not original[0]
     stop.restore()
     assert (datasets.fingerprint.update_fingerprint, datasets.arrow_dataset.update_fingerprint) == original
+
+
+def test_every_extra_run_in_compare_sh_passes_options_its_stage_accepts():
+    """compare.sh 的 RPO=1、RULES=1 等给训练脚本的额外选项，真的能被那个阶段解析（上一轮 RPO=1 用了 TRL 1.12 已经
+    去掉的 --rpo_alpha，每个 DPO 都在开始时被拒绝，没有测试发现）；DPO + sft 损失的标签写出损失。"""
+    import re
+
+    import benchmark
+
+    text = (ROOT / "scripts" / "compare.sh").read_text(encoding="utf-8")
+    extras = re.findall(r'train (\w+) "\$out/[^"]+" "\$\w+" ([^;\n]+?)(?:; fi)?$', text, flags=re.M)
+    literal = [(stage, opts.split("#")[0].split()) for stage, opts in extras if "$" not in opts.split("#")[0]]
+    assert {s for s, _ in literal} >= {"dpo", "grpo"}, extras  # RPO=1 和 RULES=1 那两行
+    for stage, opts in literal:
+        parsed = recipes.parse(stage, opts)
+        if "--loss_type" in opts:
+            assert parsed[1].loss_type == ["sigmoid", "sft"] and parsed[1].loss_weights == [1.0, 1.0]
+            label = benchmark.method_label(stage, {"loss_type": parsed[1].loss_type, "loss_weights": parsed[1].loss_weights})
+            assert label == "dpo (loss=sigmoid+sft)"

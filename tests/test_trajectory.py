@@ -392,7 +392,9 @@ def test_a_gold_judge_on_the_proxys_base_gets_one_warning_line(tmp_path):
 def test_an_rpo_dpo_run_is_labelled_apart_from_plain_dpo(tmp_path):
     import benchmark
 
-    policies = {"dpo": (tmp_path / "a", {"stage": "dpo", "options": {"training": {"beta": 0.1, "rpo_alpha": None}}}),
-                "dpo-rpo": (tmp_path / "b", {"stage": "dpo", "options": {"training": {"beta": 0.1, "rpo_alpha": 1.0}}})}
+    plain = {"beta": 0.1, "loss_type": ["sigmoid"], "loss_weights": None}
+    rpo = {"beta": 0.1, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}  # TRL 1.12 的 RPO：sigmoid + sft
+    policies = {"dpo": (tmp_path / "a", {"stage": "dpo", "options": {"training": plain}}),
+                "dpo-rpo": (tmp_path / "b", {"stage": "dpo", "options": {"training": rpo}})}
     runs, _ = benchmark.model_runs(policies, with_snapshots=False)
-    assert [r["method"] for r in runs] == ["dpo", "dpo (rpo_alpha=1)"]
+    assert [r["method"] for r in runs] == ["dpo", "dpo (loss=sigmoid+0.5*sft)"]

@@ -65,3 +65,16 @@ def test_a_fall_together_with_proxy_and_kl_is_not_called_overoptimisation():
     kl = np.broadcast_to(np.array([0.0, 1.0, 1.0, 0.3, 0.1]), (3, POINTS))
     result = trajectory.drop_after_peak(gold, proxy, kl)
     assert result["verdict"] == "fell_back", result
+
+
+def test_a_fall_while_kl_keeps_growing_and_proxy_falls_is_called_degraded_not_overoptimisation():
+    """金标准分回落、KL 继续变大、代理分也回落（策略走远了、两个 RM 都不给高分，例如回答写满长度不再停下）：
+    是"变坏"，既不是过度优化（代理分没涨），也不是"退回 SFT"（KL 没变小）。"""
+    rng = np.random.default_rng(0)
+    true_gold = np.array([0.0, 2.0, 2.0, 0.5, 0.0])
+    gold, proxy, kl = simulate(true_gold, 3, rng)
+    proxy = proxy - 1.5 * SQRT_KL[None, :, None] + true_gold[None, :, None]  # 代理分跟着金标准分走
+    kl = np.broadcast_to(np.array([0.0, 1.0, 1.5, 10.0, 30.0]), (3, POINTS))  # KL 一路变大
+    result = trajectory.drop_after_peak(gold, proxy, kl)
+    assert result["verdict"] == "degraded", result
+    assert result["kl_rise_after_peak"] > 0 and result["proxy_rise_after_peak"] < 0
