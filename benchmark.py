@@ -151,7 +151,8 @@ def method_label(stage: str | None, training_options: dict, reward: dict | None 
     coef = training_options.get(knob[0]) if knob else None
     extra = [f"{knob[0]}={coef:g}"] if coef is not None and coef != knob[1] else []
     losses, weights = training_options.get("loss_type"), training_options.get("loss_weights")
-    if losses and losses != ["sigmoid"]:  # DPO 的损失不只是默认的 sigmoid（RPO = sigmoid + sft，TRL 的 loss_type）
+    # DPO 的损失不只是默认的 sigmoid（RPO = sigmoid + sft，TRL 的 loss_type 列表）；GRPO 的 loss_type 是一个字符串（"dapo"），不算
+    if isinstance(losses, list) and losses != ["sigmoid"]:
         extra.append("loss=" + "+".join(t if not weights or weights[i] == 1 else f"{weights[i]:g}*{t}"
                                         for i, t in enumerate(losses)))
     terms = [t["name"] for t in (reward or {}).get("terms", []) if t["name"] != rewards.EOS_TERM]

@@ -398,3 +398,5 @@ def test_an_rpo_dpo_run_is_labelled_apart_from_plain_dpo(tmp_path):
                 "dpo-rpo": (tmp_path / "b", {"stage": "dpo", "options": {"training": rpo}})}
     runs, _ = benchmark.model_runs(policies, with_snapshots=False)
     assert [r["method"] for r in runs] == ["dpo", "dpo (loss=sigmoid+0.5*sft)"]
+    grpo = {"grpo": (tmp_path / "c", {"stage": "grpo", "options": {"training": {"beta": 0.05, "loss_type": "dapo"}}})}
+    assert [r["method"] for r in benchmark.model_runs(grpo, with_snapshots=False)[0]] == ["grpo"]  # GRPO 的默认损失不进标签
