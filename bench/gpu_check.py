@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -55,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
+import synthetic  # noqa: E402  bench/synthetic.py：撑满 max_length 的合成数据
 from qwen_rlhf import console, memory, outputs, recipes, tiny  # noqa: E402  父进程不做 CUDA 运算（import torch 本身不占显存）
 from qwen_rlhf.stages import STAGES, rl_stages  # noqa: E402
 
@@ -127,34 +127,6 @@ def plan(size: str, device: str) -> dict:
 # ====================================================================== 准备（在子进程里：建模型要 torch）
 
 
-def text_with_tokens(tok, rng: random.Random, pool: list[str], n: int) -> str:
-    """随机汉字串，分词后正好 n 个 token（相邻的字偶尔合并成一个 token，就再补字；补过头就去掉）。"""
-    text = ""
-    for _ in range(100):
-        count = len(tok(text, add_special_tokens=False)["input_ids"])
-        if count == n:
-            return text
-        text = text + "".join(rng.choice(pool) for _ in range(n - count)) if count < n else text[:-1]
-    while len(tok(text, add_special_tokens=False)["input_ids"]) > n:
-        text = text[:-1]
-    return text
-
-
-def synthetic_rows(tok, rows: int, prompt_tokens: int, max_length: int, seed: int = 0) -> list[dict]:
-    """问题的提示（含对话模板）正好 prompt_tokens 个 token；RM 的样本（提示 + 回答 + 模板结尾的 <|im_end|>\n，见
-    qwen_rlhf/scoring.py）正好 max_length 个，SFT 的样本（到 <|im_end|> 为止）少一个。"""
-    from qwen_rlhf import data
-
-    sample = (ROOT / "data" / "sample.jsonl").read_text(encoding="utf-8")
-    pool = sorted({c for c in sample if "\u4e00" <= c <= "\u9fff"})
-    rng = random.Random(seed)
-    template = len(data.prompt_ids(tok, "好")) - len(tok("好", add_special_tokens=False)["input_ids"])
-    answer = max_length - prompt_tokens - 2  # <|im_end|> 和其后的 \n
-    return [{"question": text_with_tokens(tok, rng, pool, prompt_tokens - template),
-             "chosen": text_with_tokens(tok, rng, pool, answer), "rejected": text_with_tokens(tok, rng, pool, answer)}
-            for _ in range(rows)]
-
-
 def prepare(work: Path, size: str | None, device: str) -> None:
     """认设备、建随机模型、写合成数据；结果写进 work/prepare.json 交回父进程。"""
     import torch
@@ -170,7 +142,7 @@ def prepare(work: Path, size: str | None, device: str) -> None:
     p = plan(size, device)
     base = tiny.build(work / "base", SIZES[size][1])
     tok = models.load_tokenizer(base)
-    rows = synthetic_rows(tok, p["rows"], p["prompt_tokens"], p["max_length"])
+    rows = synthetic.rows(tok, p["rows"], p["prompt_tokens"], p["max_length"])
     with (work / "data.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     sft = [len(data.sft_example(tok, r)["input_ids"]) for r in rows]
