@@ -11,8 +11,9 @@ source scripts/cpu_env.sh
 a().create_op_builder('ShareMemCommBuilder').load(verbose=False)" 2>/dev/null || true  # 编译不了时由那几个测试自己报错
 # 两个进程（pytest-xdist，-n 2）：多数测试是起子进程跑脚本、等 import 和加载，一个核忙时另一个闲着。迷你流水线
 # 只训练一次（tests/conftest.py 的 shared）；一个测试文件整个交给一个进程（--dist loadfile），模块级夹具只建一次
-# （--dist loadgroup 在 pytest 9.2 上不起作用：xdist 3.8 改 item._nodeid 加组名，pytest 9 的 nodeid 不再读它）。每个进程 torch 用一个线程，
+# （--dist loadgroup 在 pytest 9.2 上不起作用：xdist 3.8 改 item._nodeid 加组名，pytest 9 的 nodeid 不再读它）；
+# 文件按 tests/conftest.py 排好的顺序分（--no-loadscope-reorder）：先训练流水线的文件，另一个进程同时跑不用它的。每个进程 torch 用一个线程，
 # 和 compare.sh 同一个道理：小模型两个单线程进程比一个双线程进程快。要单进程跑（看顺序输出、调试）：加 -n 0。
 # --durations：每次都列出最慢的 25 个（setup 和 call 分开），看得出时间花在哪里（目标：单个不超过 60 秒）
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec "${VENV:-.venv}/bin/python" -m pytest -q -n 2 --dist loadfile --durations=25 tests "$@"
+exec "${VENV:-.venv}/bin/python" -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests "$@"

@@ -309,7 +309,7 @@ def fixture_cost(item) -> int:
 
 def pytest_collection_modifyitems(items):
     """用到迷你模型或整条流水线、或者起子进程跑真实脚本的测试都算 slow：`bash scripts/test.sh -m "not slow"`
-    一分钟内跑完其余的（纯函数、选项解析、报告、数据检查）。然后按 fixture_cost 排序（见 FIXTURE_COST）。"""
+    一分钟内跑完其余的（纯函数、选项解析、报告、数据检查）。然后按文件（见下）和 fixture_cost 排序（见 FIXTURE_COST）。"""
     import inspect
 
     for item in items:
@@ -317,7 +317,17 @@ def pytest_collection_modifyitems(items):
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
                 call in source for call in ("run_script(", "chat_run(", "launch(", "subprocess.", "trained(")):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=fixture_cost)
+    # 两个进程按文件分（scripts/test.sh 的 --dist loadfile --no-loadscope-reorder：文件按这里排好的顺序分出去）。第一个文件
+    # test_pipeline.py 训练会话共用的流水线（SFT → RM → PPO，两分钟多），这期间另一个进程跑完全不用它的文件（只用迷你模型
+    # 或什么都不用），而不是和它一起等锁；之后才是要流水线的文件。文件内部仍按 fixture_cost 排。
+    worst = {}
+    for item in items:
+        worst[item.path.name] = max(worst.get(item.path.name, 0), fixture_cost(item))
+
+    def file_rank(item) -> int:
+        return 0 if item.path.name == "test_pipeline.py" else (1 if worst[item.path.name] < FIXTURE_COST["sft"] else 2)
+
+    items.sort(key=lambda item: (file_rank(item), fixture_cost(item)))
 
 
 def read_by_step(logdir, tag: str) -> dict[int, float]:
