@@ -12,10 +12,8 @@ LoRA 用默认的 LoRA 选项（r 32、alpha 8、全部线性层，同 PPO）和
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,15 +24,6 @@ from qwen_rlhf import data, models, recipes, scoring  # noqa: E402
 
 RECIPE = ROOT / "configs" / "tiny" / "rm.yaml"
 RUNS = {"full": [], "lora": ["--use_peft", "true"]}
-
-
-def run(script: str, *args, env) -> float:
-    start = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{script} {' '.join(map(str, args))} 失败：\n{proc.stderr[-2000:]}")
-    return round(time.time() - start, 1)
 
 
 def held_out_accuracy(folder: Path, args, cfg) -> dict:
@@ -57,12 +46,12 @@ def main():
     env = dict(os.environ, QWEN_RLHF_TENSORBOARD_ROOT=str(work / "tb"), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(work / "hf-cache"))
     base = work / "base"
-    seconds = {"tiny_model": run("scripts/make_tiny_model.py", "--out", base, env=env)}
+    seconds = {"tiny_model": common.run_script("scripts/make_tiny_model.py", "--out", base, env=env)}
     args, cfg, lora = recipes.parse("rm", ["--config", str(RECIPE)])
     per_run = {}
     for name, extra in RUNS.items():
         out = work / f"rm-{name}"
-        seconds[name] = run("train_rm.py", "--config", RECIPE, "--model_name_or_path", base, "--output_dir", out,
+        seconds[name] = common.run_script("train_rm.py", "--config", RECIPE, "--model_name_or_path", base, "--output_dir", out,
                             *extra, env=env)
         info = json.loads((out / "stage.json").read_text(encoding="utf-8"))
         per_run[name] = {

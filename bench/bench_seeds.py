@@ -14,10 +14,8 @@ import concurrent.futures
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,15 +24,6 @@ sys.path.insert(0, str(ROOT))
 import common  # noqa: E402  bench/common.py（脚本所在目录在 sys.path 里）
 
 TINY = ROOT / "configs" / "tiny"
-
-
-def run(script: str, *args, env) -> float:
-    start = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{script} {' '.join(map(str, args))} 失败：\n{proc.stderr[-2000:]}")
-    return round(time.time() - start, 1)
 
 
 def done_seconds(folder: Path) -> float | None:
@@ -48,12 +37,12 @@ def done_seconds(folder: Path) -> float | None:
 
 def one_seed(seed: int, work: Path, base: Path, sft: Path, env: dict) -> dict:
     rm, ppo, bench = work / f"rm-{seed}", work / f"ppo-{seed}", work / f"benchmark-{seed}"
-    t = {"rm": done_seconds(rm) or run("train_rm.py", "--config", TINY / "rm.yaml", "--model_name_or_path", base,
+    t = {"rm": done_seconds(rm) or common.run_script("train_rm.py", "--config", TINY / "rm.yaml", "--model_name_or_path", base,
                                        "--output_dir", rm, "--seed", seed, "--overwrite_output_dir", "true", env=env),
-         "ppo": done_seconds(ppo) or run("train_ppo.py", "--config", TINY / "ppo.yaml", "--model_name_or_path", base,
+         "ppo": done_seconds(ppo) or common.run_script("train_ppo.py", "--config", TINY / "ppo.yaml", "--model_name_or_path", base,
                                          "--sft_model_path", sft, "--reward_model_path", rm, "--output_dir", ppo,
                                          "--seed", seed, "--overwrite_output_dir", "true", env=env)}
-    t["benchmark"] = done_seconds(bench) or run(
+    t["benchmark"] = done_seconds(bench) or common.run_script(
         "benchmark.py", "--config", TINY / "benchmark.yaml", "--model_name_or_path", base, "--sft_model_path", sft,
         "--reward_model_path", rm, "--ppo_model_path", ppo, "--models", "sft,ppo", "--output_dir", bench, env=env)
     summary = json.loads(sorted(bench.glob("*/summary.json"))[-1].read_text(encoding="utf-8"))
@@ -84,9 +73,9 @@ def main():
     load_before = os.getloadavg()
     seconds = {}
     if not (base / "config.json").is_file():
-        seconds["tiny_model"] = run("scripts/make_tiny_model.py", "--out", base, env=env)
+        seconds["tiny_model"] = common.run_script("scripts/make_tiny_model.py", "--out", base, env=env)
     if not (sft / "stage.json").is_file():
-        seconds["sft"] = run("train_sft.py", "--config", TINY / "sft.yaml", "--model_name_or_path", base,
+        seconds["sft"] = common.run_script("train_sft.py", "--config", TINY / "sft.yaml", "--model_name_or_path", base,
                              "--output_dir", sft, "--overwrite_output_dir", "true", env=env)
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
         per_seed = list(pool.map(lambda s: one_seed(s, work, base, sft, env), seeds))

@@ -7,6 +7,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,3 +48,13 @@ def write_result(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(text)
+
+
+def run_script(script: str, *args, env) -> float:
+    """在仓库根目录跑一个脚本（输出丢掉，失败时打印它 stderr 的最后一段并退出），返回墙钟秒数。"""
+    start = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{script} {' '.join(map(str, args))} 失败：\n{proc.stderr[-2000:]}")
+    return round(time.time() - start, 1)
