@@ -73,7 +73,7 @@ class BenchmarkArgs(inference.PolicyPaths, options.CommonArgs):  # --sft_model_p
     device: str = field(default="auto", metadata={"help": "auto（有 GPU 用 cuda，否则 cpu）/ cpu / cuda / cuda:1 …"})
     prefs_file: str = field(default=prefs.DEFAULT_FILE, metadata={
         "help": "python chat.py --arena 的投票文件：存在时报告每对模型你判的胜率，以及代理 RM、金标准评委在你投过票的"
-                "那些回答上和你一致的比例（都带 95% 区间）；不存在时跳过"})
+                "那些回答上和你一致的比例（都带 95%% 区间）；不存在时跳过"})  # argparse 把 help 当 % 格式串，百分号要写成 %%
 
 
 def check_options(args: BenchmarkArgs) -> list[str]:

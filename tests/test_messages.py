@@ -141,3 +141,10 @@ def test_the_collector_sees_options_in_f_strings_and_refuses_what_a_script_lacks
     assert "max_length" not in parser_options("train_ppo.py")
     assert "max_length" in mentions("qwen_rlhf/data.py", False)["drop_long"]
     assert "sft_fraction" in messages_of("train_sft.py")["qwen_rlhf/data.py:sft_share"]
+
+
+@pytest.mark.parametrize("script", ALL)
+def test_help_prints_for_every_script(script):
+    """python <脚本> --help 能打印：argparse 把 help 当 % 格式串，"95% 区间"这样的字要写成 %%（否则 --help 报错退出）。"""
+    text = options.Parser(PARSERS[script]).format_help()
+    assert "--output_dir" in text or "--model" in text
