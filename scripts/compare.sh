@@ -41,19 +41,28 @@ done
 pids=(); names=()
 launch() {  # launch <名字> <命令…>
   if [ "$JOBS" -le 1 ]; then "${@:2}"; return; fi
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done  # 失败的在 finish 里一起说
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done  # 失败的在 await / finish 里一起说
   echo "[对比] 开始 $1（日志 $logs/$1.log）"
   ( export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; "${@:2}" > "$logs/$1.log" 2>&1 && echo "[对比] 完成 $1" ) &
   pids+=($!); names+=("$1")
 }
-finish() {  # 等 launch 起的全部结束；有失败的：一行说是哪几个、日志在哪，退出
-  local failed=() i
-  for i in "${!pids[@]}"; do wait "${pids[$i]}" || failed+=("${names[$i]}"); done
-  pids=(); names=()
+await() {  # await <名字…>：等 launch 起的这几个结束（别的照跑）。有失败的：先等其余的也结束（不留下还在跑的训练），
+           # 再一行说是哪几个、日志在哪，退出
+  local failed=() i n
+  for n in "$@"; do
+    for i in "${!names[@]}"; do
+      if [ "${names[$i]}" = "$n" ]; then
+        wait "${pids[$i]}" || failed+=("$n")
+        unset 'pids[i]' 'names[i]'
+      fi
+    done
+  done
   if [ ${#failed[@]} -gt 0 ]; then
+    for i in "${!names[@]}"; do wait "${pids[$i]}" || failed+=("${names[$i]}"); done
     echo "错误：${failed[*]} 没有训练完；看 $logs/ 里对应的日志，修好后重跑本脚本（已训练好的会跳过）。" >&2; exit 1
   fi
 }
+finish() { await "${names[@]}"; }  # 等 launch 起的全部结束
 if [ "${1:-}" = "--real" ]; then
   PY="${PYTHON:-python}"
   root=checkpoint; out=checkpoint/compare; recipe() { :; }
@@ -70,16 +79,16 @@ fi
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "错误：JOBS 要是正整数（例如 JOBS=1），现在是 \"$JOBS\"。" >&2; exit 2; }
 logs="$out/logs"; mkdir -p "$logs"
 if [ "${1:-}" != "--real" ]; then
-  [ -f "$root/base/config.json" ] || "$PY" scripts/make_tiny_model.py
-  [ -f "$root/sft/stage.json" ] || launch sft "$PY" train_sft.py $(recipe sft) --overwrite_output_dir true
-  [ -f "$root/rm/stage.json" ] || launch rm "$PY" train_rm.py $(recipe rm) --overwrite_output_dir true
-  # 金标准评委：更大的迷你基座、另一个种子，只用来评测（见 configs/tiny/rm_gold.yaml）
+  # 金标准评委：更大的迷你基座、另一个种子，只用来评测（见 configs/tiny/rm_gold.yaml）；它不用迷你基座，和它同时开始建
   gold_rm() { "$PY" scripts/make_tiny_model.py --size gold --out "$root/base_gold" && "$PY" train_rm.py $(recipe rm_gold) \
     --overwrite_output_dir true; }
   [ -f "$root/rm_gold/stage.json" ] || launch rm_gold gold_rm
+  [ -f "$root/base/config.json" ] || "$PY" scripts/make_tiny_model.py
+  [ -f "$root/sft/stage.json" ] || launch sft "$PY" train_sft.py $(recipe sft) --overwrite_output_dir true
+  [ -f "$root/rm/stage.json" ] || launch rm "$PY" train_rm.py $(recipe rm) --overwrite_output_dir true
   # 空评委：代理 RM 的基座和数据、另一个种子（见 configs/tiny/rm_null.yaml）：量出两个只差种子的 RM 本来就有的分歧
   [ -f "$root/rm_null/stage.json" ] || launch rm_null "$PY" train_rm.py $(recipe rm_null) --overwrite_output_dir true
-  finish
+  await sft rm  # 下面的训练只要 SFT 和 RM；两位评委只有最后的评测用到，它们在后台接着训练，不挡后面的
 fi
 [ -f "$root/sft/stage.json" ] && [ -f "$root/rm/stage.json" ] || {
   echo "错误：$root/sft 或 $root/rm 还没有训练好；请先运行 python train_sft.py 和 python train_rm.py。" >&2; exit 3; }
