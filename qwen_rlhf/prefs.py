@@ -154,13 +154,13 @@ def judge_agrees(reward_model, tokenizer, votes: list[dict], batch_size: int) ->
 
 def _rate(values: list[float]) -> dict:
     n = len(values)
-    return {"rate": metrics.mean(values), "ci95": metrics.bootstrap_ci(n, lambda idx: sum(values[i] for i in idx) / n),
+    return {"rate": metrics.mean(values), "ci95": metrics.bootstrap_mean_ci(values),
             "n": n}
 
 
 def summarize(votes: list[dict], agrees: dict[str, list[bool]]) -> dict:
     """每一对模型：人判的胜率（前一个对后一个；平局算半场，跳过不算）及区间；各评委和人一致的比例及区间（只在分出胜负
-    的票上）。agrees：{评委名: judge_agrees 的结果}。区间都是 metrics.bootstrap_ci（按票重抽）。"""
+    的票上）。agrees：{评委名: judge_agrees 的结果}。区间都是 metrics.bootstrap_mean_ci（按票重抽）。"""
     pairs: dict[tuple, list[int]] = {}
     for i, v in enumerate(votes):
         pairs.setdefault(tuple(sorted((v["model_a"], v["model_b"]))), []).append(i)

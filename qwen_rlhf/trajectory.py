@@ -24,18 +24,8 @@ def seen_of(progress: dict | None) -> float:
     return END if seen is None else seen
 
 ALPHA = 0.05  # 单侧检验水平：金标准分其实不变时，判成"过度优化"的比例不超过它（模拟校准见 tests/test_verdict.py）
-BOOTSTRAP = 2000
+BOOTSTRAP = metrics.BOOTSTRAP_SAMPLES
 JUDGES = ("proxy", "gold", "null")  # 代理 RM（训练时优化的）、金标准评委、空评委（同数据另一种子的第二个代理 RM）
-
-
-def bootstrap_mean_ci(values, samples: int = BOOTSTRAP, seed: int = 0) -> list[float] | None:
-    """每个问题一个数 -> 均值的 95% 区间（对问题有放回重抽）。"""
-    v = np.asarray(values, dtype=float)
-    if v.size == 0 or np.isnan(v).any():
-        return None
-    idx = np.random.default_rng(seed).integers(0, v.size, (samples, v.size))
-    lo, hi = np.quantile(v[idx].mean(1), [0.025, 0.975])
-    return [float(lo), float(hi)]
 
 
 def point_rows(runs: list[dict], points: dict[str, dict], sd: dict[str, float | None]) -> list[dict]:
@@ -51,13 +41,14 @@ def point_rows(runs: list[dict], points: dict[str, dict], sd: dict[str, float | 
             kl = float(np.mean(p["kl_seq"]))
             row = {"method": run["method"], "run": run["run"], "seed": run["seed"], "model": name,
                    "step": progress["step"] if progress else 0, "seen": progress["seen"] if progress else 0,
-                   "unit": progress["unit"] if progress else "", "kl_seq": kl, "kl_seq_ci95": bootstrap_mean_ci(p["kl_seq"]),
+                   "unit": progress["unit"] if progress else "", "kl_seq": kl,
+                   "kl_seq_ci95": metrics.bootstrap_mean_ci(p["kl_seq"]),
                    "sqrt_kl": math.sqrt(kl), "kl_per_token": p["kl_token"]}
             for j in JUDGES:
                 if p.get(j) is None:
                     continue
                 gains = np.asarray(p[j]) - np.asarray(sft[j])
-                ci, scale = bootstrap_mean_ci(gains), sd.get(j)
+                ci, scale = metrics.bootstrap_mean_ci(gains), sd.get(j)
                 row.update({f"{j}_mean": float(np.mean(p[j])), f"{j}_gain": float(gains.mean()), f"{j}_gain_ci95": ci,
                             f"{j}_gain_sd": float(gains.mean()) / scale if scale else None,
                             f"{j}_gain_sd_ci95": [c / scale for c in ci] if scale and ci else None})
@@ -144,7 +135,7 @@ def label(stats: dict) -> str:
 def final_gain(judge: np.ndarray) -> dict:
     """最终结果相对 SFT 的提升（几次运行平均，每个问题配对）及 95% 区间；区间碰到 0 就是"没有得到证实"。"""
     gains = (judge[:, -1, :] - judge[:, 0, :]).mean(0)
-    ci = bootstrap_mean_ci(gains)
+    ci = metrics.bootstrap_mean_ci(gains)
     word = "rise" if ci[0] > 0 else "fall" if ci[1] < 0 else "not_confirmed"
     return {"gain": float(gains.mean()), "gain_ci95": ci, "word": word}
 

@@ -116,9 +116,9 @@ def test_a_model_identical_to_sft_gets_a_gain_interval_covering_zero_and_all_tie
 
 def test_bootstrap_interval_is_fixed_by_the_seed_and_brackets_the_mean():
     gains = [1.0, 2.0, -1.0, 0.5, 3.0, 0.0, 1.5, 2.5]
-    stat = lambda idx: sum(gains[i] for i in idx) / len(idx)  # noqa: E731
-    ci = metrics.bootstrap_ci(len(gains), stat)
-    assert ci == metrics.bootstrap_ci(len(gains), stat)  # 同样的数据总给同样的区间
+    ci = metrics.bootstrap_mean_ci(gains)
+    assert ci == metrics.bootstrap_mean_ci(list(gains))  # 同样的数据总给同样的区间
+    assert metrics.bootstrap_mean_ci([]) is None and metrics.bootstrap_mean_ci([1.0, float("nan")]) is None
     assert min(gains) < ci[0] < sum(gains) / len(gains) < ci[1] < max(gains)
     assert metrics.versus_baseline(gains)["mean_gain_vs_sft_ci95"][0] > 0  # 8 题里 6 题为正：区间在 0 以上
     assert "明显比 SFT 得分高" in words.verdict(metrics.versus_baseline(gains))

@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "qwen_rlhf"
 # 层：0 = 只用标准库的底层（路径、错误类型与退出码、阶段登记表），1 = 加载与设备（选项、数据、模型、输出文件夹），
 # 2 = 阶段与训练（Trainer 子类、训练流程、评测、报告）。脚本（train_*.py 等）在最上面，包从不导入它们。
 LAYERS = {
-    "__init__": 0, "paths": 0, "errors": 0, "stages": 0, "console": 0, "metrics": 0,
-    "options": 1, "device": 1, "cost": 1, "tiny": 1, "models": 1, "outputs": 1, "data": 1, "scoring": 1,
+    "__init__": 0, "paths": 0, "errors": 0, "stages": 0, "console": 0,
+    "metrics": 1, "options": 1, "device": 1, "cost": 1, "tiny": 1, "models": 1, "outputs": 1, "data": 1, "scoring": 1,
     "sampling": 1, "policy": 1, "datafile": 1, "recipes": 1, "trajectory": 1, "preflight": 1,
     "training": 2, "ppo": 2, "sampled": 2, "inference": 2, "memory": 2, "prefs": 2, "arena": 2, "words": 2,
     "plots": 2, "report": 2, "policy_run": 2, "sampled_run": 2, "rewards": 1, "judges": 2, "terminal": 1,
