@@ -42,17 +42,23 @@ def fast_cpu_sampling():
     一行约 3 毫秒，迷你模型的 PPO 约三成时间花在这里。逆 CDF 每行只要一个均匀随机数、快约 50 倍，分布完全相同，
     但**随机数流不同**：同样的种子抽出的是另一串 token。所以只用在没人拿来对照的采样上（训练 rollout、KL 估计的样本），
     benchmark 和 chat 给人看的回答不用它。随机数仍取自 torch 的全局发生器（同样的种子给同样的训练）。
-    torch 自己的检查照旧：有 NaN / inf / 负数的行交给 torch.multinomial，由它报它自己的错。"""
+    torch 自己的检查照旧：有 NaN / inf / 负数的行、全是 0 的行交给 torch.multinomial，由它报它自己的错。"""
     import torch
 
     original = torch.multinomial
     owner = threading.get_ident()
 
+    def valid(input) -> bool:  # torch.multinomial 自己查的：没有 NaN、inf、负数。aminmax 一遍读完（NaN 时两个都是 NaN，
+        lo, hi = torch.aminmax(input)  # 比较都是 False）；逐元素比较再 all() 要多读写几遍整个词表，每步约 5 毫秒
+        return bool(lo >= 0) and bool(hi < float("inf"))
+
     def multinomial(input, num_samples, replacement=False, *, generator=None, **kwargs):
         if (threading.get_ident() != owner or input.device.type != "cpu" or num_samples != 1 or input.dim() != 2
-                or kwargs or not bool(((input >= 0) & (input < float("inf"))).all())):  # NaN 两个比较都是 False
+                or kwargs or not valid(input)):
             return original(input, num_samples, replacement, generator=generator, **kwargs)
         cdf = input.float().cumsum(-1)  # (批, 词表)；和 torch.multinomial 自己一样在 fp32 里累加
+        if not bool((cdf[:, -1] > 0).all()):  # 整行都是 0：torch 报"概率之和 <= 0"，交给它
+            return original(input, num_samples, replacement, generator=generator, **kwargs)
         u = torch.rand(input.shape[0], 1, generator=generator) * cdf[:, -1:]
         # 第一个累加值 > u 的位置：概率为 0 的 token（top-k / top-p 滤掉的）累加值不增加，永远抽不到
         return torch.searchsorted(cdf, u, right=True).clamp_max_(input.shape[-1] - 1)
@@ -197,13 +203,14 @@ def compare_to_reference(model, tokenizer, prompts: list[list[int]], responses: 
                 ref_hidden = ref_decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[rows, cols]
             for s in range(0, len(rows), chunk):
                 logits, ref_logits = head(hidden[s:s + chunk]).float(), ref_head(ref_hidden[s:s + chunk]).float()
-                if want_kl:  # (块, 词表) 的 log 概率，温度 T
-                    lp, lq = torch.log_softmax(logits / temperature, -1), torch.log_softmax(ref_logits / temperature, -1)
-                    kl.append(torch.nn.functional.kl_div(lq, lp, log_target=True, reduction="none").sum(-1))
                 if want_ratio:
                     t = targets[s:s + chunk, None]  # 给定 token 的 log 概率（温度 1）= logit − logsumexp
                     ratio.append((logits.gather(-1, t) - logits.logsumexp(-1, keepdim=True)
                                   - ref_logits.gather(-1, t) + ref_logits.logsumexp(-1, keepdim=True))[:, 0])
+                if want_kl:  # (块, 词表) 的 log 概率，温度 T；原地除、原地减：每块少分配、少读写几遍整个词表
+                    lp = torch.log_softmax(logits.div_(temperature), -1)
+                    lq = torch.log_softmax(ref_logits.div_(temperature), -1)
+                    kl.append(torch.linalg.vecdot(lp.exp(), lp.sub_(lq)))  # Σ_v p (log p − log q)
         # 数学上 KL 的每一项都 ≥ 0；两个分布几乎相同时 fp32 的舍入可能给出 -1e-9 这样的值
         kl = torch.cat(kl).clamp_min(0).cpu().tolist() if kl else []
         ratio = torch.cat(ratio).cpu().tolist() if ratio else []

@@ -340,14 +340,14 @@ def test_fast_cpu_sampling_draws_from_the_same_distribution_and_never_a_filtered
     assert torch.multinomial.__module__ != "qwen_rlhf.sampling"  # 出了 with 就换回来
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1])
+@pytest.mark.parametrize("bad", [[0.2, float("nan"), 0.3], [0.2, float("inf"), 0.3], [0.2, -0.1, 0.3], [0.0, 0.0, 0.0]])
 def test_fast_cpu_sampling_raises_torchs_own_error_on_a_broken_row(bad):
-    """发散的策略（NaN / inf / 负的概率）：和 torch.multinomial 一样报错，而不是悄悄抽出词表最后一个 token。"""
+    """发散的策略（NaN / inf / 负的概率，或整行都是 0）：和 torch.multinomial 一样报错，而不是悄悄抽出词表最后一个 token。"""
     import torch
 
     from qwen_rlhf.sampling import fast_cpu_sampling
 
-    probs = torch.tensor([[0.5, 0.5, 0.0], [0.2, bad, 0.3]])
+    probs = torch.tensor([[0.5, 0.5, 0.0], bad])
     with pytest.raises(RuntimeError) as theirs:
         torch.multinomial(probs, 1)
     with fast_cpu_sampling(), pytest.raises(RuntimeError) as ours:
