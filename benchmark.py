@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwen_rlhf import data, errors, inference, judges, metrics, models, options, outputs, policy, prefs, recipes
-from qwen_rlhf import report, rewards, sampling, scoring, trajectory, words
+from qwen_rlhf import kl_measure, report, rewards, sampling, scoring, trajectory, words
 from qwen_rlhf.console import table
 from qwen_rlhf.stages import STAGES, chat_stages, oom_hint, rl_stages
 from qwen_rlhf.cost import Cost
@@ -231,17 +231,6 @@ def sft_reference(args) -> Path | None:
     return folder if outputs.kind_of(folder) == "sft" else None
 
 
-def policy_samples(candidate, questions: list[str], args) -> tuple[list, list]:
-    """(提示, 回答)：每个问题 --kl_samples 个、按 --kl_temperature 从模型自己采的回答（估计 KL、训练轨迹的分数用）。"""
-    from transformers import set_seed
-
-    set_seed(args.seed)
-    prompts = [data.prompt_ids(candidate.tokenizer, q, args.system_prompt) for q in questions]
-    responses = sampling.policy_samples(candidate.model, candidate.tokenizer, prompts, args.kl_samples,
-                                        args.kl_temperature, args.kl_max_new_tokens, args.batch_size)
-    return [p for p in prompts for _ in range(args.kl_samples)], responses
-
-
 def main():
     # ---------------------------------------------------------------- 选项
     cost = Cost()
@@ -281,30 +270,36 @@ def main():
     # ---------------------------------------------------------------- 生成，并算每个模型离 SFT 的精确 KL
     # 每个模型两批回答：(1) 报告里的回答：--models 的模型按评测的解码（贪心或 --do_sample）回答每个问题，纯 transformers
     # 逐 token 复现得出来；(2) 估计 KL 的样本：每个模型（含快照）按训练时的温度自己采 --kl_samples 个回答，在上面算
-    # 序列 KL；训练轨迹的分数也打在这批回答上（分数和 KL 来自同一批回答）。SFT 只加载一次：LoRA 模型和快照的适配器挂在
-    # 它上面，参考 = 关掉适配器；完整模型加载在它旁边（inference.Policies）
+    # 序列 KL；训练轨迹的分数也打在这批回答上（分数和 KL 来自同一批回答；CPU 上单线程算，模型多时另开子进程和 (1) 同时算，
+    # 见 qwen_rlhf/kl_measure.py）。SFT 只加载一次：LoRA 模型和快照的适配器挂在它上面，参考 = 关掉适配器；完整模型加载在
+    # 它旁边（inference.Policies）
     sft_folder = policies[metrics.BASELINE][0] if metrics.BASELINE in policies else sft_reference(args)
     bank = inference.Policies(sft_folder, device, args.allow_pickle, args.batch_size)
-    generated, samples, folders, kl = {}, {}, {}, {}
+    generated, folders = {}, {name: options.display_path(folder) for name, (folder, _) in snapshots.items()}
     timing = {"load_s": {}, "generate_s": {}, "kl_s": {}}
-    for name, (folder, _) in {**policies, **snapshots}.items():
-        t = time.perf_counter()
-        with bank.use(name, folder) as candidate:
-            folders[name] = options.display_path(candidate.folder)
-            timing["load_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
-            if name in policies:
+
+    def answer_all():  # (1)，在主进程里
+        for name, (folder, _) in policies.items():
+            t = time.perf_counter()
+            with bank.use(name, folder) as candidate:
+                folders[name] = options.display_path(candidate.folder)
+                timing["load_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
                 generated[name] = (*generate_answers(candidate, questions, args), candidate.tokenizer)
-            timing["generate_s"][name], t = round(time.perf_counter() - t, 3), time.perf_counter()
-            if candidate.kl is not None or name == metrics.BASELINE:
-                samples[name] = (*policy_samples(candidate, questions, args), candidate.tokenizer)
-                if candidate.kl is not None:
-                    kl[name] = metrics.kl_stats(candidate.kl(*samples[name][:2], temperature=args.kl_temperature),
-                                                args.kl_samples)
-            timing["kl_s"][name] = round(time.perf_counter() - t, 3)
-        print(f"[生成] {name}（{folders[name]}）：" + (f"{len(questions)} 个回答，用时 {timing['generate_s'][name]:.1f}s"
-                                                     if name in generated else "快照")
-              + (f"；离 SFT 的序列 KL {kl[name]['kl_seq']:.3f}（每 token {kl[name]['kl_per_token']:.4f}，"
-                 f"{timing['kl_s'][name]:.1f}s）" if name in kl else ""))
+                timing["generate_s"][name] = round(time.perf_counter() - t, 3)
+            print(f"[生成] {name}（{folders[name]}）：{len(questions)} 个回答，用时 {timing['generate_s'][name]:.1f}s")
+
+    settings = kl_measure.Settings(sft_folder, args.allow_pickle, args.batch_size, args.seed, args.kl_samples,
+                                   args.kl_temperature, args.kl_max_new_tokens, args.system_prompt, tuple(questions))
+    measured = kl_measure.run(bank, [(n, f) for n, (f, _) in {**policies, **snapshots}.items()], settings, answer_all)
+    samples, kl = {}, {}  # samples：{模型: [(问题, KL 样本的回答文本)]}，只有能和 SFT 比的模型和 SFT 自己
+    for name, m in measured.items():
+        timing["kl_s"][name] = m.seconds
+        if m.kl is not None or name == metrics.BASELINE:
+            samples[name] = m.texts
+        if m.kl is not None:
+            kl[name] = metrics.kl_stats(m.kl, args.kl_samples)
+            print(f"[KL] {name}：离 SFT 的序列 KL {kl[name]['kl_seq']:.3f}（每 token {kl[name]['kl_per_token']:.4f}，"
+                  f"{m.seconds:.1f}s）")
     bank.close()  # SFT 和挂在上面的适配器
     judges.free()
 
@@ -316,14 +311,13 @@ def main():
             stopped = bool(resp) and resp[-1] == tok.eos_token_id
             text = scoring.response_text(tok, resp)  # 报告里写的就是打分的这串文本
             answers.append(metrics.Answer(q, src, name, text, 0.0, len(resp) - stopped, stopped))
-    sampled = [(questions[i // args.kl_samples], scoring.response_text(tokenizer, r))
-               for name, (_, responses, tokenizer) in samples.items() for i, r in enumerate(responses)]
-    tokenizers = {n: tok for n, (_, _, tok) in {**generated, **samples}.items()}
+    sampled = [pair for texts in samples.values() for pair in texts]
+    vocab = {**{n: m.vocab for n, m in measured.items()}, **{n: len(tok) for n, (_, _, tok) in generated.items()}}
     rewards.score_rules(answers, {n: tok for n, (_, _, tok) in generated.items()})  # 每条内置规则一列，不加进 RM 分数
     texts = [(a.question, a.response) for a in answers] + sampled
     sample_scores, stats = {}, {}
     for role, folder in (("proxy", rm_folder), *((r, f) for r, (f, _) in extra.items())):
-        scores, stats[role] = judges.judge(folder, texts, tokenizers, split, args, device, votes)
+        scores, stats[role] = judges.judge(folder, texts, vocab, split, args, device, votes)
         for a, value in zip(answers, scores):
             setattr(a, "score" if role == "proxy" else role, value)
         sample_scores[role] = scores[len(answers):]

@@ -32,6 +32,9 @@ class UserError(Exception):
         self.message = " ".join(message.split())  # 保证只有一行
         self.code = code
 
+    def __reduce__(self):  # 从子进程传回主进程（multiprocessing 用 pickle）时退出码不丢
+        return type(self), (self.message, self.code)
+
 
 class NonFiniteError(UserError):
     """训练数值发散（NaN/inf）。"""

@@ -46,15 +46,15 @@ def vocab_mismatch(name: str, judge_folder: Path, model_vocab: int, judge_vocab:
                      "个 token），不是同一个基座模型训练出来的。", EXIT_MISSING)
 
 
-def judge(folder: Path, texts: list[tuple[str, str]], tokenizers: dict, split, args, device,
+def judge(folder: Path, texts: list[tuple[str, str]], vocab: dict[str, int], split, args, device,
           votes=None) -> tuple[list, dict]:
     """一位评委（代理 RM、金标准评委或空评委）给 texts（[(问题, 回答文本)]）打分，再在留出偏好对上给自己打成绩单
     （准确率、平均分差）；有你的投票时，再数它和你一致的比例（votes）。打分都走 scoring.score：和 PPO 的奖励、纯 transformers 的标准客户端是同一个约定。"""
     rm = inference.load_reward(folder, args.allow_pickle)
     rm.model.to(device)
-    for name, tok in tokenizers.items():
-        if len(tok) != len(rm.tokenizer):  # 不同基座的 token 编号对不上，分数会读错位置
-            raise vocab_mismatch(name, folder, len(tok), len(rm.tokenizer))
+    for name, size in vocab.items():  # {模型: 它的分词器的词表大小}：不同基座的 token 编号对不上，分数会读错位置
+        if size != len(rm.tokenizer):
+            raise vocab_mismatch(name, folder, size, len(rm.tokenizer))
     scores = scoring.score(rm.model, rm.tokenizer, [data.messages(q, args.system_prompt) for q, _ in texts],
                            [t for _, t in texts], args.batch_size)
     prompts = [data.messages(r["question"], r.get("system") or args.system_prompt) for r in split.test]

@@ -172,10 +172,11 @@ def verdicts(runs: list[dict], points: dict[str, dict]) -> dict[str, dict]:
 
 
 def points(samples: dict, scores: dict[str, list], kl: dict, per_question: int) -> dict[str, dict]:
-    """训练轨迹上每个模型的数：每个问题的平均序列 KL 和各评委的平均分（同一批按训练温度采的回答）。"""
+    """训练轨迹上每个模型的数：每个问题的平均序列 KL 和各评委的平均分（同一批按训练温度采的回答）。samples：{模型:
+    它的 KL 样本}（按问题排、每个问题 per_question 个）；scores：{评委: 按 samples 的顺序接在一起的分数}。"""
     points, start = {}, 0
-    for name, (_, responses, _) in samples.items():
-        n = len(responses)
+    for name, texts in samples.items():
+        n = len(texts)
         by_question = {role: [sum(v[i:i + per_question]) / per_question for i in range(start, start + n, per_question)]
                        for role, v in scores.items()}
         questions = n // per_question

@@ -18,7 +18,7 @@ LAYERS = {
     "metrics": 1, "options": 1, "device": 1, "cost": 1, "tiny": 1, "models": 1, "outputs": 1, "data": 1, "scoring": 1,
     "sampling": 1, "policy": 1, "datafile": 1, "recipes": 1, "trajectory": 1, "preflight": 1,
     "training": 2, "ppo": 2, "sampled": 2, "inference": 2, "memory": 2, "prefs": 2, "arena": 2, "words": 2,
-    "plots": 2, "report": 2, "policy_run": 2, "sampled_run": 2, "rewards": 1, "judges": 2, "terminal": 1,
+    "plots": 2, "report": 2, "kl_measure": 2, "policy_run": 2, "sampled_run": 2, "rewards": 1, "judges": 2, "terminal": 1,
 }
 
 # 函数里允许导入的第三方包和理由：都是重型的、或只有某一条路径才用到的可选依赖
