@@ -659,7 +659,7 @@ def test_every_reported_kl_is_non_negative_and_the_report_says_what_it_means(ben
     assert all(row["kl_seq"] >= 0 for row in bench.summary["trajectory"])  # 得分-KL 图上的每个点
     assert "可以小于 0" not in bench.md and "一定 ≥ 0" in bench.md and "对整个词表求和" in bench.md
     assert "训练约束的那个量" in bench.md and "objective/kl" in bench.md  # 为什么和 TRL 记的不一样
-    line = next(x for x in bench.proc.stdout.splitlines() if x.startswith("[生成] ppo"))
+    line = next(x for x in bench.proc.stdout.splitlines() if x.startswith("[KL] ppo"))
     assert f"离 SFT 的序列 KL {kls['ppo']:.3f}" in line
 
 
