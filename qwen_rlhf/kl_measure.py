@@ -100,6 +100,7 @@ def _start_worker(settings: Settings, jobs: list[tuple[str, Path]], counter, par
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    os.close(devnull)  # 1 和 2 已指向它
     import torch
 
     torch.set_num_threads(1)

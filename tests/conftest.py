@@ -175,8 +175,9 @@ def stage_args(recipe: str, tiny_model: Path, out: Path, *extra) -> list:
 
 
 def trained(script: str, *args, tmp: Path) -> subprocess.CompletedProcess:
-    """跑一个训练脚本（子进程：干净的进程，测试读它的 stdout / stderr），必须成功。"""
-    r = run_script(script, *args, tmp=tmp)
+    """跑一个训练脚本（在测试进程里，run_inline：省掉一个子进程约 6 秒的 import），必须成功。同样的选项和种子在子进程里
+    训练出的逐位相同（tests/test_rl_stages.py 的重复训练在子进程里跑，和这里的比）。"""
+    r = run_inline(script, *args, tmp=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

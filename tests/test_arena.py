@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import TINY, assert_one_line_error, offline_env, run_inline, run_script, stage_args
+from conftest import TINY, assert_one_line_error, offline_env, run_inline, stage_args
 from test_chat import PROMPT, Terminal
 
 from qwen_rlhf import data, inference, prefs, scoring, tiny
@@ -115,7 +115,7 @@ def test_two_sessions_voting_into_one_file_at_once_lose_nothing(tmp_path):
 
 
 def test_train_rm_trains_on_the_votes_alone_and_added(session, tiny_model, tmp_path):
-    alone = run_script("train_rm.py", *stage_args("rm", tiny_model, tmp_path / "rm_votes", "--dataset", session.file,
+    alone = run_inline("train_rm.py", *stage_args("rm", tiny_model, tmp_path / "rm_votes", "--dataset", session.file,
                                                   "--max_steps", 2), tmp=tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert (tmp_path / "rm_votes" / "stage.json").is_file()

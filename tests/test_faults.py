@@ -302,13 +302,13 @@ def test_ppo_with_every_prompt_too_long_names_its_own_option(pipeline, tmp_path)
 def test_a_kill_at_any_moment_of_ppos_final_save_keeps_every_snapshot(work, sft, rm, tmp_path):
     """PPO 最后保存的每一步被杀（SIGTERM：平台关机；SIGKILL：断电）：临时文件夹刚建好、快照已放进临时文件夹、整个结果
     已在临时文件夹里（还没改名）、结果已改名就位（中间检查点还没删）。每次照 README 说的续训（--resume_from_checkpoint
-    true），最后的结果有全部 4 个快照。以前快照是"搬"进临时文件夹的：在那之后被杀，续训时 recover 删掉死进程的临时
-    文件夹，step-1、step-2 跟着没了，结果里只剩续训重做的 step-3、step-4。"""
+    true），最后的结果有全部快照。两次更新、每次一个快照、第 1 次后存检查点：以前快照是"搬"进临时文件夹的，在那之后
+    被杀，续训时 recover 删掉死进程的临时文件夹，step-1 跟着没了，结果里只剩续训重做的 step-2。"""
     out, checkpoints = tmp_path / "ppo", tmp_path / "ppo-trainer-checkpoints"
     args = [sys.executable, ROOT / "train_ppo.py",
-            *stage_args("ppo", work / "tiny-qwen3", out, "--sft_model_path", sft.folder,
-                        "--reward_model_path", rm.folder, "--total_episodes", 64, "--save_steps", 2)]
-    steps = ["step-1", "step-2", "step-3", "step-4"]
+            *stage_args("ppo", work / "tiny-qwen3", out, "--sft_model_path", sft.folder, "--reward_model_path",
+                        rm.folder, "--total_episodes", 32, "--save_steps", 1, "--snapshots", 2)]
+    steps = ["step-1", "step-2"]
     for i, (moment, sig) in enumerate([("final-save", signal.SIGTERM), ("snapshots-staged", signal.SIGTERM),
                                        ("result-staged", signal.SIGKILL), ("result-saved", signal.SIGKILL)]):
         resume = ["--resume_from_checkpoint", "true"] if i else []
@@ -317,7 +317,7 @@ def test_a_kill_at_any_moment_of_ppos_final_save_keeps_every_snapshot(work, sft,
         proc.send_signal(sig)
         assert proc.wait(60) == -sig, "".join(lines)[-3000:]
         if moment != "result-saved":  # 之前的状态：没有结果，检查点和全部快照都在
-            assert not out.exists() and (checkpoints / "checkpoint-2").is_dir(), moment
+            assert not out.exists() and (checkpoints / "checkpoint-1").is_dir(), moment
             assert [p.name for p in policy.snapshots_of(checkpoints)] == steps, moment
     # 新结果完整：全部快照，各自的基座路径已改好
     assert [p.name for p in policy.snapshots_of(out)] == steps

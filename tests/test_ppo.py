@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import (ROOT, last_line, offline_env, quarter_means, read_by_step, read_scalars, read_steps, run_inline,
-                      run_script, run_until, stage_args)
+                      run_until, stage_args)
 from qwen_rlhf import data, inference, models, outputs, ppo, rewards, sampling, scoring, training
 from qwen_rlhf.policy import frozen_dtype
 
@@ -229,7 +229,7 @@ PPO = [sys.executable, ROOT / "train_ppo.py"]
 def uninterrupted(pipeline):
     """同样的选项一口气跑完：续训的结果要和它一模一样。"""
     out = pipeline["tmp"] / "ppo-whole"
-    r = run_script("train_ppo.py", *ppo_args(pipeline, out), tmp=pipeline["tmp"])
+    r = run_inline("train_ppo.py", *ppo_args(pipeline, out), tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -291,7 +291,7 @@ def test_a_run_killed_then_shut_down_resumes_to_exactly_the_uninterrupted_result
     assert not out.exists()
     command = shlex.split(line.split("继续训练：", 1)[1])
     assert command[:2] == ["python", "train_ppo.py"]
-    r = run_script("train_ppo.py", *command[2:], tmp=pipeline["tmp"])
+    r = run_inline("train_ppo.py", *command[2:], tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_as_uninterrupted(out, uninterrupted)
     steps = read_steps(stage_info(out)["tensorboard"], "ppo/objective/scores")

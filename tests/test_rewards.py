@@ -240,11 +240,11 @@ def flaky(prompts, completions, **kwargs):
 
 
 def test_a_function_that_raises_mid_training_stops_with_one_line_and_leaves_a_checkpoint(work, sft, rm):
-    from conftest import rl_args, run_script
+    from conftest import rl_args
 
     (work / "flaky_reward.py").write_text(RAISES_LATER)
     out = work / "grpo-flaky"
-    r = run_script("train_grpo.py", *rl_args(work, "grpo", out, "--reward_funcs", "rm",
+    r = run_inline("train_grpo.py", *rl_args(work, "grpo", out, "--reward_funcs", "rm",
                                              f"{work / 'flaky_reward.py'}:flaky", "--save_steps", 1), tmp=work)
     assert_one_line_error(r, 2, "奖励函数 flaky", "RuntimeError: 数据库连不上", "--resume_from_checkpoint true")
     assert not out.exists()

@@ -110,7 +110,7 @@ def test_grpo_stopped_by_sigterm_resumes_from_the_printed_command_and_finishes(r
     assert not out.exists() and list((pipeline["tmp"] / "grpo-resume-trainer-checkpoints").glob("checkpoint-*"))
     command = shlex.split(line.split("继续训练：", 1)[1])
     assert command[:2] == ["python", "train_grpo.py"]
-    r = run_script("train_grpo.py", *command[2:], tmp=pipeline["tmp"])
+    r = run_inline("train_grpo.py", *command[2:], tmp=pipeline["tmp"])
     assert r.returncode == 0, r.stderr[-3000:]
     info = stage_info(out)
     assert info["optimizer_steps"] == 3 and read_steps(info["tensorboard"], "grpo/loss")[-1] == 3
