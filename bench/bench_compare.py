@@ -1,14 +1,19 @@
 """方法对比（scripts/compare.sh）计时与结果：每个阶段、每个种子的墙钟时间，评测里每个方法跨种子的分数、金标准分、
 精确 KL 和训练轨迹（有没有奖励过度优化），以及同一次、同一台机器上 scripts/demo.sh 的用时（只打印数字）。
 
-    .venv/bin/python bench/bench_compare.py            # 两个全新的仓库副本里各从零跑一遍 demo.sh 和 compare.sh，写 bench/results/compare_tiny.json
+    .venv/bin/python bench/bench_compare.py            # 从零：demo.sh、接着 compare.sh（用户的顺序）、另一个副本里 compare.sh、再一遍 demo.sh，写 bench/results/compare_tiny.json
     .venv/bin/python bench/bench_compare.py --keep DIR # compare.sh 复用 DIR（已有的模型跳过，只补缺的），跑完留下来；不跑演示
     .venv/bin/python bench/bench_compare.py --leave DIR   # 同上（从零），但 compare.sh 的副本留在 DIR，供下一条复用
     WEAK_KL=1 RPO=1 RULES=1 .venv/bin/python bench/bench_compare.py --keep DIR --out bench/results/compare_tiny_extras.json
         # 在上一条留下的副本上只补训练 KL 为 0 的 PPO / GRPO、DPO + rpo_alpha、GRPO + repetition，再评测全部（环境变量原样交给 compare.sh）
 
 从零跑：迷你基座、SFT、RM、金标准评委也在计时内。各阶段的用时读它们自己写的 stage.json 里的 cost.wall_s
-（含加载模型），评测的读 summary.json；整个 compare.sh 和 demo.sh 的墙钟时间另记，并给出两者之比。
+（含加载模型），评测的读 summary.json；整个 compare.sh 和 demo.sh 的墙钟时间另记，并给出两者之比。不带 --keep 时依次量四段
+（同一次、同一台机器）：
+1. 全新副本 A 里 demo.sh（README 的第一条命令）；
+2. 接着在 A 里 compare.sh：用户照 README 的顺序跑时的用时（SFT、RM、PPO 用演示训练好的，跳过）；
+3. 全新副本 B 里 compare.sh 从零（连 SFT、RM、PPO 一起训练）：结果文件里的分数、判定、轨迹都来自这一次；
+4. 全新副本 C 里再跑一遍 demo.sh：尺子本身在同一次测量里的起伏。两个比值都除以两次演示的平均。
 """
 
 import argparse
@@ -54,13 +59,19 @@ def main():
         subprocess.run(["bash", script], cwd=copy, env=env, check=True)
         return round(time.time() - started, 1)
 
-    demo = None
-    if not a.keep:  # 同一台机器、同一次：先从零跑一遍演示，它的用时是 compare.sh 预算的尺子
-        demo_copy = fresh_copy()
-        demo = timed("scripts/demo.sh", demo_copy)
-        shutil.rmtree(demo_copy.parent, ignore_errors=True)
+    demos, after_demo = [], None
+    if not a.keep:  # 同一台机器、同一次：演示的用时是 compare.sh 预算的尺子
+        user_copy = fresh_copy()
+        demos.append(timed("scripts/demo.sh", user_copy))
+        after_demo = timed("scripts/compare.sh", user_copy)  # 用户的顺序：演示之后
+        shutil.rmtree(user_copy.parent, ignore_errors=True)
     copy = Path(a.keep) if a.keep and Path(a.keep).exists() else fresh_copy()
     total = timed("scripts/compare.sh", copy)
+    if not a.keep:
+        demo_copy = fresh_copy()
+        demos.append(timed("scripts/demo.sh", demo_copy))
+        shutil.rmtree(demo_copy.parent, ignore_errors=True)
+    demo = round(sum(demos) / len(demos), 1) if demos else None
     tiny = copy / "checkpoint" / "tiny"
     stages = {}
     for stage_json in sorted(tiny.rglob("stage.json")):
@@ -78,8 +89,11 @@ def main():
         "machine": common.machine(), "seeds": a.seeds.split(), "weak_kl": os.environ.get("WEAK_KL") == "1",
         "extras": {k: os.environ.get(k) == "1" for k in ("WEAK_KL", "RPO", "RULES")},
         "reused_models_from": a.keep,  # 有值时：只补训练了缺的模型，compare_sh_wall_s 不是从零的用时
-        "compare_sh_wall_s": total, "demo_sh_wall_s": demo,
+        "compare_sh_wall_s": total, "demo_sh_wall_s": demo, "demo_sh_runs_s": demos,
         "compare_over_demo": round(total / demo, 2) if demo else None,
+        # 演示之后在同一个副本里跑（SFT、RM、PPO 沿用演示的）：README 里新用户的顺序
+        "compare_after_demo_wall_s": after_demo,
+        "compare_after_demo_over_demo": round(after_demo / demo, 2) if demo and after_demo else None,
         "benchmark_wall_s": summary["cost"]["wall_s"], "benchmark_timing": summary["timing"],
         "stage_wall_s": per_stage_s, "runs": stages,
         "num_questions": summary["num_questions"], "rm": summary["rm"], "gold": summary["gold"],

@@ -78,6 +78,15 @@ else
 fi
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "错误：JOBS 要是正整数（例如 JOBS=1），现在是 \"$JOBS\"。" >&2; exit 2; }
 logs="$out/logs"; mkdir -p "$logs"
+stop() {  # Ctrl-C / SIGTERM：后台的训练不理终端的 Ctrl-C（脚本里的后台任务忽略 SIGINT），转成 SIGTERM 给它们（训练中的
+  trap - INT TERM  # 存下检查点后退出），等都停下再退出：不留下还在跑的训练
+  local p
+  for p in "${pids[@]}"; do pkill -TERM -P "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "[对比] 已中断：后台的训练都已停下。重新运行本脚本：训练好的跳过，没训练完的从头训练（日志在 $logs/）。" >&2
+  exit 130
+}
+trap stop INT TERM
 if [ "${1:-}" != "--real" ]; then
   # 金标准评委：更大的迷你基座、另一个种子，只用来评测（见 configs/tiny/rm_gold.yaml）；它不用迷你基座，和它同时开始建
   gold_rm() { "$PY" scripts/make_tiny_model.py --size gold --out "$root/base_gold" && "$PY" train_rm.py $(recipe rm_gold) \

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -231,3 +232,59 @@ def test_compare_refuses_an_unknown_method_or_seed_before_setting_anything_up(tm
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == "" and not venv.exists(), r.stderr
     assert r.stderr.strip().splitlines() == [line]  # 每个参数一整行期望值：两种情况都真的被比较
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# 假的 .venv/bin/python：版本检查、建迷你基座直接成功；训练脚本记下自己开始了，一直跑到收到 SIGINT / SIGTERM（记下、退出，
+# 像训练脚本那样退出码 130）
+[ "$1" = "-c" ] && exit 0
+name=$(basename "$1")
+[ "$name" = make_tiny_model.py ] && exit 0
+trap 'echo "$name" >> "$MARKS/stopped"; exit 130' INT TERM
+echo "$name" >> "$MARKS/started"
+while :; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm_to_the_script"])
+def test_interrupting_compare_sh_stops_the_trainings_running_in_the_background(tmp_path, how):
+    """compare.sh 同时在后台跑两个训练。ctrl_c：像终端那样把 SIGINT 发给整个进程组（训练自己也收到）；
+    sigterm_to_the_script：只有脚本收到 SIGTERM（kill、timeout、服务管理器），以前脚本就此结束，两个训练在后台接着跑，
+    重跑时撞上它们的输出文件夹锁。两种情况：训练都停下，脚本说一行、退出码 130，组里一个进程也不剩。
+    训练脚本换成假的（FAKE_PYTHON），不训练任何东西。"""
+    repo, venv, marks = tmp_path / "repo", tmp_path / "venv", tmp_path / "marks"
+    for d in ("scripts", "qwen_rlhf", "configs"):
+        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("requirements.txt", "requirements-dev.txt"):
+        shutil.copy(ROOT / f, repo / f)
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(FAKE_PYTHON)
+    (venv / "bin" / "python").chmod(0o755)
+    marks.mkdir()
+    env = {**os.environ, "VENV": str(venv), "MARKS": str(marks)}
+    proc = subprocess.Popen(["bash", str(repo / "scripts" / "compare.sh")], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started = marks / "started"
+    deadline = time.time() + 60
+    while not (started.exists() and len(started.read_text().split()) == 2):  # 金标准评委的 RM 和 SFT（JOBS=2）
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    if how == "ctrl_c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == errors.EXIT_INTERRUPTED, err
+    assert err.strip().splitlines()[-1].startswith("[对比] 已中断：后台的训练都已停下"), err
+    stopped = marks / "stopped"
+    assert stopped.exists() and sorted(set(stopped.read_text().split())) == sorted(started.read_text().split()) == \
+        ["train_rm.py", "train_sft.py"]
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # 组里还有进程
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("中断之后还有进程在跑")
