@@ -105,6 +105,20 @@ def run_until(cmd, env, marker, timeout=300, new_session=False):
     return proc, out
 
 
+def assert_group_gone(pgid: int, what: str, timeout: float = 10) -> None:
+    """进程组 pgid（run_until(new_session=True) 起的进程和它的子孙）在 timeout 秒内一个不剩，否则以 what 失败。"""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)  # 组里还有进程
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    pytest.fail(what)
+
+
 def assert_one_line_error(r, code, *needles):
     """被拒绝 / 失败的运行：给定的退出码，最后一行是一行中文错误（含 needles），没有 traceback。"""
     assert r.returncode == code, (r.returncode, r.stderr[-3000:])

@@ -9,9 +9,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from conftest import ROOT, offline_env, run_until
+from conftest import ROOT, assert_group_gone, offline_env, run_until
 from qwen_rlhf import errors, inference, kl_measure
 
 # 子进程里跑的小程序：SFT、PPO 和它的快照的 KL 样本；meanwhile 先打一行再睡 wait 秒（主进程"生成回答"的那段）。
@@ -75,12 +73,4 @@ def test_ctrl_c_while_a_worker_runs_gives_one_line_and_leaves_no_process(pipelin
     time.sleep(1)  # run_until 的读取线程读完最后几行
     text = "".join(out)
     assert "Traceback" not in text and "已按 Ctrl-C 中断" in text, text[-3000:]
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.killpg(proc.pid, 0)  # 组里还有进程
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("Ctrl-C 之后子进程还在")
+    assert_group_gone(proc.pid, "Ctrl-C 之后子进程还在")

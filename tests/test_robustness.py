@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import (ROOT, TINY, assert_one_line_error, offline_env, run_inline, run_script, run_until,
-                      stage_args)
+from conftest import (ROOT, TINY, assert_group_gone, assert_one_line_error, offline_env, run_inline, run_script,
+                      run_until, stage_args)
 from qwen_rlhf import errors, models, outputs, stages
 
 
@@ -279,12 +279,4 @@ def test_interrupting_compare_sh_stops_the_trainings_running_in_the_background(t
     stopped = marks / "stopped"
     assert stopped.exists() and sorted(set(stopped.read_text().split())) == sorted(started.read_text().split()) == \
         ["train_rm.py", "train_sft.py"]
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.killpg(proc.pid, 0)  # 组里还有进程
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("中断之后还有进程在跑")
+    assert_group_gone(proc.pid, "中断之后还有进程在跑")
