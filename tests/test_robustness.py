@@ -247,10 +247,13 @@ while :; do sleep 0.1; done
 
 
 @pytest.mark.parametrize("how", ["ctrl_c", "sigterm_to_the_script"])
-def test_interrupting_compare_sh_stops_the_trainings_running_in_the_background(tmp_path, how):
-    """compare.sh 同时在后台跑两个训练。ctrl_c：像终端那样把 SIGINT 发给整个进程组（训练自己也收到）；
-    sigterm_to_the_script：只有脚本收到 SIGTERM（kill、timeout、服务管理器），以前脚本就此结束，两个训练在后台接着跑，
-    重跑时撞上它们的输出文件夹锁。两种情况：训练都停下，脚本说一行、退出码 130，组里一个进程也不剩。
+@pytest.mark.parametrize("script, running, said", [
+    ("compare.sh", ["train_rm.py", "train_sft.py"], "[对比] 已中断：后台的训练都已停下"),  # 金标准评委的 RM 和 SFT（JOBS=2）
+    ("demo.sh", ["train_sft.py"], "[演示] 已中断")])
+def test_interrupting_demo_or_compare_sh_stops_the_trainings_it_started(tmp_path, how, script, running, said):
+    """ctrl_c：像终端那样把 SIGINT 发给整个进程组（训练自己也收到）；sigterm_to_the_script：只有脚本收到 SIGTERM（kill、
+    timeout、服务管理器），以前脚本就此结束，正在跑的训练没人管、接着跑（compare.sh 的两个后台训练、demo.sh 的前台
+    那一步），重跑时撞上它们的输出文件夹锁。两种情况：训练都停下，脚本说一行、退出码 130，组里一个进程也不剩。
     训练脚本换成假的（FAKE_PYTHON），不训练任何东西。"""
     repo, venv, marks = tmp_path / "repo", tmp_path / "venv", tmp_path / "marks"
     for d in ("scripts", "qwen_rlhf", "configs"):
@@ -262,11 +265,11 @@ def test_interrupting_compare_sh_stops_the_trainings_running_in_the_background(t
     (venv / "bin" / "python").chmod(0o755)
     marks.mkdir()
     env = {**os.environ, "VENV": str(venv), "MARKS": str(marks)}
-    proc = subprocess.Popen(["bash", str(repo / "scripts" / "compare.sh")], cwd=repo, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["bash", str(repo / "scripts" / script)], cwd=repo, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     started = marks / "started"
     deadline = time.time() + 60
-    while not (started.exists() and len(started.read_text().split()) == 2):  # 金标准评委的 RM 和 SFT（JOBS=2）
+    while not (started.exists() and len(started.read_text().split()) == len(running)):
         assert time.time() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     if how == "ctrl_c":
@@ -275,8 +278,7 @@ def test_interrupting_compare_sh_stops_the_trainings_running_in_the_background(t
         proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == errors.EXIT_INTERRUPTED, err
-    assert err.strip().splitlines()[-1].startswith("[对比] 已中断：后台的训练都已停下"), err
+    assert err.strip().splitlines()[-1].startswith(said), err
     stopped = marks / "stopped"
-    assert stopped.exists() and sorted(set(stopped.read_text().split())) == sorted(started.read_text().split()) == \
-        ["train_rm.py", "train_sft.py"]
+    assert stopped.exists() and sorted(set(stopped.read_text().split())) == sorted(started.read_text().split()) == running
     assert_group_gone(proc.pid, "中断之后还有进程在跑")
