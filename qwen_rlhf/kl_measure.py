@@ -72,10 +72,11 @@ def measure(bank: inference.Policies, name: str, folder: Path, s: Settings) -> M
         set_seed(s.seed)  # 每个模型从同一个种子开始：和谁先算、在哪个进程里算无关
         prompts = [data.prompt_ids(c.tokenizer, q, s.system_prompt) for q in s.questions]
         rows = [p for p in prompts for _ in range(s.per_question)]
-        responses = sampling.policy_samples(c.model, c.tokenizer, prompts, s.per_question, s.temperature, s.max_new_tokens,
-                                   s.batch_size)
+        responses = sampling.policy_samples(c.model, c.tokenizer, prompts, s.per_question, s.temperature,
+                                            s.max_new_tokens, s.batch_size)
         kl = c.kl(rows, responses, temperature=s.temperature) if c.kl is not None else None
-        texts = [(s.questions[i // s.per_question], scoring.response_text(c.tokenizer, r)) for i, r in enumerate(responses)]
+        texts = [(s.questions[i // s.per_question], scoring.response_text(c.tokenizer, r))
+                 for i, r in enumerate(responses)]
         return Measured(texts, kl, len(c.tokenizer), round(time.perf_counter() - started, 3), os.getpid())
 
 

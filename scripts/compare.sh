@@ -78,8 +78,8 @@ else
 fi
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "错误：JOBS 要是正整数（例如 JOBS=1），现在是 \"$JOBS\"。" >&2; exit 2; }
 logs="$out/logs"; mkdir -p "$logs"
-stop() {  # Ctrl-C / SIGTERM：后台的训练不理终端的 Ctrl-C（脚本里的后台任务忽略 SIGINT），转成 SIGTERM 给它们（训练中的
-  trap - INT TERM  # 存下检查点后退出），等都停下再退出：不留下还在跑的训练
+stop() {  # Ctrl-C：终端把 SIGINT 也发给了后台的训练；只给脚本发 SIGTERM（kill、timeout）时它们收不到。两种情况都给它们
+  trap - INT TERM  # 发 SIGTERM（训练中的存下检查点后退出），等都停下再退出：不留下还在跑的训练
   local p
   for p in "${pids[@]}"; do pkill -TERM -P "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true

@@ -8,6 +8,7 @@ import runpy
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -107,8 +108,6 @@ def run_until(cmd, env, marker, timeout=300, new_session=False):
 
 def assert_group_gone(pgid: int, what: str, timeout: float = 10) -> None:
     """进程组 pgid（run_until(new_session=True) 起的进程和它的子孙）在 timeout 秒内一个不剩，否则以 what 失败。"""
-    import time
-
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:

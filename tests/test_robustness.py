@@ -280,5 +280,6 @@ def test_interrupting_demo_or_compare_sh_stops_the_trainings_it_started(tmp_path
     assert proc.returncode == errors.EXIT_INTERRUPTED, err
     assert err.strip().splitlines()[-1].startswith(said), err
     stopped = marks / "stopped"
-    assert stopped.exists() and sorted(set(stopped.read_text().split())) == sorted(started.read_text().split()) == running
+    assert stopped.exists()
+    assert sorted(set(stopped.read_text().split())) == sorted(started.read_text().split()) == running
     assert_group_gone(proc.pid, "中断之后还有进程在跑")
